@@ -1,0 +1,304 @@
+"""Stage 1: YAML files → plain documents that remember where every node came from.
+
+Only plain YAML is read: mappings, sequences and the core scalar types. Any tag that
+would build an object is an error, duplicate keys are an error, and alias expansion
+is bounded so that a "billion laughs" file fails fast instead of eating memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from compiler.errors import ErrorList, FleetformError, LoadError, Mark
+
+Kind = Literal["backend", "deployment", "host", "settings"]
+
+FOLDERS: dict[Kind, str] = {
+    "backend": "backends.d",
+    "deployment": "deployments.d",
+    "host": "hosts.d",
+}
+SETTINGS_FILE = "fleetform.yaml"
+
+# Nodes reached a second time through an alias; real files stay far below this.
+MAX_ALIAS_EXPANSION = 10_000
+
+KeyPath = tuple[str | int, ...]
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:timestamp",
+}
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass
+class SourceMap:
+    """Where each node of one document sits in its file, by key path."""
+
+    file: str
+    values: dict[KeyPath, Mark] = field(default_factory=dict)
+    keys: dict[KeyPath, Mark] = field(default_factory=dict)
+    raw: dict[KeyPath, str] = field(default_factory=dict)
+
+    def mark(self, path: KeyPath, *, key: bool = False) -> Mark:
+        """The position of ``path``, or of its nearest ancestor that has one."""
+        table = self.keys if key else self.values
+        probe = tuple(path)
+        while probe:
+            if probe in table:
+                return table[probe]
+            if key and probe in self.values:
+                return self.values[probe]
+            probe = probe[:-1]
+        return self.values.get((), Mark(self.file, 1, 1))
+
+
+@dataclass
+class Document:
+    """One backend, deployment or host object as written, with its source map."""
+
+    kind: Kind
+    value: dict[str, Any]
+    source: SourceMap
+
+    @property
+    def file(self) -> str:
+        return self.source.file
+
+    @property
+    def mark(self) -> Mark:
+        return self.source.mark(())
+
+
+@dataclass
+class RawRepo:
+    """Everything read from a repository, before validation."""
+
+    root: Path
+    settings: Document | None
+    documents: list[Document]
+
+    def of_kind(self, kind: Kind) -> list[Document]:
+        return [doc for doc in self.documents if doc.kind == kind]
+
+
+def load_repo(root: Path) -> RawRepo:
+    """Read every document of the repository at ``root``; all load errors at once."""
+    errors: list[FleetformError] = []
+    documents: list[Document] = []
+    for kind, folder in FOLDERS.items():
+        for path in _yaml_files(root / folder):
+            try:
+                documents.extend(load_file(path, root, kind))
+            except FleetformError as error:
+                errors.append(error)
+    settings: Document | None = None
+    settings_path = root / SETTINGS_FILE
+    if settings_path.is_file():
+        try:
+            found = list(load_objects(settings_path, root))
+            if len(found) > 1:
+                raise LoadError("expected one settings mapping", found[1][1].mark(()))
+            if found:
+                settings = Document("settings", found[0][0], found[0][1])
+        except FleetformError as error:
+            errors.append(error)
+    if errors:
+        raise ErrorList(errors)
+    return RawRepo(root, settings, documents)
+
+
+def load_file(path: Path, root: Path, kind: Kind) -> list[Document]:
+    """The objects in one file (one mapping, a list, or several ``---`` documents)."""
+    return [Document(kind, value, source) for value, source in load_objects(path, root)]
+
+
+def load_objects(path: Path, root: Path) -> Iterator[tuple[dict[str, Any], SourceMap]]:
+    name = _display_name(path, root)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise LoadError(f"not UTF-8 text ({error.reason})", Mark(name, 1, 1)) from None
+    except OSError as error:
+        raise LoadError(f"cannot read: {error.strerror}", Mark(name, 1, 1)) from None
+    yield from parse_objects(text, name)
+
+
+def parse_objects(text: str, name: str) -> Iterator[tuple[dict[str, Any], SourceMap]]:
+    """Parse YAML ``text`` (reported as file ``name``) into mappings with source maps."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        position = _mark(name, mark) if mark is not None else Mark(name, 1, 1)
+        problem = error.problem or error.context or "invalid YAML"
+        raise LoadError(f"YAML syntax error: {problem}", position) from None
+    except yaml.YAMLError as error:
+        raise LoadError(f"YAML syntax error: {error}", Mark(name, 1, 1)) from None
+    for node in nodes:
+        if node is None:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                yield _object(item, name)
+        else:
+            yield _object(node, name)
+
+
+def _object(node: yaml.Node, name: str) -> tuple[dict[str, Any], SourceMap]:
+    source = SourceMap(name)
+    builder = _Builder(source)
+    value = builder.build(node, ())
+    if not isinstance(value, dict):
+        raise LoadError(
+            f"expected a mapping, got {_describe(value)}", _mark(name, node.start_mark)
+        )
+    return value, source
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain values, filling the source map."""
+
+    def __init__(self, source: SourceMap) -> None:
+        self.source = source
+        self.seen: set[int] = set()
+        self.active: set[int] = set()
+        self.expanded = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        mark = _mark(self.source.file, node.start_mark)
+        self.source.values.setdefault(path, mark)
+        if id(node) in self.seen:
+            self.expanded += 1
+            if self.expanded > MAX_ALIAS_EXPANSION:
+                raise LoadError(
+                    f"aliases expand to more than {MAX_ALIAS_EXPANSION} nodes"
+                    " (a 'billion laughs' file?)",
+                    mark,
+                )
+        self.seen.add(id(node))
+        if id(node) in self.active:
+            raise LoadError("recursive alias", mark)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                if node.tag != _SEQ_TAG:
+                    raise LoadError(_tag_message(node.tag), mark)
+                return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            return self._scalar(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        if node.tag != _MAP_TAG:
+            raise LoadError(_tag_message(node.tag), _mark(self.source.file, node.start_mark))
+        result: dict[str, Any] = {}
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key_mark = _mark(self.source.file, key_node.start_mark)
+            if key_node.tag == _MERGE_TAG:
+                merged.update(self._merge(value_node, path))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise LoadError("mapping keys must be plain scalars", key_mark)
+            key = str(key_node.value)
+            if key in result:
+                first = self.source.keys[path + (key,)]
+                raise LoadError(
+                    f"duplicate key '{key}' (first defined at line {first.line})",
+                    key_mark,
+                    _dotted(path + (key,)),
+                )
+            self.source.keys[path + (key,)] = key_mark
+            result[key] = self.build(value_node, path + (key,))
+        for key, value in merged.items():
+            result.setdefault(key, value)
+        return result
+
+    def _merge(self, node: yaml.Node, path: KeyPath) -> dict[str, Any]:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        merged: dict[str, Any] = {}
+        for source in reversed(sources):
+            value = self.build(source, path)
+            if not isinstance(value, dict):
+                raise LoadError(
+                    "'<<' merges mappings only", _mark(self.source.file, source.start_mark)
+                )
+            merged.update(value)
+        return merged
+
+    def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            raise LoadError(_tag_message(node.tag), _mark(self.source.file, node.start_mark))
+        text = str(node.value)
+        self.source.raw[path] = text
+        if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
+            return text
+        return self.constructor.construct_object(node, deep=True)
+
+
+def _tag_message(tag: str) -> str:
+    shown = tag.replace("tag:yaml.org,2002:", "!!")
+    return f"unsupported YAML tag '{shown}': fleetform reads plain YAML only"
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _mark(name: str, mark: Any) -> Mark:
+    return Mark(name, mark.line + 1, mark.column + 1)
+
+
+def _dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+dotted = _dotted
+
+
+def _display_name(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _yaml_files(folder: Path) -> list[Path]:
+    """YAML files below ``folder``, sorted; names starting with ``.`` or ``_`` skipped."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder).parts
+        if any(part.startswith((".", "_")) for part in relative):
+            continue
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            found.append(path)
+    return sorted(found)

@@ -1,0 +1,421 @@
+"""Stage 2: the schemas of backends, deployments, hosts and settings.
+
+Every model forbids unknown keys; a typo is an error with a "did you mean" hint.
+Each document is validated on its own, so that an error points at the exact node;
+inheritance (``extends``) is merged later, in :mod:`compiler.resolve`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compiler.errors import ErrorList, FleetformError, ValidationError
+from compiler.load import Document, KeyPath, RawRepo, dotted
+
+Framework = Literal["cuda", "rocm", "cann", "musa", "corex", "maca", "dtk", "neuware", "hggc", "cpu"]
+FRAMEWORKS: tuple[str, ...] = Framework.__args__  # type: ignore[attr-defined]
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PORT_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+# GPUStack's read-only and UI keys: accepted on import, with no meaning here.
+GPUSTACK_IGNORED_KEYS = (
+    "is_built_in",
+    "icon",
+    "framework_index_map",
+    "built_in_version_configs",
+    "built_in_frameworks",
+    "common_parameters",
+    "enabled",
+    "backend_source",
+    "owner_principal_id",
+)
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+EnvMap = dict[str, str]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_env_names(env: EnvMap | None) -> EnvMap | None:
+    for name in env or {}:
+        if not ENV_NAME.match(name):
+            raise ValueError(f"invalid environment variable name '{name}'")
+    return env
+
+
+class VersionConfig(_Model):
+    image_name: str | None = None
+    run_command: str | None = None
+    entrypoint: str | None = None
+    env: EnvMap | None = None
+    custom_framework: Framework | None = None
+    built_in_frameworks: Any = Field(default=None, exclude=True)
+
+    _env = field_validator("env")(_check_env_names)
+
+
+class Backend(_Model):
+    backend_name: str = Field(min_length=1)
+    description: str | None = None
+    health_check_path: str | None = None
+    default_version: str | None = None
+    default_env: EnvMap | None = None
+    default_entrypoint: str | None = None
+    default_run_command: str | None = None
+    default_backend_param: list[str] | None = None
+    parameter_format: Literal["space", "equal"] | None = None
+    version_configs: dict[str, VersionConfig] | None = None
+    extends: str | None = None
+
+    is_built_in: Any = Field(default=None, exclude=True)
+    icon: Any = Field(default=None, exclude=True)
+    framework_index_map: Any = Field(default=None, exclude=True)
+    built_in_version_configs: Any = Field(default=None, exclude=True)
+    built_in_frameworks: Any = Field(default=None, exclude=True)
+    common_parameters: Any = Field(default=None, exclude=True)
+    enabled: Any = Field(default=None, exclude=True)
+    backend_source: Any = Field(default=None, exclude=True)
+    owner_principal_id: Any = Field(default=None, exclude=True)
+
+    _env = field_validator("default_env")(_check_env_names)
+
+
+class GpuSelector(_Model):
+    gpu_ids: list[str] | None = None
+    gpus_per_replica: int | None = Field(default=None, ge=0)
+
+
+class Deployment(_Model):
+    """One deployment document as written; every field optional until merged."""
+
+    name: str
+    abstract: bool = False
+    extends: list[str] | None = None
+    source: Literal["local_path", "huggingface", "model_scope"] | None = None
+    local_path: str | None = None
+    huggingface_repo_id: str | None = None
+    model_scope_model_id: str | None = None
+    backend: str | None = None
+    backend_version: str | None = None
+    backend_parameters: list[str] | None = None
+    image_name: str | None = None
+    run_command: str | None = None
+    entrypoint: str | None = None
+    env: EnvMap | None = None
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    gpu_selector: GpuSelector | None = None
+    worker_selector: dict[str, str] | None = None
+    port: Port | None = None
+    volumes: list[str] | None = None
+    devices: list[str] | None = None
+    ports: list[str] | None = None
+    shm_size: str | None = None
+    labels: dict[str, str] | None = None
+    network_mode: str | None = None
+    restart: Literal["no", "always", "on-failure", "unless-stopped"] | None = None
+    health_check_path: str | None = None
+
+    _env = field_validator("env")(_check_env_names)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if len(name) > 63 or not DNS_LABEL.match(name):
+            raise ValueError(
+                f"'{name}' is not a DNS label (lowercase letters, digits and '-',"
+                " starting and ending with a letter or digit, at most 63)"
+            )
+        return name
+
+    @field_validator("extends", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class GpuSpec(_Model):
+    index: int = Field(ge=0)
+    framework: Framework
+    uuid: str | None = None
+    memory_mib: int | None = Field(default=None, ge=0)
+
+
+class GpuCount(_Model):
+    framework: Framework
+    count: int = Field(ge=0, le=1024)
+
+
+class Host(_Model):
+    name: str
+    address: str
+    target: Literal["compose", "systemd"] | None = None
+    docker_host: str | None = None
+    ssh: str | None = None
+    gpus: list[GpuSpec | GpuCount] | GpuCount | None = None
+    labels: dict[str, str] | None = None
+    port_range: str | None = None
+    model_dir: str | None = None
+    unit_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if len(name) > 63 or not DNS_LABEL.match(name):
+            raise ValueError(f"'{name}' is not a DNS label (lowercase, digits and '-')")
+        return name
+
+    @field_validator("port_range")
+    @classmethod
+    def _range(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = PORT_RANGE.match(value)
+        if not match:
+            raise ValueError(f"'{value}' is not a port range like 40000-40063")
+        low, high = int(match.group(1)), int(match.group(2))
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"'{value}' is not a port range within 1-65535, low to high")
+        return value
+
+    @field_validator("docker_host")
+    @classmethod
+    def _docker_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("unix://", "ssh://", "tcp://")):
+            raise ValueError(f"'{value}' must start with unix://, ssh:// or tcp://")
+        return value
+
+    def gpu_list(self) -> list[GpuSpec]:
+        """The host's GPUs with the ``{framework, count}`` shorthand expanded."""
+        items: list[GpuSpec | GpuCount]
+        if self.gpus is None:
+            items = []
+        elif isinstance(self.gpus, GpuCount):
+            items = [self.gpus]
+        else:
+            items = list(self.gpus)
+        out: list[GpuSpec] = []
+        for item in items:
+            if isinstance(item, GpuCount):
+                start = max((g.index for g in out), default=-1) + 1
+                out.extend(
+                    GpuSpec(index=start + i, framework=item.framework) for i in range(item.count)
+                )
+            else:
+                out.append(item)
+        return out
+
+
+class Defaults(_Model):
+    target: Literal["compose", "systemd"] = "compose"
+    model_dir: str = "/var/lib/fleetform/models"
+    port_range: str = "40000-40063"
+    shm_size: str = "10g"
+    restart: Literal["no", "always", "on-failure", "unless-stopped"] = "unless-stopped"
+    network_mode: str = "host"
+    unit_dir: str = "/etc/systemd/system"
+
+
+class Settings(_Model):
+    project: str = "fleetform"
+    output_dir: str = "output"
+    label_prefix: str = "io.fleetform"
+    defaults: Defaults = Defaults()
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, name: str) -> str:
+        if not DNS_LABEL.match(name):
+            raise ValueError(f"'{name}' is not a valid project name (lowercase, digits, '-')")
+        return name
+
+    @field_validator("label_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if not re.match(r"^[a-z0-9]+([.-][a-z0-9]+)*$", prefix):
+            raise ValueError(f"'{prefix}' is not a label prefix like io.fleetform")
+        return prefix
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Settings:
+        Host._range(self.defaults.port_range)
+        return self
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Repo(BaseModel):
+    """A validated repository: each object beside the document it came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    settings: Settings
+    backends: list[tuple[Backend, Document]]
+    deployments: list[tuple[Deployment, Document]]
+    hosts: list[tuple[Host, Document]]
+
+
+def validate_repo(raw: RawRepo) -> Repo:
+    """Validate every document; all schema errors in the repository at once."""
+    errors: list[FleetformError] = []
+
+    def each(model: type[M], kind: str) -> list[tuple[M, Document]]:
+        out = []
+        for doc in raw.of_kind(kind):  # type: ignore[arg-type]
+            try:
+                out.append((validate_document(model, doc), doc))
+            except FleetformError as error:
+                errors.append(error)
+        return out
+
+    settings = Settings()
+    if raw.settings is not None:
+        try:
+            settings = validate_document(Settings, raw.settings)
+        except FleetformError as error:
+            errors.append(error)
+    backends = each(Backend, "backend")
+    deployments = each(Deployment, "deployment")
+    hosts = each(Host, "host")
+    if errors:
+        raise ErrorList(errors)
+    return Repo(settings=settings, backends=backends, deployments=deployments, hosts=hosts)
+
+
+def validate_document(model: type[M], doc: Document) -> M:
+    """``doc`` as a ``model``, or the first schema error mapped onto its YAML position."""
+    value = _env_as_text(model, doc)
+    try:
+        return model.model_validate(value)
+    except pydantic.ValidationError as exc:
+        raise _translate(model, doc, exc.errors()[0]) from None
+
+
+def _env_as_text(model: type[BaseModel], doc: Document) -> dict[str, Any]:
+    """Env values written as YAML numbers or booleans become their text as written."""
+    if model not in (Backend, Deployment):
+        return doc.value
+    value = dict(doc.value)
+
+    def text_of(env: Any, path: KeyPath) -> Any:
+        if not isinstance(env, dict):
+            return env
+        return {
+            key: (doc.source.raw.get(path + (key,), item) if _is_plain_scalar(item) else item)
+            for key, item in env.items()
+        }
+
+    for key in ("env", "default_env"):
+        if key in value:
+            value[key] = text_of(value[key], (key,))
+    versions = value.get("version_configs")
+    if isinstance(versions, dict):
+        value["version_configs"] = {
+            name: (
+                {**config, "env": text_of(config["env"], ("version_configs", name, "env"))}
+                if isinstance(config, dict) and "env" in config
+                else config
+            )
+            for name, config in versions.items()
+        }
+    return value
+
+
+def _is_plain_scalar(item: Any) -> bool:
+    return isinstance(item, (bool, int, float)) and not isinstance(item, str)
+
+
+def _translate(model: type[BaseModel], doc: Document, error: Any) -> ValidationError:
+    loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+    path: KeyPath = tuple(loc)
+    kind = error["type"]
+    key = dotted(path)
+    if kind == "extra_forbidden":
+        name = str(path[-1])
+        allowed = _allowed_keys(model, path[:-1])
+        hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        message = f"unknown key '{name}'"
+        if hint:
+            message += f" (did you mean '{hint[0]}'?)"
+        return ValidationError(message, doc.source.mark(path, key=True), key)
+    if kind == "missing":
+        return ValidationError("required key is missing", doc.source.mark(path[:-1]), key)
+    return ValidationError(_message(error), doc.source.mark(path), key)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member's name into loc, e.g. 'list[...]' or 'GpuSpec'.
+    return isinstance(part, str) and (
+        "[" in part or part in ("GpuSpec", "GpuCount", "str", "int", "function-after")
+    )
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    simple = {
+        "string_type": "expected a string",
+        "int_type": "expected an integer",
+        "bool_type": "expected true or false",
+        "list_type": "expected a list",
+        "dict_type": "expected a mapping",
+        "model_type": "expected a mapping",
+        "model_attributes_type": "expected a mapping",
+    }
+    if kind in simple:
+        return f"{simple[kind]}, got {_show(value)}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{_show(value)} is not one of {expected}"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"{_show(value)} is out of range ({error['msg'].lower()})"
+    if kind == "string_too_short":
+        return "must not be empty"
+    return f"{error['msg']}, got {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _allowed_keys(model: type[BaseModel], path: KeyPath) -> list[str]:
+    """The field names of the (sub)model found at ``path`` below ``model``."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields and part in fields:
+            current = _inner_model(fields[part].annotation)
+        else:
+            current = _inner_model(current, dict_value=True)
+    fields = getattr(current, "model_fields", None) or {}
+    return [name for name in fields if name not in GPUSTACK_IGNORED_KEYS]
+
+
+def _inner_model(annotation: Any, dict_value: bool = False) -> Any:
+    """The pydantic model inside an annotation such as ``dict[str, X] | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg, dict_value)
+        if found is not None:
+            return found
+    return None

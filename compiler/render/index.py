@@ -1,0 +1,47 @@
+"""A host's machine-readable index: what it should run, by name and hash."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from compiler.model import Settings
+from compiler.render import container_name
+from compiler.render.systemd import unit_name
+from compiler.resolve import ResolvedHost, Workload
+
+INDEX_SCHEMA = "fleetform.index/v1"
+INDEX_FILE = "index.json"
+
+
+def render_index(host: ResolvedHost, workloads: list[Workload], settings: Settings) -> str:
+    entries: list[dict[str, Any]] = []
+    for workload in workloads:
+        artifact = (
+            "compose.yaml"
+            if host.target == "compose"
+            else f"systemd/{unit_name(workload, settings)}"
+        )
+        entries.append(
+            {
+                "name": workload.name,
+                "deployment": workload.deployment,
+                "replica": workload.replica,
+                "spec_hash": workload.spec_hash(),
+                "container": container_name(workload, settings),
+                "artifact": artifact,
+                "image": workload.image,
+                "framework": workload.framework,
+                "gpus": list(workload.gpus),
+                "port": workload.port,
+            }
+        )
+    document = {
+        "schema": INDEX_SCHEMA,
+        "project": settings.project,
+        "host": host.name,
+        "target": host.target,
+        "address": host.address,
+        "workloads": entries,
+    }
+    return json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False) + "\n"

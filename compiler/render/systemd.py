@@ -1,0 +1,127 @@
+"""A systemd host's workloads → one ``<unit>.service`` per replica.
+
+The unit runs the same container as compose would: ``docker run`` in the foreground
+with ``--rm``, a stale container removed first, stopped cleanly, restarted on failure.
+Every argument is quoted by systemd's rules so that it reaches docker intact.
+"""
+
+from __future__ import annotations
+
+from compiler.model import Settings
+from compiler.render import HEADER, container_name, ownership_labels
+from compiler.resolve import Workload
+
+DOCKER = "/usr/bin/docker"
+
+_RESTART = {"no": "no", "on-failure": "on-failure", "always": "always", "unless-stopped": "always"}
+
+
+def unit_name(workload: Workload, settings: Settings) -> str:
+    return f"{container_name(workload, settings)}.service"
+
+
+def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
+    """The exact argv of the ``docker run`` the unit starts."""
+    name = container_name(workload, settings)
+    argv = [DOCKER, "run", "--rm", "--name", name, "--pull", "missing"]
+    argv += ["--network", workload.network_mode, "--shm-size", workload.shm_size]
+    for key, value in ownership_labels(workload, settings).items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in workload.env.items():
+        argv += ["--env", f"{key}={value}"]
+    for volume in workload.volumes:
+        argv += ["--volume", volume]
+    for device in workload.devices:
+        argv += ["--device", device]
+    for port in workload.ports:
+        argv += ["--publish", port]
+    if workload.framework == "cuda" and workload.gpus:
+        # docker reads --gpus as CSV: the quotes keep "device=0,1" one field.
+        argv += ["--gpus", '"device=' + ",".join(str(i) for i in workload.gpus) + '"']
+    tail = list(workload.command)
+    if workload.entrypoint is not None:
+        argv += ["--entrypoint", workload.entrypoint[0] if workload.entrypoint else ""]
+        tail = list(workload.entrypoint[1:]) + tail
+    argv.append(workload.image)
+    return argv + tail
+
+
+def render_unit(workload: Workload, settings: Settings) -> str:
+    name = container_name(workload, settings)
+    argv = docker_run_argv(workload, settings)
+    lines = [
+        f"# {HEADER}",
+        "[Unit]",
+        f"Description={_specifiers(f'fleetform {settings.project}: {workload.deployment} replica {workload.replica}')}",
+        "Requires=docker.service",
+        "After=docker.service network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        f"X-Fleetform-Project={settings.project}",
+        f"X-Fleetform-Deployment={workload.deployment}",
+        f"X-Fleetform-Replica={workload.replica}",
+        f"X-Fleetform-Spec-Hash={workload.spec_hash()}",
+        "Type=simple",
+        f"ExecStartPre=-{DOCKER} rm --force {name}",
+        "ExecStart=" + _exec_line(argv),
+        f"ExecStop={DOCKER} stop --time 30 {name}",
+        f"Restart={_RESTART[workload.restart]}",
+        "RestartSec=5",
+        "TimeoutStartSec=1800",
+        "TimeoutStopSec=60",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _exec_line(argv: list[str]) -> str:
+    """argv quoted for ExecStart=: one option with its value per continued line."""
+    image_at = _image_position(argv)
+    groups: list[list[str]] = [argv[:2]]
+    i = 2
+    while i < image_at:
+        width = 1 if argv[i] == "--rm" else 2
+        groups.append(argv[i : i + width])
+        i += width
+    groups.extend([word] for word in argv[image_at:])
+    return " \\\n    ".join(" ".join(quote(word) for word in group) for group in groups)
+
+
+def _image_position(argv: list[str]) -> int:
+    """Index of the image: the first word after the options (all but --rm take a value)."""
+    i = 2
+    while i < len(argv) and argv[i].startswith("--"):
+        i += 1 if argv[i] == "--rm" else 2
+    return i
+
+
+def quote(word: str) -> str:
+    """One ExecStart word, double-quoted with C escapes; ``$`` and ``%`` doubled."""
+    out = ['"']
+    for char in word:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == '"':
+            out.append('\\"')
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        elif char == "$":
+            out.append("$$")
+        elif char == "%":
+            out.append("%%")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def _specifiers(text: str) -> str:
+    return text.replace("%", "%%")

@@ -26,7 +26,9 @@ def explain_deployment(fleet: Fleet, name: str) -> str:
     for workload in replicas:
         lines.append("")
         host = fleet.hosts[workload.host]
-        lines.append(f"  replica {workload.replica} on host {host.name} ({host.target}, {host.address})")
+        lines.append(
+            f"  replica {workload.replica} on host {host.name} ({host.target}, {host.address})"
+        )
         row("host", host.name, f"replica {workload.replica}.host")
         row("port", str(workload.port), f"replica {workload.replica}.port")
         gpus = ",".join(str(i) for i in workload.gpus) or "none"

@@ -163,9 +163,7 @@ def _object(node: yaml.Node, name: str) -> tuple[dict[str, Any], SourceMap]:
     builder = _Builder(source)
     value = builder.build(node, ())
     if not isinstance(value, dict):
-        raise LoadError(
-            f"expected a mapping, got {_describe(value)}", _mark(name, node.start_mark)
-        )
+        raise LoadError(f"expected a mapping, got {_describe(value)}", _mark(name, node.start_mark))
     return value, source
 
 

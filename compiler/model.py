@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from compiler.errors import ErrorList, FleetformError, ValidationError
 from compiler.load import Document, KeyPath, RawRepo, dotted
 
-Framework = Literal["cuda", "rocm", "cann", "musa", "corex", "maca", "dtk", "neuware", "hggc", "cpu"]
+Framework = Literal[
+    "cuda", "rocm", "cann", "musa", "corex", "maca", "dtk", "neuware", "hggc", "cpu"
+]
 FRAMEWORKS: tuple[str, ...] = Framework.__args__  # type: ignore[attr-defined]
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

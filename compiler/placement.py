@@ -109,9 +109,7 @@ def place(
     return _ports(requests, assigned, by_name, prior, state)
 
 
-def _explicit(
-    request: Request, hosts: dict[str, HostSlots]
-) -> list[tuple[str, tuple[int, ...]]]:
+def _explicit(request: Request, hosts: dict[str, HostSlots]) -> list[tuple[str, tuple[int, ...]]]:
     assert request.gpu_ids is not None
     ids = request.gpu_ids
     where = request.gpu_ids_mark
@@ -150,8 +148,7 @@ def _explicit(
         return []
     if per * request.replicas != len(ids):
         raise ResolveError(
-            f"{len(ids)} GPU ids do not split into {request.replicas} replicas"
-            f" of {per} GPUs",
+            f"{len(ids)} GPU ids do not split into {request.replicas} replicas of {per} GPUs",
             where,
             "gpu_selector.gpu_ids",
         )
@@ -203,9 +200,7 @@ def _free(request: Request, host: HostSlots, state: _State) -> list[int]:
     )
 
 
-def _prior_fits(
-    request: Request, old: Prior, hosts: dict[str, HostSlots], state: _State
-) -> bool:
+def _prior_fits(request: Request, old: Prior, hosts: dict[str, HostSlots], state: _State) -> bool:
     host = hosts.get(old.host)
     if host is None or not _matches(request, host):
         return False
@@ -290,7 +285,9 @@ def _ports(
                 continue
             host = assigned[(request.deployment, replica)][0]
             low, high = hosts[host].port_range
-            port = next((p for p in range(low, high + 1) if (host, p) not in state.port_owner), None)
+            port = next(
+                (p for p in range(low, high + 1) if (host, p) not in state.port_owner), None
+            )
             if port is None:
                 raise ResolveError(
                     f"port range {low}-{high} of host '{host}' ({hosts[host].mark}) is"

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from compiler import template
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
 from compiler.load import Document, KeyPath, dotted
-from compiler.model import Backend, Deployment, Host, Repo, Settings, VersionConfig
+from compiler.model import Backend, Deployment, Repo, Settings
 from compiler.placement import HostSlots, Placed, Prior, Request, place
 
 BUILTINS = ("model_path", "port", "model_name", "worker_ip", "gpu_count", "gpu_ids")
@@ -203,37 +203,35 @@ def _chain(
 # --- version choice -----------------------------------------------------------------
 
 
-def version_key(version: str) -> list[Any]:
-    """GPUStack's version order: ``v`` stripped, numeric parts as numbers, pre-releases low."""
+_PRE_RELEASE = {"dev": -4, "a": -3, "alpha": -3, "b": -2, "beta": -2, "rc": -1, "pre": -1}
+
+
+def version_key(version: str) -> list[tuple[int, int, str]]:
+    """Natural version order: ``v`` stripped; numbers compare as numbers; ``dev``,
+    ``alpha``, ``beta`` and ``rc`` sort before the release they precede; any other word
+    compares as text. ``1.10`` > ``1.9`` > ``1.9rc1`` > ``1.9beta`` > ``1.9.dev0``.
+    """
     text = version[1:] if version[:1] in ("v", "V") else version
-    parts: list[Any] = []
-    for part in re.split(r"[.\-_+]", text):
-        if part.isdigit():
-            parts.append([int(part)])
+    key: list[tuple[int, int, str]] = []
+    for run in re.findall(r"\d+|[A-Za-z]+", text):
+        if run.isdigit():
+            key.append((2, int(run), ""))
+        elif run.lower() in _PRE_RELEASE:
+            key.append((0, _PRE_RELEASE[run.lower()], ""))
         else:
-            lowered = part.lower()
-            rank = next(
-                (r for tag, r in (("alpha", -3), ("beta", -2), ("rc", -1)) if lowered.startswith(tag)),
-                None,
-            )
-            codes = [ord(c) for c in part]
-            parts.append([rank, *codes] if rank is not None else codes)
-    return parts
-
-
-def _compare_padded(a: list[Any], b: list[Any]) -> int:
-    length = max(len(a), len(b))
-    a = a + [[0]] * (length - len(a))
-    b = b + [[0]] * (length - len(b))
-    return (a > b) - (a < b)
+            key.append((1, 0, run.lower()))
+    return key
 
 
 def highest_version(versions: list[str]) -> str:
-    best = versions[0]
-    for candidate in versions[1:]:
-        if _compare_padded(version_key(candidate), version_key(best)) > 0:
-            best = candidate
-    return best
+    """The highest of ``versions`` (a missing part counts as 0; ties: the later-sorted text)."""
+
+    def padded(version: str, length: int) -> tuple[list[tuple[int, int, str]], str]:
+        key = version_key(version)
+        return key + [(2, 0, "")] * (length - len(key)), version
+
+    length = max(len(version_key(v)) for v in versions)
+    return max(versions, key=lambda v: padded(v, length))
 
 
 # --- the resolver -------------------------------------------------------------------
@@ -274,9 +272,7 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     hosts = _resolve_hosts(repo, errors)
     backends = _resolve_backends(repo, errors)
     deployments = {d.name: (d, doc) for d, doc in repo.deployments}
-    _check_unique(
-        [(d.name, doc.mark) for d, doc in repo.deployments], "deployment", "name", errors
-    )
+    _check_unique([(d.name, doc.mark) for d, doc in repo.deployments], "deployment", "name", errors)
     if errors:
         raise ErrorList(errors)
 
@@ -303,9 +299,7 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
             _port_range(host.port_range),
             repo_host_mark,
         )
-        for host, repo_host_mark in (
-            (hosts[name][0], hosts[name][1]) for name in sorted(hosts)
-        )
+        for host, repo_host_mark in ((hosts[name][0], hosts[name][1]) for name in sorted(hosts))
     ]
     placed = place(slots, [draft.request for draft in drafts], prior or {})
     by_deployment: dict[str, list[Placed]] = {}
@@ -339,7 +333,9 @@ def _check_unique(
     for name, mark in items:
         if name in first:
             errors.append(
-                ResolveError(f"duplicate {what} '{name}' (first defined at {first[name]})", mark, key)
+                ResolveError(
+                    f"duplicate {what} '{name}' (first defined at {first[name]})", mark, key
+                )
             )
         else:
             first[name] = mark
@@ -362,12 +358,16 @@ def _resolve_hosts(
         for gpu in gpus:
             if gpu.index in seen:
                 errors.append(
-                    ResolveError(f"GPU index {gpu.index} is listed twice", doc.source.mark(("gpus",)), "gpus")
+                    ResolveError(
+                        f"GPU index {gpu.index} is listed twice", doc.source.mark(("gpus",)), "gpus"
+                    )
                 )
             seen.add(gpu.index)
         if host.ssh is not None and not re.match(r"^[^@\s]+@[^@\s:]+(:\d+)?$", host.ssh):
             errors.append(
-                ResolveError(f"'{host.ssh}' is not user@host[:port]", doc.source.mark(("ssh",)), "ssh")
+                ResolveError(
+                    f"'{host.ssh}' is not user@host[:port]", doc.source.mark(("ssh",)), "ssh"
+                )
             )
         hosts.setdefault(
             host.name,
@@ -540,14 +540,24 @@ class _Draft:
         origins = dict(self.origins)
         for item in placed:
             host, host_mark = hosts[item.host]
-            how = "explicit gpu_ids" if self.has_explicit_gpus else (
-                "kept from the previous compile" if item.gpus_kept else "placed automatically"
+            how = (
+                "explicit gpu_ids"
+                if self.has_explicit_gpus
+                else (
+                    "kept from the previous compile" if item.gpus_kept else "placed automatically"
+                )
             )
-            origins[f"replica {item.replica}.host"] = Origin(host_mark, f"{how}: host '{item.host}'")
+            origins[f"replica {item.replica}.host"] = Origin(
+                host_mark, f"{how}: host '{item.host}'"
+            )
             port_how = (
                 "explicit port"
                 if self.request.port is not None
-                else ("kept from the previous compile" if item.port_kept else f"allocated from {host.port_range}")
+                else (
+                    "kept from the previous compile"
+                    if item.port_kept
+                    else f"allocated from {host.port_range}"
+                )
             )
             origins[f"replica {item.replica}.port"] = Origin(
                 self.request.port_mark if self.request.port is not None else host_mark, port_how
@@ -613,9 +623,12 @@ def _model_path(values: dict[str, Any], host: ResolvedHost) -> str | None:
 
 
 def _model_mount(values: dict[str, Any], model_path: str, host: ResolvedHost) -> str:
+    """The folder mounted read-only for the model: as GPUStack, a local path's parent
+    (so sibling shards and projector files come along), never ``/`` itself."""
     if values.get("local_path") and values.get("source") in (None, "local_path"):
-        parent = posixpath.dirname(model_path.rstrip("/"))
-        return parent or "/"
+        path = model_path.rstrip("/") or "/"
+        parent = posixpath.dirname(path)
+        return path if parent == "/" else parent
     return host.model_dir
 
 
@@ -635,7 +648,9 @@ def _draft(
     doc = deployments[name][1]
     backend_name = merged.get("backend")
     if not backend_name:
-        raise ResolveError("required key is missing (not set here nor in extends)", doc.mark, "backend")
+        raise ResolveError(
+            "required key is missing (not set here nor in extends)", doc.mark, "backend"
+        )
     backend = backends.get(backend_name)
     if backend is None:
         raise ResolveError(
@@ -646,7 +661,9 @@ def _draft(
     versions = backend.merged_versions()
     if not versions:
         raise ResolveError(
-            f"backend '{backend.name}' has no version_configs", merged_origins["backend"].mark, "backend"
+            f"backend '{backend.name}' has no version_configs",
+            merged_origins["backend"].mark,
+            "backend",
         )
     requested = merged.get("backend_version")
     default, _ = backend.field("default_version")
@@ -716,7 +733,8 @@ def _draft(
             per = 0 if framework == "cpu" else 1
     if framework == "cpu" and per and gpu_ids is None:
         raise ResolveError(
-            "a cpu backend version takes no GPUs", origins.get("gpu_selector.gpus_per_replica", Origin(doc.mark, "")).mark,
+            "a cpu backend version takes no GPUs",
+            origins.get("gpu_selector.gpus_per_replica", Origin(doc.mark, "")).mark,
             "gpu_selector.gpus_per_replica",
         )
     port_origin = origins.get("port", Origin(doc.mark, ""))

@@ -49,10 +49,11 @@ def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
 def render_unit(workload: Workload, settings: Settings) -> str:
     name = container_name(workload, settings)
     argv = docker_run_argv(workload, settings)
+    description = f"fleetform {settings.project}: {workload.deployment} replica {workload.replica}"
     lines = [
         f"# {HEADER}",
         "[Unit]",
-        f"Description={_specifiers(f'fleetform {settings.project}: {workload.deployment} replica {workload.replica}')}",
+        f"Description={_specifiers(description)}",
         "Requires=docker.service",
         "After=docker.service network-online.target",
         "Wants=network-online.target",

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler import api
+from compiler.errors import FleetformError
+from compiler.resolve import Workload, highest_version
+from tests.helpers_repo import make_repo
+
+
+def _workloads(root: Path, deployments: str, **files: str) -> dict[str, Workload]:
+    make_repo(root, {"deployments.d/d.yaml": deployments, **files})
+    return {w.name: w for w in api.build(root).fleet.workloads}
+
+
+def test_version_named_default_and_highest(tmp_path: Path) -> None:
+    w = _workloads(
+        tmp_path,
+        """\
+        - {name: named, backend: srv, backend_version: v1, local_path: /m/a}
+        - {name: highest, backend: srv, local_path: /m/b}
+        """,
+    )
+    assert w["named-0"].image == "example/srv:1"
+    assert w["highest-0"].image == "example/srv:2"
+    explanation = api.build(tmp_path).fleet.explanations["highest"]
+    assert explanation.version == "v2"
+    assert explanation.version_reason.startswith("the highest version key")
+
+
+@pytest.mark.parametrize(
+    ("versions", "highest"),
+    [
+        (["1.0", "1.10", "1.9rc1"], "1.10"),
+        (["1.9rc1", "1.9"], "1.9"),
+        (["v2", "v10"], "v10"),
+        (["0.1.3-sm90", "0.1.3-sm100"], "0.1.3-sm100"),
+        (["1.0b1", "1.0a9", "1.0.dev3"], "1.0b1"),
+    ],
+)
+def test_highest_version(versions: list[str], highest: str) -> None:
+    assert highest_version(versions) == highest
+
+
+def test_env_precedence(tmp_path: Path) -> None:
+    w = _workloads(
+        tmp_path,
+        """\
+        - {name: base, abstract: true, env: {LEVEL: debug, FROM_BASE: "1"}}
+        - {name: d1, extends: base, backend: srv, local_path: /m/a}
+        - {name: d2, extends: base, backend: srv, local_path: /m/a, env: {LEVEL: error}}
+        - {name: d3, backend: srv, local_path: /m/a}
+        - {name: d4, backend: srv, backend_version: v1, local_path: /m/a}
+        """,
+    )
+    assert w["d1-0"].env == {"FROM_BASE": "1", "LEVEL": "debug"}
+    assert w["d2-0"].env["LEVEL"] == "error"
+    assert w["d3-0"].env == {"LEVEL": "warn"}  # version env over default_env
+    assert w["d4-0"].env == {"LEVEL": "info"}
+
+
+def test_extends_diamond_keeps_first_occurrence_order(tmp_path: Path) -> None:
+    w = _workloads(
+        tmp_path,
+        """\
+        - {name: root, abstract: true, env: {A: root, B: root}, shm_size: 1g}
+        - {name: left, abstract: true, extends: root, env: {A: left}}
+        - {name: right, abstract: true, extends: root, env: {B: right}}
+        - {name: leaf, extends: [left, right], backend: srv, local_path: /m/a}
+        """,
+    )
+    assert w["leaf-0"].env == {"A": "left", "B": "right", "LEVEL": "warn"}
+    assert w["leaf-0"].shm_size == "1g"
+
+
+def test_backend_extends_chain(tmp_path: Path) -> None:
+    child = """\
+    backend_name: child
+    extends: srv
+    default_env: {EXTRA: "x"}
+    version_configs:
+      v2: {run_command: "serve2 --port {{port}}"}
+    """
+    w = _workloads(
+        tmp_path,
+        "- {name: d, backend: child, backend_version: v2}\n",
+        **{"backends.d/child.yaml": child},
+    )
+    assert w["d-0"].image == "example/srv:2"
+    assert w["d-0"].command[0] == "serve2"
+    assert w["d-0"].env == {"EXTRA": "x", "LEVEL": "warn"}
+
+
+def test_model_path_from_hub_source_uses_host_model_dir(tmp_path: Path) -> None:
+    w = _workloads(
+        tmp_path,
+        "- {name: d, backend: srv, huggingface_repo_id: org/m}\n",
+        **{"hosts.d/h.yaml": "name: h1\naddress: 10.9.0.1\nmodel_dir: /data\ngpus: {framework: cuda, count: 1}\n"},
+    )
+    assert w["d-0"].command[1] == "/data/org/m"
+    assert w["d-0"].volumes == ("/data:/data:ro",)
+
+
+def test_replicas_zero_keeps_definition_but_runs_nothing(tmp_path: Path) -> None:
+    w = _workloads(tmp_path, "- {name: d, backend: srv, local_path: /m, replicas: 0}\n")
+    assert w == {}
+
+
+def test_explicit_gpu_ids_split_into_replicas(tmp_path: Path) -> None:
+    w = _workloads(
+        tmp_path,
+        """\
+        - name: d
+          backend: srv
+          local_path: /m
+          replicas: 2
+          gpu_selector: {gpu_ids: ["h1:cuda:3", "h1:cuda:2", "h1:cuda:1", "h1:cuda:0"]}
+        """,
+    )
+    assert w["d-0"].gpus == (3, 2)
+    assert w["d-1"].gpus == (1, 0)
+
+
+def test_automatic_placement_spreads_to_the_host_with_most_free_gpus(tmp_path: Path) -> None:
+    hosts = """\
+    - {name: h1, address: 10.9.0.1, gpus: {framework: cuda, count: 2}}
+    - {name: h2, address: 10.9.0.2, gpus: {framework: cuda, count: 4}}
+    """
+    w = _workloads(
+        tmp_path,
+        "- {name: d, backend: srv, local_path: /m, replicas: 3}\n",
+        **{"hosts.d/h.yaml": hosts},
+    )
+    assert [(w[f"d-{i}"].host, w[f"d-{i}"].gpus) for i in range(3)] == [
+        ("h2", (0,)),
+        ("h2", (1,)),
+        ("h1", (0,)),
+    ]
+
+
+def test_explain_names_origins(tmp_path: Path) -> None:
+    make_repo(tmp_path, {"deployments.d/d.yaml": "- {name: d, backend: srv, local_path: /m}\n"})
+    text = api.explain(tmp_path, "d")
+    assert "version: v2 (the highest version key" in text
+    assert "image: example/srv:2  <- backends.d/b.yaml:6:20 (backend 'srv' version 'v2')" in text
+    assert "env LEVEL: warn  <- backends.d/b.yaml:6:74 (backend 'srv' version 'v2')" in text
+    assert "command: serve /m --port 40000  <- backends.d/b.yaml:3:22 (backend 'srv')" in text
+    with pytest.raises(FleetformError, match="no deployment 'nope'"):
+        api.explain(tmp_path, "nope")

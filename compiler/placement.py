@@ -16,6 +16,7 @@ The rule, in order (documented in the README):
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from compiler.errors import Mark, ResolveError
@@ -68,11 +69,17 @@ class Placed:
     port_kept: bool
 
 
+_Rank = tuple[int, str]
+
+
 @dataclass
 class _State:
     gpu_owner: dict[tuple[str, int], str] = field(default_factory=dict)
     port_owner: dict[tuple[str, int], str] = field(default_factory=dict)
     load: dict[str, int] = field(default_factory=dict)
+    # Candidate hosts per (selector, framework, GPUs needed), best first. Ranks only
+    # ever get worse as GPUs are claimed, so a stale entry is re-ranked when it surfaces.
+    heaps: dict[tuple[object, ...], list[_Rank]] = field(default_factory=dict)
 
 
 def place(
@@ -102,7 +109,7 @@ def place(
         for replica in range(request.replicas):
             if (request.deployment, replica) in assigned:
                 continue
-            host, gpus = _choose(request, replica, hosts, state)
+            host, gpus = _choose(request, replica, hosts, by_name, state)
             _claim(state, request, replica, host, gpus, request.mark)
             assigned[(request.deployment, replica)] = (host, gpus, False)
 
@@ -211,36 +218,49 @@ def _prior_fits(request: Request, old: Prior, hosts: dict[str, HostSlots], state
 
 
 def _choose(
-    request: Request, replica: int, hosts: list[HostSlots], state: _State
+    request: Request,
+    replica: int,
+    hosts: list[HostSlots],
+    by_name: dict[str, HostSlots],
+    state: _State,
 ) -> tuple[str, tuple[int, ...]]:
     need = request.gpus_per_replica
-    candidates = []
-    for host in hosts:
-        if not _matches(request, host):
+
+    def rank(host: HostSlots) -> _Rank:
+        if need:
+            return (-len(_free(request, host, state)), host.name)
+        return (state.load.get(host.name, 0), host.name)
+
+    key = (tuple(sorted(request.worker_selector.items())), request.framework, need)
+    heap = state.heaps.get(key)
+    if heap is None:
+        heap = [rank(host) for host in hosts if _matches(request, host)]
+        heapq.heapify(heap)
+        state.heaps[key] = heap
+    while heap:
+        stored, name = heap[0]
+        current = rank(by_name[name])
+        if (stored, name) != current:
+            heapq.heapreplace(heap, current)
             continue
-        free = _free(request, host, state)
-        if len(free) >= need:
-            rank = (-len(free), host.name) if need else (state.load.get(host.name, 0), host.name)
-            candidates.append((rank, host.name, tuple(free[:need])))
-    if not candidates:
-        matching = [h for h in hosts if _matches(request, h)]
-        selector = _selector_text(request.worker_selector)
-        if not matching:
-            raise ResolveError(
-                f"no host matches worker_selector {selector}",
-                request.mark,
-                "worker_selector",
-            )
-        free_text = ", ".join(f"{h.name}: {len(_free(request, h, state))}" for h in matching)
+        free = _free(request, by_name[name], state)
+        if len(free) < need:
+            heap.clear()  # the host with the most free GPUs lacks them: so does every host
+            break
+        return name, tuple(free[:need])
+    matching = [h for h in hosts if _matches(request, h)]
+    selector = _selector_text(request.worker_selector)
+    if not matching:
         raise ResolveError(
-            f"replica {replica} needs {need} free {request.framework} GPU(s) on a host"
-            f" matching {selector}; free: {free_text}",
-            request.mark,
-            "gpu_selector.gpus_per_replica",
+            f"no host matches worker_selector {selector}", request.mark, "worker_selector"
         )
-    candidates.sort()
-    _, host_name, gpus = candidates[0]
-    return host_name, gpus
+    free_text = ", ".join(f"{h.name}: {len(_free(request, h, state))}" for h in matching)
+    raise ResolveError(
+        f"replica {replica} needs {need} free {request.framework} GPU(s) on a host"
+        f" matching {selector}; free: {free_text}",
+        request.mark,
+        "gpu_selector.gpus_per_replica",
+    )
 
 
 def _selector_text(selector: dict[str, str]) -> str:

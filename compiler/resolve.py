@@ -12,6 +12,7 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -74,6 +75,10 @@ class Workload(BaseModel):
         return self.model_dump(mode="json")
 
     def spec_hash(self) -> str:
+        return self._spec_hash
+
+    @cached_property
+    def _spec_hash(self) -> str:
         canonical = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

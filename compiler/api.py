@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import FleetformError
-from compiler.load import load_repo
+from compiler.errors import FleetformError, Mark, OutputError
+from compiler.load import SETTINGS_FILE, load_repo
 from compiler.model import Repo, validate_repo
 from compiler.output import Changes, diff_output, read_prior, write_output
 from compiler.render.fleet import render_fleet
@@ -26,7 +26,22 @@ def load(root: Path) -> Repo:
 
 
 def output_dir(root: Path, repo: Repo) -> Path:
-    return root / repo.settings.output_dir
+    """The output folder, refused unless it really is inside the repository.
+
+    Settings validation already rejects absolute paths and '..'; this also catches a
+    symlink that leads out of the repository.
+    """
+    out = root / repo.settings.output_dir
+    real_root = root.resolve()
+    real_out = out.resolve()
+    if real_out == real_root or real_root not in real_out.parents:
+        raise OutputError(
+            f"output_dir '{repo.settings.output_dir}' leads to {real_out}, outside the"
+            " repository; refusing to write there",
+            Mark(SETTINGS_FILE, 1, 1),
+            "output_dir",
+        )
+    return out
 
 
 def build(root: Path) -> Compiled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
@@ -238,6 +239,26 @@ class Settings(_Model):
         if not DNS_LABEL.match(name):
             raise ValueError(f"'{name}' is not a valid project name (lowercase, digits, '-')")
         return name
+
+    @field_validator("output_dir")
+    @classmethod
+    def _inside_repo(cls, value: str) -> str:
+        # compile prunes what it no longer produces here: it must never be a folder the
+        # user keeps anything else in, so it stays a plain folder inside the repository.
+        parts = PurePosixPath(value).parts
+        if (
+            not value
+            or value.startswith(("/", "~"))
+            or "\\" in value
+            or not parts
+            or any(part in (".", "..") for part in parts)
+            or parts[0] in ("backends.d", "deployments.d", "hosts.d", ".git")
+        ):
+            raise ValueError(
+                f"'{value}' must be a folder inside the repository, like 'output'"
+                " (not absolute, no '..', not the repository itself or a source folder)"
+            )
+        return value
 
     @field_validator("label_prefix")
     @classmethod

@@ -2,8 +2,11 @@
 
 Everything is rendered in memory before the first write, so a failed compile never
 touches ``output/``. Each changed file is replaced atomically (write, fsync, rename);
-unchanged files are not rewritten; files no longer produced are removed. Files and
-folders starting with ``.`` (``.gitkeep``, ``.gitattributes``) are left alone.
+unchanged files are not rewritten.
+
+Removal is deliberately narrow: compile deletes only artifacts it owns — the
+``compose.yaml``, ``index.json`` and ``systemd/*.service`` of a host folder that holds
+fleetform's own ``index.json`` — and never anything else, whatever ``output/`` holds.
 """
 
 from __future__ import annotations
@@ -36,28 +39,40 @@ class Changes:
         return sorted(out, key=lambda line: line.split(" ", 1)[1])
 
 
-def existing_files(output_dir: Path) -> dict[str, Path]:
+def managed_files(output_dir: Path) -> dict[str, Path]:
+    """Artifacts a previous compile wrote: the only files compile may replace or remove."""
+    found: dict[str, Path] = {}
     if not output_dir.is_dir():
-        return {}
-    found = {}
-    for path in output_dir.rglob("*"):
-        relative = path.relative_to(output_dir)
-        if any(part.startswith(".") for part in relative.parts):
+        return found
+    for index in sorted(output_dir.glob(f"*/{INDEX_FILE}")):
+        host_dir = index.parent
+        if host_dir.is_symlink() or not _is_our_index(index):
             continue
-        if path.is_file() or path.is_symlink():
-            found[relative.as_posix()] = path
+        candidates = [index, host_dir / "compose.yaml", *sorted(host_dir.glob("systemd/*.service"))]
+        for path in candidates:
+            if path.is_file() and not path.is_symlink():
+                found[path.relative_to(output_dir).as_posix()] = path
     return found
 
 
+def _is_our_index(index: Path) -> bool:
+    try:
+        document = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("schema") == INDEX_SCHEMA
+
+
 def diff_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
-    current = existing_files(output_dir)
+    managed = managed_files(output_dir)
     changes = Changes()
     for path, content in sorted(files.items()):
-        if path not in current:
+        target = output_dir / path
+        if not (target.is_file() or target.is_symlink()):
             changes.created.append(path)
-        elif current[path].is_symlink() or current[path].read_bytes() != content:
+        elif target.is_symlink() or target.read_bytes() != content:
             changes.updated.append(path)
-    changes.deleted = sorted(path for path in current if path not in files)
+    changes.deleted = sorted(path for path in managed if path not in files)
     return changes
 
 
@@ -66,9 +81,10 @@ def write_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
     try:
         for path in changes.created + changes.updated:
             _atomic_write(output_dir / path, files[path])
-        for path in changes.deleted:
+        # A host's index goes last: until then its folder still counts as fleetform's.
+        for path in sorted(changes.deleted, key=lambda p: p.endswith(INDEX_FILE)):
             (output_dir / path).unlink()
-        _remove_empty_dirs(output_dir)
+        _remove_empty_dirs(output_dir, changes.deleted)
     except OSError as error:
         raise OutputError(f"cannot write {error.filename}: {error.strerror}") from None
     return changes
@@ -91,11 +107,12 @@ def _atomic_write(path: Path, content: bytes) -> None:
         raise
 
 
-def _remove_empty_dirs(output_dir: Path) -> None:
-    if not output_dir.is_dir():
-        return
-    for folder in sorted(output_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if folder.is_dir() and not folder.name.startswith(".") and not any(folder.iterdir()):
+def _remove_empty_dirs(output_dir: Path, deleted: list[str]) -> None:
+    """Remove the folders that removing ``deleted`` left empty (and nothing else)."""
+    folders = {(output_dir / path).parent for path in deleted}
+    folders |= {folder.parent for folder in folders if folder.parent != output_dir}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder != output_dir and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
 
 

@@ -25,10 +25,13 @@ def test_help_does_not_import_heavy_modules() -> None:
     code = (
         "import sys; from compiler.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('pydantic', 'yaml', 'docker', 'deepdiff', 'jinja2') if m in sys.modules]\n"
+        "heavy = [m for m in ('pydantic', 'yaml', 'docker', 'deepdiff', 'jinja2')"
+        " if m in sys.modules]\n"
         "print('heavy=' + ','.join(heavy))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip().splitlines()[-1] == "heavy="
 
 
@@ -44,7 +47,9 @@ def test_unexpected_exception_exits_3_with_traceback_file(
     result = CliRunner().invoke(main, ["validate", "--repo", str(tmp_path)])
     assert result.exit_code == 3
     line = result.stderr.strip()
-    assert line.startswith("fleetform: internal error (this is a bug): RuntimeError: simulated bug;")
+    assert line.startswith(
+        "fleetform: internal error (this is a bug): RuntimeError: simulated bug;"
+    )
     path = Path(line.rsplit("traceback written to ", 1)[1])
     assert "Traceback" in path.read_text() and "simulated bug" in path.read_text()
     path.unlink()

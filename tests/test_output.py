@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from compiler import api
 from compiler.cli import main
+from compiler.errors import FleetformError
 from tests.helpers_repo import make_repo
 
 DEPLOYMENTS = """\
@@ -35,7 +37,8 @@ def test_no_change_recompile_writes_no_file(tmp_path: Path) -> None:
 def test_only_changed_files_are_rewritten_and_stale_ones_removed(tmp_path: Path) -> None:
     hosts = """\
     - {name: h1, address: 10.9.0.1, gpus: {framework: cuda, count: 4}}
-    - {name: h2, address: 10.9.0.2, target: systemd, labels: {kind: unit}, gpus: {framework: cuda, count: 1}}
+    - {name: h2, address: 10.9.0.2, target: systemd, labels: {kind: unit},
+       gpus: {framework: cuda, count: 1}}
     """
     make_repo(
         tmp_path,
@@ -50,7 +53,7 @@ def test_only_changed_files_are_rewritten_and_stale_ones_removed(tmp_path: Path)
     before = _stat(tmp_path)
     assert "h2/systemd/fleetform-gamma-0.service" in before
     (tmp_path / "deployments.d" / "d.yaml").write_text(DEPLOYMENTS)
-    (tmp_path / "hosts.d" / "h.yaml").write_text(hosts.replace("    - {name: h2", "#"))
+    (tmp_path / "hosts.d" / "h.yaml").write_text(hosts.split("    - {name: h2")[0])
     changes = api.compile_repo(tmp_path)
     assert changes.deleted == [
         "h2/index.json",
@@ -82,3 +85,67 @@ def test_check_writes_nothing_and_lists_stale_files(tmp_path: Path) -> None:
     result = runner.invoke(main, ["compile", "--check", "--repo", str(tmp_path)])
     assert result.exit_code == 1
     assert "stale: would be updated h1/compose.yaml" in result.stderr
+
+
+def test_files_fleetform_did_not_write_are_never_removed(tmp_path: Path) -> None:
+    make_repo(tmp_path, {"deployments.d/d.yaml": DEPLOYMENTS})
+    api.compile_repo(tmp_path)
+    foreign = {
+        "output/README.md": "notes",
+        "output/other/thing.txt": "kept",
+        "output/h1/notes.txt": "kept too",
+        "output/h1/systemd/custom.conf": "kept as well",
+        "output/ghost/compose.yaml": "no index: not ours",
+    }
+    for relative, text in foreign.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    (tmp_path / "deployments.d" / "d.yaml").write_text("")
+    (tmp_path / "hosts.d" / "h.yaml").write_text("")
+    changes = api.compile_repo(tmp_path)
+    assert changes.deleted == ["h1/compose.yaml", "h1/index.json"]
+    for relative, text in foreign.items():
+        assert (tmp_path / relative).read_text() == text
+
+
+@pytest.mark.parametrize(
+    "output_dir",
+    [".", "", "..", "../elsewhere", "sub/../..", "backends.d", ".git", "~/out"],
+)
+def test_output_dir_must_be_a_folder_inside_the_repository(tmp_path: Path, output_dir: str) -> None:
+    repo = make_repo(
+        tmp_path / "repo",
+        {
+            "deployments.d/d.yaml": DEPLOYMENTS,
+            "fleetform.yaml": f"output_dir: '{output_dir}'\n",
+        },
+    )
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(FleetformError) as caught:
+        api.compile_repo(repo)
+    assert str(caught.value).startswith("fleetform.yaml:1:13: output_dir: ")
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_absolute_output_dir_is_refused_and_nothing_is_touched(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.conf").write_text("do not delete")
+    repo = make_repo(
+        tmp_path / "repo",
+        {"deployments.d/d.yaml": DEPLOYMENTS, "fleetform.yaml": f"output_dir: {victim}\n"},
+    )
+    with pytest.raises(FleetformError, match="must be a folder inside the repository"):
+        api.compile_repo(repo)
+    assert [p.name for p in victim.iterdir()] == ["precious.conf"]
+
+
+def test_output_dir_symlinked_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.conf").write_text("do not delete")
+    repo = make_repo(tmp_path / "repo", {"deployments.d/d.yaml": DEPLOYMENTS})
+    (repo / "output").symlink_to(victim)
+    with pytest.raises(FleetformError, match="outside the repository"):
+        api.compile_repo(repo)
+    assert [p.name for p in victim.iterdir()] == ["precious.conf"]

@@ -32,7 +32,11 @@ def test_validate_the_example_fleet() -> None:
 
 
 def test_example_fleet_has_what_the_readme_promises() -> None:
-    outputs = sorted(p.relative_to(ROOT / "output").as_posix() for p in (ROOT / "output").rglob("*") if p.is_file())
+    outputs = sorted(
+        p.relative_to(ROOT / "output").as_posix()
+        for p in (ROOT / "output").rglob("*")
+        if p.is_file()
+    )
     assert "gpu-a/compose.yaml" in outputs
     assert "gpu-b/compose.yaml" in outputs
     assert any(p.startswith("gpu-c/systemd/") and p.endswith(".service") for p in outputs)

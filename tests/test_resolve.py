@@ -97,7 +97,10 @@ def test_model_path_from_hub_source_uses_host_model_dir(tmp_path: Path) -> None:
     w = _workloads(
         tmp_path,
         "- {name: d, backend: srv, huggingface_repo_id: org/m}\n",
-        **{"hosts.d/h.yaml": "name: h1\naddress: 10.9.0.1\nmodel_dir: /data\ngpus: {framework: cuda, count: 1}\n"},
+        **{
+            "hosts.d/h.yaml": "name: h1\naddress: 10.9.0.1\nmodel_dir: /data\n"
+            "gpus: {framework: cuda, count: 1}\n"
+        },
     )
     assert w["d-0"].command[1] == "/data/org/m"
     assert w["d-0"].volumes == ("/data:/data:ro",)

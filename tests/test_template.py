@@ -62,7 +62,7 @@ def test_builtins_win_over_env_of_the_same_name() -> None:
         (["--flag", "--k v"], "equal", ["--flag", "--k=v"]),
         (["/path with spaces"], "space", ["/path with spaces"]),
         (["-0.5"], "equal", ["-0.5"]),
-        (['--json \'{"a": 1}\''], "equal", ['--json={"a": 1}']),
+        (["--json '{\"a\": 1}'"], "equal", ['--json={"a": 1}']),
         (["  ", ""], "space", []),
     ],
 )

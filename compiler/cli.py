@@ -61,7 +61,7 @@ def _report_errors(command: F) -> F:
 repo_option = click.option(
     "--repo",
     "repo",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
     help="The fleet repository.",

@@ -69,7 +69,10 @@ class ErrorList(FleetformError):
     """Several independent errors found in one pass, reported together."""
 
     def __init__(self, errors: list[FleetformError]) -> None:
-        ordered = sorted(errors, key=_error_order)
+        # The same mistake met through several deployments is reported once.
+        flat = [item for error in errors for item in flatten(error)]
+        unique = {str(error): error for error in reversed(flat)}
+        ordered = sorted(unique.values(), key=_error_order)
         super().__init__(str(ordered[0]) if ordered else "no errors")
         self.errors = ordered
 

@@ -27,6 +27,7 @@ SETTINGS_FILE = "fleetform.yaml"
 
 # Nodes reached a second time through an alias; real files stay far below this.
 MAX_ALIAS_EXPANSION = 10_000
+MAX_DEPTH = 100
 
 KeyPath = tuple[str | int, ...]
 
@@ -131,7 +132,10 @@ def load_objects(path: Path, root: Path) -> Iterator[tuple[dict[str, Any], Sourc
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise LoadError(f"not UTF-8 text ({error.reason})", Mark(name, 1, 1)) from None
+        before = error.object[: error.start]
+        line = before.count(b"\n") + 1
+        column = error.start - (before.rfind(b"\n") + 1) + 1
+        raise LoadError(f"not UTF-8 text ({error.reason})", Mark(name, line, column)) from None
     except OSError as error:
         raise LoadError(f"cannot read: {error.strerror}", Mark(name, 1, 1)) from None
     yield from parse_objects(text, name)
@@ -145,7 +149,12 @@ def parse_objects(text: str, name: str) -> Iterator[tuple[dict[str, Any], Source
         mark = error.problem_mark or error.context_mark
         position = _mark(name, mark) if mark is not None else Mark(name, 1, 1)
         problem = error.problem or error.context or "invalid YAML"
+        if error.problem and error.context and error.context_mark is not None:
+            where = error.context_mark
+            problem += f" ({error.context} at line {where.line + 1}, column {where.column + 1})"
         raise LoadError(f"YAML syntax error: {problem}", position) from None
+    except RecursionError:
+        raise _too_deep(text, name) from None
     except yaml.YAMLError as error:
         raise LoadError(f"YAML syntax error: {error}", Mark(name, 1, 1)) from None
     for node in nodes:
@@ -156,6 +165,21 @@ def parse_objects(text: str, name: str) -> Iterator[tuple[dict[str, Any], Source
                 yield _object(item, name)
         else:
             yield _object(node, name)
+
+
+def _too_deep(text: str, name: str) -> LoadError:
+    """Where nesting first passes MAX_DEPTH, found from the (non-recursive) event stream."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return LoadError(
+                    f"YAML nesting is deeper than {MAX_DEPTH} levels", _mark(name, event.start_mark)
+                )
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+    return LoadError(f"YAML nesting is deeper than {MAX_DEPTH} levels", Mark(name, 1, 1))
 
 
 def _object(node: yaml.Node, name: str) -> tuple[dict[str, Any], SourceMap]:
@@ -177,9 +201,16 @@ class _Builder:
         self.expanded = 0
         self.constructor = yaml.SafeLoader("")
 
-    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+    def build(self, node: yaml.Node, path: KeyPath, depth: int = 0) -> Any:
         mark = _mark(self.source.file, node.start_mark)
         self.source.values.setdefault(path, mark)
+        if depth > MAX_DEPTH:
+            top = path[:1]
+            raise LoadError(
+                f"YAML nesting is deeper than {MAX_DEPTH} levels",
+                self.source.values.get(top, mark),
+                _dotted(top),
+            )
         if id(node) in self.seen:
             self.expanded += 1
             if self.expanded > MAX_ALIAS_EXPANSION:
@@ -187,31 +218,36 @@ class _Builder:
                     f"aliases expand to more than {MAX_ALIAS_EXPANSION} nodes"
                     " (a 'billion laughs' file?)",
                     mark,
+                    _dotted(path[:1]),
                 )
         self.seen.add(id(node))
         if id(node) in self.active:
-            raise LoadError("recursive alias", mark)
+            raise LoadError("recursive alias", mark, _dotted(path))
         self.active.add(id(node))
         try:
             if isinstance(node, yaml.MappingNode):
-                return self._mapping(node, path)
+                return self._mapping(node, path, depth)
             if isinstance(node, yaml.SequenceNode):
                 if node.tag != _SEQ_TAG:
-                    raise LoadError(_tag_message(node.tag), mark)
-                return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+                    raise LoadError(_tag_message(node.tag), mark, _dotted(path))
+                return [
+                    self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)
+                ]
             return self._scalar(node, path)
         finally:
             self.active.discard(id(node))
 
-    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath, depth: int) -> dict[str, Any]:
         if node.tag != _MAP_TAG:
-            raise LoadError(_tag_message(node.tag), _mark(self.source.file, node.start_mark))
+            raise LoadError(
+                _tag_message(node.tag), _mark(self.source.file, node.start_mark), _dotted(path)
+            )
         result: dict[str, Any] = {}
         merged: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key_mark = _mark(self.source.file, key_node.start_mark)
             if key_node.tag == _MERGE_TAG:
-                merged.update(self._merge(value_node, path))
+                merged.update(self._merge(value_node, path, depth))
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise LoadError("mapping keys must be plain scalars", key_mark)
@@ -224,16 +260,16 @@ class _Builder:
                     _dotted(path + (key,)),
                 )
             self.source.keys[path + (key,)] = key_mark
-            result[key] = self.build(value_node, path + (key,))
+            result[key] = self.build(value_node, path + (key,), depth + 1)
         for key, value in merged.items():
             result.setdefault(key, value)
         return result
 
-    def _merge(self, node: yaml.Node, path: KeyPath) -> dict[str, Any]:
+    def _merge(self, node: yaml.Node, path: KeyPath, depth: int) -> dict[str, Any]:
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
         merged: dict[str, Any] = {}
         for source in reversed(sources):
-            value = self.build(source, path)
+            value = self.build(source, path, depth + 1)
             if not isinstance(value, dict):
                 raise LoadError(
                     "'<<' merges mappings only", _mark(self.source.file, source.start_mark)
@@ -243,7 +279,9 @@ class _Builder:
 
     def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
         if node.tag not in _SCALAR_TAGS:
-            raise LoadError(_tag_message(node.tag), _mark(self.source.file, node.start_mark))
+            raise LoadError(
+                _tag_message(node.tag), _mark(self.source.file, node.start_mark), _dotted(path)
+            )
         text = str(node.value)
         self.source.raw[path] = text
         if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):

@@ -13,7 +13,15 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
 
 from compiler.errors import ErrorList, FleetformError, ValidationError
 from compiler.load import Document, KeyPath, RawRepo, dotted
@@ -41,18 +49,20 @@ GPUSTACK_IGNORED_KEYS = (
 )
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-EnvMap = dict[str, str]
+
+
+def _env_name(name: str) -> str:
+    if not ENV_NAME.match(name):
+        raise ValueError(f"invalid environment variable name '{name}'")
+    return name
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+EnvMap = dict[EnvName, str]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-def _check_env_names(env: EnvMap | None) -> EnvMap | None:
-    for name in env or {}:
-        if not ENV_NAME.match(name):
-            raise ValueError(f"invalid environment variable name '{name}'")
-    return env
 
 
 class VersionConfig(_Model):
@@ -62,8 +72,6 @@ class VersionConfig(_Model):
     env: EnvMap | None = None
     custom_framework: Framework | None = None
     built_in_frameworks: Any = Field(default=None, exclude=True)
-
-    _env = field_validator("env")(_check_env_names)
 
 
 class Backend(_Model):
@@ -88,8 +96,6 @@ class Backend(_Model):
     enabled: Any = Field(default=None, exclude=True)
     backend_source: Any = Field(default=None, exclude=True)
     owner_principal_id: Any = Field(default=None, exclude=True)
-
-    _env = field_validator("default_env")(_check_env_names)
 
 
 class GpuSelector(_Model):
@@ -127,8 +133,6 @@ class Deployment(_Model):
     restart: Literal["no", "always", "on-failure", "unless-stopped"] | None = None
     health_check_path: str | None = None
 
-    _env = field_validator("env")(_check_env_names)
-
     @field_validator("name")
     @classmethod
     def _dns_label(cls, name: str) -> str:
@@ -157,13 +161,39 @@ class GpuCount(_Model):
     count: int = Field(ge=0, le=1024)
 
 
+def _gpu_item_kind(value: Any) -> str:
+    return "gpu-count" if isinstance(value, dict) and "count" in value else "gpu-spec"
+
+
+def _gpus_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "gpu-list"
+    if isinstance(value, dict):
+        return "gpu-count"
+    return None
+
+
+GpuItem = Annotated[
+    Annotated[GpuSpec, Tag("gpu-spec")] | Annotated[GpuCount, Tag("gpu-count")],
+    Discriminator(_gpu_item_kind),
+]
+Gpus = Annotated[
+    Annotated[list[GpuItem], Tag("gpu-list")] | Annotated[GpuCount, Tag("gpu-count")],
+    Discriminator(
+        _gpus_kind,
+        custom_error_type="gpus_type",
+        custom_error_message="expected a list of GPUs or a {framework, count} mapping",
+    ),
+]
+
+
 class Host(_Model):
     name: str
     address: str
     target: Literal["compose", "systemd"] | None = None
     docker_host: str | None = None
     ssh: str | None = None
-    gpus: list[GpuSpec | GpuCount] | GpuCount | None = None
+    gpus: Gpus | None = None
     labels: dict[str, str] | None = None
     port_range: str | None = None
     model_dir: str | None = None
@@ -221,6 +251,8 @@ class Defaults(_Model):
     target: Literal["compose", "systemd"] = "compose"
     model_dir: str = "/var/lib/fleetform/models"
     port_range: str = "40000-40063"
+
+    _range = field_validator("port_range")(Host._range.__func__)  # type: ignore[attr-defined]
     shm_size: str = "10g"
     restart: Literal["no", "always", "on-failure", "unless-stopped"] = "unless-stopped"
     network_mode: str = "host"
@@ -266,11 +298,6 @@ class Settings(_Model):
         if not re.match(r"^[a-z0-9]+([.-][a-z0-9]+)*$", prefix):
             raise ValueError(f"'{prefix}' is not a label prefix like io.fleetform")
         return prefix
-
-    @model_validator(mode="after")
-    def _check_range(self) -> Settings:
-        Host._range(self.defaults.port_range)
-        return self
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -320,7 +347,12 @@ def validate_document(model: type[M], doc: Document) -> M:
     try:
         return model.model_validate(value)
     except pydantic.ValidationError as exc:
-        raise _translate(model, doc, exc.errors()[0]) from None
+        errors = exc.errors()
+        # A typo'd key also makes a required key "missing": report the typo, not that.
+        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+        if len(unknown) > 1:
+            raise ErrorList([_translate(model, doc, e) for e in unknown]) from None
+        raise _translate(model, doc, (unknown or errors)[0]) from None
 
 
 def _env_as_text(model: type[BaseModel], doc: Document) -> dict[str, Any]:
@@ -358,6 +390,7 @@ def _is_plain_scalar(item: Any) -> bool:
 
 
 def _translate(model: type[BaseModel], doc: Document, error: Any) -> ValidationError:
+    on_key = "[key]" in error["loc"]
     loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
     path: KeyPath = tuple(loc)
     kind = error["type"]
@@ -372,13 +405,13 @@ def _translate(model: type[BaseModel], doc: Document, error: Any) -> ValidationE
         return ValidationError(message, doc.source.mark(path, key=True), key)
     if kind == "missing":
         return ValidationError("required key is missing", doc.source.mark(path[:-1]), key)
-    return ValidationError(_message(error), doc.source.mark(path), key)
+    return ValidationError(_message(error), doc.source.mark(path, key=on_key), key)
 
 
 def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the union member's name into loc, e.g. 'list[...]' or 'GpuSpec'.
+    # pydantic puts union members and tags into loc: 'list[...]', 'spec', '[key]' …
     return isinstance(part, str) and (
-        "[" in part or part in ("GpuSpec", "GpuCount", "str", "int", "function-after")
+        "[" in part or part in ("gpu-spec", "gpu-count", "gpu-list", "function-after")
     )
 
 
@@ -401,6 +434,8 @@ def _message(error: Any) -> str:
         return f"{_show(value)} is not one of {expected}"
     if kind == "value_error":
         return str(error["ctx"]["error"])
+    if kind == "gpus_type":
+        return f"{error['msg']}, got {_show(value)}"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         return f"{_show(value)} is out of range ({error['msg'].lower()})"
     if kind == "string_too_short":
@@ -419,26 +454,28 @@ def _show(value: Any) -> str:
 
 
 def _allowed_keys(model: type[BaseModel], path: KeyPath) -> list[str]:
-    """The field names of the (sub)model found at ``path`` below ``model``."""
-    current: Any = model
+    """The field names of the (sub)models that can sit at ``path`` below ``model``."""
+    current: list[type[BaseModel]] = [model]
     for part in path:
         if isinstance(part, int):
             continue
-        fields = getattr(current, "model_fields", None)
-        if fields and part in fields:
-            current = _inner_model(fields[part].annotation)
-        else:
-            current = _inner_model(current, dict_value=True)
-    fields = getattr(current, "model_fields", None) or {}
-    return [name for name in fields if name not in GPUSTACK_IGNORED_KEYS]
+        below = [
+            inner
+            for candidate in current
+            if part in candidate.model_fields
+            for inner in _models_in(candidate.model_fields[part].annotation)
+        ]
+        # Not a field name: a key of a dict of models (a version name), so stay put.
+        current = below or current
+    names = {name for candidate in current for name in candidate.model_fields}
+    return sorted(names - set(GPUSTACK_IGNORED_KEYS))
 
 
-def _inner_model(annotation: Any, dict_value: bool = False) -> Any:
-    """The pydantic model inside an annotation such as ``dict[str, X] | None``."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model inside an annotation such as ``dict[str, X] | list[Y | Z]``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg, dict_value)
-        if found is not None:
-            return found
-    return None
+        found.extend(m for m in _models_in(arg) if m not in found)
+    return found

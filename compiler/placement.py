@@ -47,6 +47,9 @@ class Request:
     mark: Mark
     gpu_ids_mark: Mark
     port_mark: Mark
+    selector_mark: Mark
+    per_mark: Mark
+    per_explicit: bool
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,12 @@ def _explicit(request: Request, hosts: dict[str, HostSlots]) -> list[tuple[str, 
     assert request.gpu_ids is not None
     ids = request.gpu_ids
     where = request.gpu_ids_mark
+    seen: set[tuple[str, str, int]] = set()
     for host_name, framework, index in ids:
         text = f"{host_name}:{framework}:{index}"
+        if (host_name, framework, index) in seen:
+            raise ResolveError(f"GPU '{text}' is listed twice", where, "gpu_selector.gpu_ids")
+        seen.add((host_name, framework, index))
         host = hosts.get(host_name)
         if host is None:
             raise ResolveError(
@@ -154,11 +161,12 @@ def _explicit(request: Request, hosts: dict[str, HostSlots]) -> list[tuple[str, 
     if request.replicas == 0:
         return []
     if per * request.replicas != len(ids):
-        raise ResolveError(
-            f"{len(ids)} GPU ids do not split into {request.replicas} replicas of {per} GPUs",
-            where,
-            "gpu_selector.gpu_ids",
+        message = (
+            f"{len(ids)} GPU ids do not make {request.replicas} replicas of {per} GPUs"
+            if request.per_explicit
+            else f"{len(ids)} GPU ids do not split evenly into {request.replicas} replicas"
         )
+        raise ResolveError(message, where, "gpu_selector.gpu_ids")
     chunks = []
     for replica in range(request.replicas):
         chunk = ids[replica * per : (replica + 1) * per]
@@ -252,13 +260,15 @@ def _choose(
     selector = _selector_text(request.worker_selector)
     if not matching:
         raise ResolveError(
-            f"no host matches worker_selector {selector}", request.mark, "worker_selector"
+            f"no host matches worker_selector {selector}",
+            request.selector_mark,
+            "worker_selector",
         )
     free_text = ", ".join(f"{h.name}: {len(_free(request, h, state))}" for h in matching)
     raise ResolveError(
         f"replica {replica} needs {need} free {request.framework} GPU(s) on a host"
         f" matching {selector}; free: {free_text}",
-        request.mark,
+        request.per_mark,
         "gpu_selector.gpus_per_replica",
     )
 

@@ -85,8 +85,11 @@ class Workload(BaseModel):
 
 @dataclass(frozen=True)
 class Origin:
+    """Where a resolved value was written: position, layer, and its key as written."""
+
     mark: Mark
     via: str
+    key: str = ""
 
     def __str__(self) -> str:
         return f"{self.mark} ({self.via})"
@@ -131,7 +134,9 @@ class _Layer:
     def origin(self, path: KeyPath) -> Origin:
         written = dict(self.renamed).get(str(path[0]), path[0]) if path else None
         source = path if written is None else (written,) + path[1:]
-        return Origin(self.doc.source.mark(self.prefix + source), self.via)
+        return Origin(
+            self.doc.source.mark(self.prefix + source), self.via, dotted(self.prefix + source)
+        )
 
 
 def _merge(layers: list[_Layer]) -> tuple[dict[str, Any], dict[str, Origin]]:
@@ -187,22 +192,54 @@ def _chain(
     what: str,
     stack: tuple[str, ...] = (),
 ) -> list[str]:
-    """``name``'s ancestors, root first, each once (first occurrence kept), then ``name``."""
+    """``name``'s ancestors, root first, each once (first occurrence kept), then ``name``.
+
+    ``marks`` holds, per name, where its ``extends`` is written.
+    """
     if name in stack:
-        cycle = " -> ".join(stack[stack.index(name) :] + (name,))
-        raise ResolveError(f"extends cycle: {cycle}", marks[stack[0]], "extends")
+        cycle = stack[stack.index(name) :] + (name,)
+        raise _CycleError(f"cycle {' -> '.join(cycle)}", marks[cycle[0]], "extends", cycle)
     order: list[str] = []
     for parent in parents_of.get(name, []):
         if parent not in parents_of:
             known = ", ".join(sorted(parents_of)) or "none"
             raise ResolveError(
-                f"extends unknown {what} '{parent}' (known: {known})", marks[name], "extends"
+                f"unknown {what} '{parent}' (known: {known})", marks[name], "extends"
             )
         for ancestor in _chain(parent, parents_of, marks, what, stack + (name,)):
             if ancestor not in order:
                 order.append(ancestor)
     order.append(name)
     return order
+
+
+class _CycleError(ResolveError):
+    def __init__(self, message: str, mark: Mark, key: str, cycle: tuple[str, ...]) -> None:
+        super().__init__(message, mark, key)
+        self.members = frozenset(cycle)
+
+
+def _chains(
+    names: list[str],
+    parents_of: dict[str, list[str]],
+    marks: dict[str, Mark],
+    what: str,
+    errors: list[FleetformError],
+) -> dict[str, list[str]]:
+    """The chain of every name; each broken chain reported once (a cycle, once in all)."""
+    chains: dict[str, list[str]] = {}
+    cycles: set[frozenset[str]] = set()
+    for name in names:
+        try:
+            chains[name] = _chain(name, parents_of, marks, what)
+        except _CycleError as error:
+            if error.members not in cycles:
+                cycles.add(error.members)
+                errors.append(error)
+        except ResolveError as error:
+            if not any(str(error) == str(seen) for seen in errors):
+                errors.append(error)
+    return chains
 
 
 # --- version choice -----------------------------------------------------------------
@@ -266,7 +303,7 @@ class _Backend:
         for backend, doc in self.layers:
             if name in backend.model_fields_set and getattr(backend, name) is not None:
                 value = getattr(backend, name)
-                origin = Origin(doc.source.mark((name,)), f"backend '{backend.backend_name}'")
+                origin = Origin(doc.source.mark((name,)), f"backend '{backend.backend_name}'", name)
         return value, origin
 
 
@@ -277,19 +314,22 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     hosts = _resolve_hosts(repo, errors)
     backends = _resolve_backends(repo, errors)
     deployments = {d.name: (d, doc) for d, doc in repo.deployments}
-    _check_unique([(d.name, doc.mark) for d, doc in repo.deployments], "deployment", "name", errors)
+    _check_unique(
+        [(d.name, doc.source.mark(("name",))) for d, doc in repo.deployments],
+        "deployment",
+        "name",
+        errors,
+    )
     if errors:
         raise ErrorList(errors)
 
     parents = {name: list(d.extends or []) for name, (d, _) in deployments.items()}
-    marks = {name: doc.mark for name, (_, doc) in deployments.items()}
+    marks = {name: doc.source.mark(("extends",)) for name, (_, doc) in deployments.items()}
+    concrete = sorted(name for name, (d, _) in deployments.items() if not d.abstract)
+    chains = _chains(concrete, parents, marks, "deployment", errors)
     drafts: list[_Draft] = []
-    for name in sorted(deployments):
-        deployment, doc = deployments[name]
-        if deployment.abstract:
-            continue
+    for name, chain in chains.items():
         try:
-            chain = _chain(name, parents, marks, "deployment")
             drafts.append(_draft(name, chain, deployments, backends, hosts, settings))
         except FleetformError as error:
             errors.append(error)
@@ -355,7 +395,9 @@ def _resolve_hosts(
     repo: Repo, errors: list[FleetformError]
 ) -> dict[str, tuple[ResolvedHost, Mark]]:
     defaults = repo.settings.defaults
-    _check_unique([(h.name, doc.mark) for h, doc in repo.hosts], "host", "name", errors)
+    _check_unique(
+        [(h.name, doc.source.mark(("name",))) for h, doc in repo.hosts], "host", "name", errors
+    )
     hosts: dict[str, tuple[ResolvedHost, Mark]] = {}
     for host, doc in repo.hosts:
         gpus = host.gpu_list()
@@ -404,14 +446,10 @@ def _resolve_backends(repo: Repo, errors: list[FleetformError]) -> dict[str, _Ba
     )
     by_name = {b.backend_name: (b, doc) for b, doc in repo.backends}
     parents = {name: [b.extends] if b.extends else [] for name, (b, _) in by_name.items()}
-    marks = {name: doc.mark for name, (_, doc) in by_name.items()}
+    marks = {name: doc.source.mark(("extends",)) for name, (_, doc) in by_name.items()}
     resolved: dict[str, _Backend] = {}
-    for name in sorted(by_name):
-        try:
-            chain = _chain(name, parents, marks, "backend")
-        except FleetformError as error:
-            errors.append(error)
-            continue
+    chains = _chains(sorted(by_name), parents, marks, "backend", errors)
+    for name, chain in chains.items():
         backend = _Backend(name, [by_name[link] for link in chain])
         versions = backend.merged_versions()
         default, origin = backend.field("default_version")
@@ -445,7 +483,12 @@ class _Draft:
     has_explicit_gpus: bool
 
     def origin(self, key: str) -> Origin:
-        return self.origins.get(key) or Origin(self.doc.mark, f"deployment '{self.name}'")
+        return self.origins.get(key) or Origin(self.doc.mark, f"deployment '{self.name}'", key)
+
+    def fail(self, key: str, message: str) -> ResolveError:
+        """An error about the merged value ``key``, reported where it was written."""
+        origin = self.origin(key)
+        return ResolveError(message, origin.mark, origin.key or key)
 
     def workload(self, placed: Placed, host: ResolvedHost, settings: Settings) -> Workload:
         values = self.values
@@ -463,9 +506,23 @@ class _Draft:
         if model_path is not None:
             builtins["model_path"] = model_path
 
+        def failure(key: str, error: template.TemplateError) -> ResolveError:
+            if (
+                model_path is None
+                and isinstance(error, template.UndefinedPlaceholder)
+                and "model_path" in error.names
+            ):
+                return ResolveError(
+                    "no model: set local_path, huggingface_repo_id or model_scope_model_id"
+                    f" ({{{{model_path}}}} is used at {self.origin(key).mark})",
+                    self.doc.mark,
+                    "local_path",
+                )
+            return self.fail(key, str(error))
+
         env, env_errors = template.render_env(values.get("env") or {}, builtins)
         for key, error in sorted(env_errors.items()):
-            raise ResolveError(str(error), self.origin(f"env.{key}").mark, f"env.{key}")
+            raise failure(f"env.{key}", error)
         defined = sorted(builtins) + sorted(k for k in env if k not in builtins)
 
         def lookup(name: str) -> str | None:
@@ -475,7 +532,7 @@ class _Draft:
             try:
                 return tuple(template.substitute(word, lookup, defined) for word in words)
             except template.TemplateError as error:
-                raise ResolveError(str(error), self.origin(key).mark, key) from None
+                raise failure(key, error) from None
 
         def words_of(key: str) -> list[str]:
             text = values.get(key)
@@ -484,7 +541,7 @@ class _Draft:
             try:
                 return template.split(text)
             except template.TemplateError as error:
-                raise ResolveError(str(error), self.origin(key).mark, key) from None
+                raise failure(key, error) from None
 
         entry_words = words_of("entrypoint")
         entrypoint = render(entry_words, "entrypoint") if values.get("entrypoint") else None
@@ -494,7 +551,7 @@ class _Draft:
             try:
                 params = template.flatten_parameters(values.get(key) or [])
             except template.TemplateError as error:
-                raise ResolveError(str(error), self.origin(key).mark, key) from None
+                raise failure(key, error) from None
             command.extend(render(template.normalise_parameters(params, style), key))
 
         image = values.get("image_name")
@@ -754,6 +811,9 @@ def _draft(
         mark=doc.mark,
         gpu_ids_mark=ids_mark,
         port_mark=port_origin.mark,
+        selector_mark=origins.get("worker_selector", Origin(doc.mark, "")).mark,
+        per_mark=origins.get("gpu_selector.gpus_per_replica", Origin(doc.mark, "")).mark,
+        per_explicit=selector.get("gpus_per_replica") is not None,
     )
     origins.setdefault("framework", Origin(doc.mark, "default (no custom_framework)"))
     return _Draft(

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Callable, Mapping
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_NEAR_MISS = re.compile(r"\{\{.*?(\}\}|$)")
+_NEAR_MISS = re.compile(r"\{\{[^\n]*?(\}\}|$)", re.MULTILINE)
 
 
 class TemplateError(ValueError):
@@ -30,6 +30,7 @@ class UndefinedPlaceholder(TemplateError):
 
 def split(template: str) -> list[str]:
     """Split ``template`` like a POSIX shell, keeping ``{{ name }}`` as one word."""
+    _reject_stray_braces(template)
     normalised = PLACEHOLDER.sub(lambda m: "{{" + m.group(1) + "}}", template)
     try:
         return shlex.split(normalised, posix=True)
@@ -46,13 +47,17 @@ def substitute(text: str, lookup: Callable[[str], str | None], defined: list[str
     missing = [name for name in dict.fromkeys(names_in(text)) if lookup(name) is None]
     if missing:
         raise UndefinedPlaceholder(missing, defined)
-    leftover = PLACEHOLDER.sub("", text)
-    stray = _NEAR_MISS.search(leftover)
+    _reject_stray_braces(text)
+    return PLACEHOLDER.sub(lambda m: lookup(m.group(1)) or "", text)
+
+
+def _reject_stray_braces(text: str) -> None:
+    """``{{`` that does not open a ``{{name}}`` placeholder is an error, never text."""
+    stray = _NEAR_MISS.search(PLACEHOLDER.sub("", text))
     if stray:
         raise TemplateError(
             f"'{stray.group(0)}' is not a placeholder; only {{{{name}}}} is supported"
         )
-    return PLACEHOLDER.sub(lambda m: lookup(m.group(1)) or "", text)
 
 
 def render_env(

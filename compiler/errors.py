@@ -25,11 +25,15 @@ class Mark:
 class FleetformError(Exception):
     """The root of every error fleetform expects and reports without a traceback."""
 
-    def __init__(self, message: str, mark: Mark | None = None, key: str = "") -> None:
+    def __init__(
+        self, message: str, mark: Mark | None = None, key: str = "", *, same_as: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.mark = mark
         self.key = key
+        # Errors with equal identities are one mistake, reported once.
+        self.identity = same_as or f"{mark}|{key}|{message}"
 
     def __str__(self) -> str:
         parts = []
@@ -71,7 +75,7 @@ class ErrorList(FleetformError):
     def __init__(self, errors: list[FleetformError]) -> None:
         # The same mistake met through several deployments is reported once.
         flat = [item for error in errors for item in flatten(error)]
-        unique = {str(error): error for error in reversed(flat)}
+        unique = {error.identity: error for error in reversed(flat)}
         ordered = sorted(unique.values(), key=_error_order)
         super().__init__(str(ordered[0]) if ordered else "no errors")
         self.errors = ordered

@@ -518,7 +518,12 @@ class _Draft:
                     self.doc.mark,
                     "local_path",
                 )
-            return self.fail(key, str(error))
+            origin = self.origin(key)
+            same_as = ""
+            if isinstance(error, template.UndefinedPlaceholder):
+                # Met through every deployment of a backend, with other defined names.
+                same_as = f"{origin.mark}|{origin.key}|undefined {error.names}"
+            return ResolveError(str(error), origin.mark, origin.key or key, same_as=same_as)
 
         env, env_errors = template.render_env(values.get("env") or {}, builtins)
         for key, error in sorted(env_errors.items()):

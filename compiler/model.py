@@ -143,6 +143,13 @@ class Deployment(_Model):
             )
         return name
 
+    @field_validator("local_path")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
+            raise ValueError(f"'{path}' must be an absolute path on the host")
+        return path
+
     @field_validator("extends", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:

@@ -60,6 +60,7 @@ class Workload(BaseModel):
     network_mode: str
     shm_size: str
     restart: str
+    model_mount: str | None  # bind-mounted read-only at the same path
     volumes: tuple[str, ...]
     devices: tuple[str, ...]
     ports: tuple[str, ...]
@@ -571,13 +572,8 @@ class _Draft:
         env_final = dict(_vendor_env(framework, gpus))
         env_final.update(env)
         devices = list(_vendor_devices(framework, gpus)) + list(values.get("devices") or [])
-        volumes = []
-        if model_path is not None:
-            mount = _model_mount(values, model_path, host)
-            volumes.append(f"{mount}:{mount}:ro")
-        for volume in values.get("volumes") or []:
-            if volume not in volumes:
-                volumes.append(volume)
+        model_mount = _model_mount(values, model_path, host) if model_path else None
+        volumes = list(dict.fromkeys(values.get("volumes") or []))
 
         return Workload(
             deployment=self.name,
@@ -594,6 +590,7 @@ class _Draft:
             network_mode=values.get("network_mode") or defaults.network_mode,
             shm_size=values.get("shm_size") or defaults.shm_size,
             restart=values.get("restart") or defaults.restart,
+            model_mount=model_mount,
             volumes=tuple(volumes),
             devices=tuple(dict.fromkeys(devices)),
             ports=tuple(values.get("ports") or ()),

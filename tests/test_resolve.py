@@ -103,7 +103,19 @@ def test_model_path_from_hub_source_uses_host_model_dir(tmp_path: Path) -> None:
         },
     )
     assert w["d-0"].command[1] == "/data/org/m"
-    assert w["d-0"].volumes == ("/data:/data:ro",)
+    assert w["d-0"].model_mount == "/data"
+    assert w["d-0"].volumes == ()
+
+
+@pytest.mark.parametrize(
+    ("local_path", "mount"),
+    [("/m", "/m"), ("/srv/models/a.gguf", "/srv/models"), ("/srv/a:b/m.gguf", "/srv/a:b")],
+)
+def test_local_model_mount_is_its_folder_never_root(
+    tmp_path: Path, local_path: str, mount: str
+) -> None:
+    w = _workloads(tmp_path, f"- {{name: d, backend: srv, local_path: '{local_path}'}}\n")
+    assert w["d-0"].model_mount == mount
 
 
 def test_replicas_zero_keeps_definition_but_runs_nothing(tmp_path: Path) -> None:

@@ -14,8 +14,13 @@ from compiler.resolve import ResolvedHost, Workload
 def render_compose(host: ResolvedHost, workloads: list[Workload], settings: Settings) -> str:
     services = {w.name: _escape(_service(w, settings)) for w in workloads}
     document = {"name": settings.project, "services": services}
-    body = yaml.safe_dump(
-        document, sort_keys=False, allow_unicode=True, width=1_000_000, default_flow_style=False
+    body = yaml.dump(
+        document,
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=1_000_000,
+        default_flow_style=False,
     )
     return f"# {HEADER}\n# host: {host.name}\n{body}"
 
@@ -35,8 +40,14 @@ def _service(workload: Workload, settings: Settings) -> dict[str, Any]:
         service["ports"] = list(workload.ports)
     service["shm_size"] = workload.shm_size
     service["restart"] = workload.restart
-    if workload.volumes:
-        service["volumes"] = list(workload.volumes)
+    volumes: list[Any] = []
+    if workload.model_mount is not None:
+        # The long syntax: a path may hold ':' without being split into fields.
+        path = workload.model_mount
+        volumes.append({"type": "bind", "source": path, "target": path, "read_only": True})
+    volumes.extend(workload.volumes)
+    if volumes:
+        service["volumes"] = volumes
     if workload.devices:
         service["devices"] = list(workload.devices)
     service["labels"] = ownership_labels(workload, settings)
@@ -55,6 +66,22 @@ def _service(workload: Workload, settings: Settings) -> dict[str, Any]:
             }
         }
     return service
+
+
+# Line breaks YAML readers fold into spaces unless written as escapes.
+_FOLDED = ("\x85", "\u2028", "\u2029")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML, with strings holding Unicode line breaks double-quoted and escaped."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(char in value for char in _FOLDED) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 def _escape(value: Any) -> Any:

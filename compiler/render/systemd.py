@@ -29,6 +29,10 @@ def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
         argv += ["--label", f"{key}={value}"]
     for key, value in workload.env.items():
         argv += ["--env", f"{key}={value}"]
+    if workload.model_mount is not None:
+        path = workload.model_mount
+        fields = ["type=bind", _csv_field(f"source={path}"), _csv_field(f"target={path}")]
+        argv += ["--mount", ",".join([*fields, "readonly"])]
     for volume in workload.volumes:
         argv += ["--volume", volume]
     for device in workload.devices:
@@ -100,6 +104,21 @@ def _image_position(argv: list[str]) -> int:
     return i
 
 
+def _csv_field(field: str) -> str:
+    """docker reads --mount as CSV: quote a field holding a comma or a quote."""
+    if any(char in field for char in ',"\n\r'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+def _is_unsafe(char: str) -> bool:
+    """Characters systemd rejects raw ("not UTF-8 clean") or that are invisible controls."""
+    code = ord(char)
+    return (
+        code < 0x20 or 0x7F <= code <= 0x9F or 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
+    )
+
+
 def quote(word: str) -> str:
     """One ExecStart word, double-quoted with C escapes; ``$`` and ``%`` doubled."""
     out = ['"']
@@ -112,8 +131,8 @@ def quote(word: str) -> str:
             out.append("\\n")
         elif char == "\t":
             out.append("\\t")
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\x{ord(char):02x}")
+        elif _is_unsafe(char):
+            out.append("".join(f"\\x{byte:02x}" for byte in char.encode()))
         elif char == "$":
             out.append("$$")
         elif char == "%":

@@ -31,7 +31,37 @@ MAX_DEPTH = 100
 
 KeyPath = tuple[str | int, ...]
 
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """The safe loader, with a fast answer for the most common scalar: plain text whose
+    first character no implicit type (number, bool, null, timestamp, ...) starts with."""
+
+    _typed_starts = frozenset(k for k in yaml.SafeLoader.yaml_implicit_resolvers if k)
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if (
+            kind is yaml.ScalarNode
+            and implicit[0]
+            and value
+            and value[0] not in self._typed_starts
+        ):
+            return _STR_TAG
+        return super().resolve(kind, value, implicit)
+
+
+_CONSTRUCTOR: yaml.SafeLoader | None = None
+
+
+def _constructor() -> yaml.SafeLoader:
+    """One shared constructor for typed scalars (int, float, bool, null)."""
+    global _CONSTRUCTOR
+    if _CONSTRUCTOR is None:
+        _CONSTRUCTOR = yaml.SafeLoader("")
+    return _CONSTRUCTOR
+
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -40,6 +70,7 @@ _SCALAR_TAGS = {
     "tag:yaml.org,2002:null",
     "tag:yaml.org,2002:timestamp",
 }
+_TEXT_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp")
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -47,11 +78,16 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 @dataclass
 class SourceMap:
-    """Where each node of one document sits in its file, by key path."""
+    """Where each node of one document sits in its file, by key path.
+
+    Positions are kept packed in one int (``line << 20 | column``, both 1-based) and
+    made into a :class:`Mark` only when asked for: a large fleet has millions of nodes.
+    """
 
     file: str
-    values: dict[KeyPath, Mark] = field(default_factory=dict)
-    keys: dict[KeyPath, Mark] = field(default_factory=dict)
+    values: dict[KeyPath, int] = field(default_factory=dict)
+    keys: dict[KeyPath, int] = field(default_factory=dict)
+    # The text of scalars that YAML read as numbers or booleans, as written.
     raw: dict[KeyPath, str] = field(default_factory=dict)
 
     def mark(self, path: KeyPath, *, key: bool = False) -> Mark:
@@ -60,11 +96,16 @@ class SourceMap:
         probe = tuple(path)
         while probe:
             if probe in table:
-                return table[probe]
+                return self._unpack(table[probe])
             if key and probe in self.values:
-                return self.values[probe]
+                return self._unpack(self.values[probe])
             probe = probe[:-1]
-        return self.values.get((), Mark(self.file, 1, 1))
+        if () in self.values:
+            return self._unpack(self.values[()])
+        return Mark(self.file, 1, 1)
+
+    def _unpack(self, position: int) -> Mark:
+        return Mark(self.file, position >> 20, position & 0xFFFFF)
 
 
 @dataclass
@@ -199,43 +240,44 @@ class _Builder:
         self.seen: set[int] = set()
         self.active: set[int] = set()
         self.expanded = 0
-        self.constructor = yaml.SafeLoader("")
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int = 0) -> Any:
-        mark = _mark(self.source.file, node.start_mark)
-        self.source.values.setdefault(path, mark)
+        source = self.source
+        if path not in source.values:
+            source.values[path] = _pack(node.start_mark)
         if depth > MAX_DEPTH:
             top = path[:1]
             raise LoadError(
-                f"YAML nesting is deeper than {MAX_DEPTH} levels",
-                self.source.values.get(top, mark),
-                _dotted(top),
+                f"YAML nesting is deeper than {MAX_DEPTH} levels", source.mark(top), _dotted(top)
             )
-        if id(node) in self.seen:
+        node_id = id(node)
+        if node_id in self.seen:
             self.expanded += 1
             if self.expanded > MAX_ALIAS_EXPANSION:
                 raise LoadError(
                     f"aliases expand to more than {MAX_ALIAS_EXPANSION} nodes"
                     " (a 'billion laughs' file?)",
-                    mark,
+                    self._mark(node),
                     _dotted(path[:1]),
                 )
-        self.seen.add(id(node))
-        if id(node) in self.active:
-            raise LoadError("recursive alias", mark, _dotted(path))
-        self.active.add(id(node))
+            if node_id in self.active:
+                raise LoadError("recursive alias", self._mark(node), _dotted(path))
+        self.seen.add(node_id)
+        node_type = type(node)
+        if node_type is yaml.ScalarNode:
+            return self._scalar(node, path)
+        self.active.add(node_id)
         try:
             if isinstance(node, yaml.MappingNode):
                 return self._mapping(node, path, depth)
-            if isinstance(node, yaml.SequenceNode):
-                if node.tag != _SEQ_TAG:
-                    raise LoadError(_tag_message(node.tag), mark, _dotted(path))
-                return [
-                    self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)
-                ]
-            return self._scalar(node, path)
+            if node.tag != _SEQ_TAG:
+                raise LoadError(_tag_message(node.tag), self._mark(node), _dotted(path))
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         finally:
-            self.active.discard(id(node))
+            self.active.discard(node_id)
+
+    def _mark(self, node: yaml.Node) -> Mark:
+        return _mark(self.source.file, node.start_mark)
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath, depth: int) -> dict[str, Any]:
         if node.tag != _MAP_TAG:
@@ -244,23 +286,24 @@ class _Builder:
             )
         result: dict[str, Any] = {}
         merged: dict[str, Any] = {}
+        keys = self.source.keys
         for key_node, value_node in node.value:
-            key_mark = _mark(self.source.file, key_node.start_mark)
             if key_node.tag == _MERGE_TAG:
                 merged.update(self._merge(value_node, path, depth))
                 continue
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise LoadError("mapping keys must be plain scalars", key_mark)
+            if type(key_node) is not yaml.ScalarNode:
+                raise LoadError("mapping keys must be plain scalars", self._mark(key_node))
             key = str(key_node.value)
+            here = path + (key,)
             if key in result:
-                first = self.source.keys[path + (key,)]
+                first = self.source.mark(here, key=True)
                 raise LoadError(
                     f"duplicate key '{key}' (first defined at line {first.line})",
-                    key_mark,
-                    _dotted(path + (key,)),
+                    self._mark(key_node),
+                    _dotted(here),
                 )
-            self.source.keys[path + (key,)] = key_mark
-            result[key] = self.build(value_node, path + (key,), depth + 1)
+            keys[here] = _pack(key_node.start_mark)
+            result[key] = self.build(value_node, here, depth + 1)
         for key, value in merged.items():
             result.setdefault(key, value)
         return result
@@ -283,10 +326,14 @@ class _Builder:
                 _tag_message(node.tag), _mark(self.source.file, node.start_mark), _dotted(path)
             )
         text = str(node.value)
-        self.source.raw[path] = text
-        if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
+        if node.tag in _TEXT_TAGS:
             return text
-        return self.constructor.construct_object(node, deep=True)
+        self.source.raw[path] = text
+        constructor = _constructor()
+        try:
+            return constructor.construct_object(node, deep=True)
+        finally:
+            constructor.constructed_objects.clear()  # it would keep every node alive
 
 
 def _tag_message(tag: str) -> str:
@@ -304,6 +351,13 @@ def _describe(value: Any) -> str:
 
 def _mark(name: str, mark: Any) -> Mark:
     return Mark(name, mark.line + 1, mark.column + 1)
+
+
+def _pack(mark: Any) -> int:
+    """A YAML mark as ``SourceMap``'s packed 1-based position."""
+    line: int = mark.line + 1
+    column: int = mark.column + 1
+    return line << 20 | (column if column < 0xFFFFF else 0xFFFFF)
 
 
 def _dotted(path: KeyPath) -> str:

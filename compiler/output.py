@@ -77,10 +77,26 @@ def diff_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
 
 
 def write_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
+    """Bring ``output_dir`` to ``files``: every new content is written to a temporary
+    file beside its target first; only when all are written (and flushed to disk, once
+    for all) are they renamed into place. A failure before that leaves ``output/`` as
+    it was."""
     changes = diff_output(output_dir, files)
+    staged: list[tuple[str, Path]] = []
     try:
-        for path in changes.created + changes.updated:
-            _atomic_write(output_dir / path, files[path])
+        try:
+            for path in changes.created + changes.updated:
+                staged.append((_stage(output_dir / path, files[path]), output_dir / path))
+            if staged:
+                os.sync()  # one flush for all, not an fsync per file
+        except BaseException:
+            for temp, _ in staged:
+                Path(temp).unlink(missing_ok=True)
+            raise
+        for temp, target in staged:
+            if target.is_symlink():
+                target.unlink()
+            os.replace(temp, target)
         # A host's index goes last: until then its folder still counts as fleetform's.
         for path in sorted(changes.deleted, key=lambda p: p.endswith(INDEX_FILE)):
             (output_dir / path).unlink()
@@ -90,21 +106,18 @@ def write_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
     return changes
 
 
-def _atomic_write(path: Path, content: bytes) -> None:
+def _stage(path: Path, content: bytes) -> str:
+    """``content`` in a new temporary file in ``path``'s folder; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink():
-        path.unlink()
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".fleetform-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.chmod(temp, 0o644)
-        os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    return temp
 
 
 def _remove_empty_dirs(output_dir: Path, deleted: list[str]) -> None:

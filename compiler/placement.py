@@ -33,7 +33,7 @@ class HostSlots:
     mark: Mark
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One deployment's placement needs, after inheritance."""
 
@@ -52,7 +52,7 @@ class Request:
     per_explicit: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prior:
     """Where the previous compile put one replica."""
 
@@ -61,7 +61,7 @@ class Prior:
     port: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placed:
     deployment: str
     replica: int

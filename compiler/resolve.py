@@ -11,6 +11,7 @@ import hashlib
 import json
 import posixpath
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -84,7 +85,7 @@ class Workload(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     """Where a resolved value was written: position, layer, and its key as written."""
 
@@ -113,16 +114,23 @@ class Fleet:
     settings: Settings
     hosts: dict[str, ResolvedHost]
     workloads: tuple[Workload, ...]
-    explanations: dict[str, Explanation]
+    explanations: Mapping[str, Explanation]
 
     def on_host(self, host: str) -> list[Workload]:
-        return [w for w in self.workloads if w.host == host]
+        return list(self._by_host.get(host, ()))
+
+    @cached_property
+    def _by_host(self) -> dict[str, list[Workload]]:
+        grouped: dict[str, list[Workload]] = {}
+        for workload in self.workloads:
+            grouped.setdefault(workload.host, []).append(workload)
+        return grouped
 
 
 # --- layers -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Layer:
     """One source of values: a (sub)document, its position prefix, and a label."""
 
@@ -140,43 +148,91 @@ class _Layer:
         )
 
 
-def _merge(layers: list[_Layer]) -> tuple[dict[str, Any], dict[str, Origin]]:
-    """Merge layers, lowest precedence first: maps key by key, lists/scalars replaced."""
-    merged: dict[str, Any] = {}
-    origins: dict[str, Origin] = {}
+class Origins(Mapping[str, Origin]):
+    """Where each merged key came from.
 
-    def into(target: dict[str, Any], values: dict[str, Any], layer: _Layer, path: KeyPath) -> None:
+    The table is large (a record per key of every layer) and a compile needs only a
+    few entries of it, so an :class:`Origin` is built only when asked for, and the
+    table can be dropped with :meth:`forget` and is then rebuilt from the layers on
+    the next look-up (for an error or ``explain``).
+    """
+
+    def __init__(self, layers: list[_Layer]) -> None:
+        self.layers = layers
+        self._sources: dict[str, tuple[_Layer, KeyPath]] | None = {}
+        self._fixed: dict[str, Origin] = {}
+
+    def record(self, key: str, layer: _Layer, path: KeyPath) -> None:
+        assert self._sources is not None
+        self._sources[key] = (layer, path)
+
+    def forget(self) -> None:
+        self._sources = None
+
+    def setdefault(self, key: str, origin: Origin) -> None:
+        if key not in self:
+            self._fixed[key] = origin
+
+    def _table(self) -> dict[str, tuple[_Layer, KeyPath]]:
+        if self._sources is None:
+            self._sources = _merge(self.layers)[1]._table()
+        return self._sources
+
+    def __getitem__(self, key: str) -> Origin:
+        source = self._table().get(key)
+        if source is None:
+            return self._fixed[key]
+        layer, path = source
+        return layer.origin(path)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self._table()), **dict.fromkeys(self._fixed)})
+
+    def __len__(self) -> int:
+        return len(set(self._table()) | set(self._fixed))
+
+
+def _merge(
+    layers: list[_Layer], base: tuple[dict[str, Any], Origins] | None = None
+) -> tuple[dict[str, Any], Origins]:
+    """Merge layers, lowest precedence first: maps key by key, lists/scalars replaced.
+
+    ``base`` is an earlier merge to start from (it is not changed); its layers count
+    as the lowest ones.
+    """
+    if base is None:
+        merged: dict[str, Any] = {}
+        origins = Origins(layers)
+    else:
+        merged = _copy_maps(base[0])
+        origins = Origins(base[1].layers + layers)
+        origins._sources = dict(base[1]._table())
+
+    def into(
+        target: dict[str, Any], values: dict[str, Any], layer: _Layer, path: KeyPath, prefix: str
+    ) -> None:
+        # Layer values are shared between deployments: maps are copied as they merge,
+        # other values are never mutated and so are shared as they are.
         for key, value in values.items():
             here = path + (key,)
-            if isinstance(value, dict) and isinstance(target.get(key), dict):
-                into(target[key], value, layer, here)
+            name = prefix + key
+            if type(value) is dict:
+                existing = target.get(key)
+                if type(existing) is not dict:
+                    existing = target[key] = {}
+                    origins.record(name, layer, here)
+                into(existing, value, layer, here, name + ".")
             else:
-                target[key] = _copy(value)
-                origins[dotted(here)] = layer.origin(here)
-                if isinstance(value, dict):
-                    for sub in _leaf_paths(value, here):
-                        origins[dotted(sub)] = layer.origin(sub)
+                target[key] = value
+                origins.record(name, layer, here)
 
     for layer in layers:
-        into(merged, layer.values, layer, ())
+        into(merged, layer.values, layer, (), "")
     return merged, origins
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return list(value)
-    return value
-
-
-def _leaf_paths(value: dict[str, Any], path: KeyPath) -> list[KeyPath]:
-    out: list[KeyPath] = []
-    for key, item in value.items():
-        out.append(path + (key,))
-        if isinstance(item, dict):
-            out.extend(_leaf_paths(item, path + (key,)))
-    return out
+def _copy_maps(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy_maps(v) if type(v) is dict else v for k, v in value.items()}
 
 
 def _set_fields(model: BaseModel) -> dict[str, Any]:
@@ -284,8 +340,12 @@ def highest_version(versions: list[str]) -> str:
 class _Backend:
     name: str
     layers: list[tuple[Backend, Document]]
+    _version_layers: dict[str, list[_Layer]] = field(default_factory=dict)
+    _bases: dict[str, tuple[dict[str, Any], Origins]] = field(default_factory=dict)
 
-    def merged_versions(self) -> dict[str, list[_Layer]]:
+    @cached_property
+    def versions(self) -> dict[str, list[_Layer]]:
+        """Each version's layers (root of the extends chain first), as written."""
         versions: dict[str, list[_Layer]] = {}
         for backend, doc in self.layers:
             for version, config in (backend.version_configs or {}).items():
@@ -298,6 +358,54 @@ class _Backend:
                     )
                 )
         return versions
+
+    @cached_property
+    def default_layers(self) -> list[_Layer]:
+        """The backend defaults, renamed to the deployment's field names so that one
+        merge orders every source."""
+        layers = []
+        for backend_model, backend_doc in self.layers:
+            written = _set_fields(backend_model)
+            renames = tuple(
+                (target, source) for target, source in _BACKEND_DEFAULTS if source in written
+            )
+            layers.append(
+                _Layer(
+                    {target: written[source] for target, source in renames},
+                    backend_doc,
+                    (),
+                    f"backend '{backend_model.backend_name}'",
+                    renames,
+                )
+            )
+        return layers
+
+    def base(self, version: str) -> tuple[dict[str, Any], Origins]:
+        """The backend defaults and ``version`` merged: what every deployment of that
+        version starts from (merged once, not once per deployment)."""
+        if version not in self._bases:
+            self._bases[version] = _merge([*self.default_layers, *self.version_layers(version)])
+        return self._bases[version]
+
+    def version_layers(self, version: str) -> list[_Layer]:
+        """A version's layers with ``custom_framework`` renamed to ``framework``."""
+        if version not in self._version_layers:
+            layers = []
+            for version_layer in self.versions[version]:
+                renamed = dict(version_layer.values)
+                if "custom_framework" in renamed:
+                    renamed["framework"] = renamed.pop("custom_framework")
+                layers.append(
+                    _Layer(
+                        renamed,
+                        version_layer.doc,
+                        version_layer.prefix,
+                        version_layer.via,
+                        (("framework", "custom_framework"),),
+                    )
+                )
+            self._version_layers[version] = layers
+        return self._version_layers[version]
 
     def field(self, name: str) -> tuple[Any, Origin | None]:
         value, origin = None, None
@@ -328,10 +436,11 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     marks = {name: doc.source.mark(("extends",)) for name, (_, doc) in deployments.items()}
     concrete = sorted(name for name, (d, _) in deployments.items() if not d.abstract)
     chains = _chains(concrete, parents, marks, "deployment", errors)
+    own_layers = _LazyLayers(deployments)
     drafts: list[_Draft] = []
     for name, chain in chains.items():
         try:
-            drafts.append(_draft(name, chain, deployments, backends, hosts, settings))
+            drafts.append(_draft(name, chain, deployments, backends, own_layers))
         except FleetformError as error:
             errors.append(error)
     if errors:
@@ -353,14 +462,12 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
         by_deployment.setdefault(item.deployment, []).append(item)
 
     workloads: list[Workload] = []
-    explanations: dict[str, Explanation] = {}
     for draft in drafts:
         try:
             for item in by_deployment.get(draft.name, []):
                 workloads.append(draft.workload(item, hosts[item.host][0], settings))
         except FleetformError as error:
             errors.append(error)
-        explanations[draft.name] = draft.explanation(by_deployment.get(draft.name, []), hosts)
     if errors:
         raise ErrorList(errors)
     workloads.sort(key=lambda w: (w.host, w.deployment, w.replica))
@@ -368,8 +475,31 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
         settings=settings,
         hosts={name: value[0] for name, value in sorted(hosts.items())},
         workloads=tuple(workloads),
-        explanations=explanations,
+        explanations=_Explanations({d.name: d for d in drafts}, by_deployment, hosts),
     )
+
+
+class _Explanations(Mapping[str, Explanation]):
+    """Each deployment's explanation, built only when ``explain`` asks for it."""
+
+    def __init__(
+        self,
+        drafts: dict[str, _Draft],
+        placed: dict[str, list[Placed]],
+        hosts: dict[str, tuple[ResolvedHost, Mark]],
+    ) -> None:
+        self._drafts = drafts
+        self._placed = placed
+        self._hosts = hosts
+
+    def __getitem__(self, name: str) -> Explanation:
+        return self._drafts[name].explanation(self._placed.get(name, []), self._hosts)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._drafts)
+
+    def __len__(self) -> int:
+        return len(self._drafts)
 
 
 def _check_unique(
@@ -452,7 +582,7 @@ def _resolve_backends(repo: Repo, errors: list[FleetformError]) -> dict[str, _Ba
     chains = _chains(sorted(by_name), parents, marks, "backend", errors)
     for name, chain in chains.items():
         backend = _Backend(name, [by_name[link] for link in chain])
-        versions = backend.merged_versions()
+        versions = backend.versions
         default, origin = backend.field("default_version")
         if default is not None and default not in versions:
             assert origin is not None
@@ -476,7 +606,7 @@ class _Draft:
     doc: Document
     chain: list[str]
     values: dict[str, Any]
-    origins: dict[str, Origin]
+    origins: Origins
     backend: _Backend
     version: str
     version_reason: str
@@ -696,19 +826,37 @@ def _model_mount(values: dict[str, Any], model_path: str, host: ResolvedHost) ->
     return host.model_dir
 
 
+class _LazyLayers(dict[str, _Layer]):
+    """Each deployment's own fields as a layer, made once however many inherit them."""
+
+    def __init__(self, deployments: dict[str, tuple[Deployment, Document]]) -> None:
+        super().__init__()
+        self._deployments = deployments
+
+    def __missing__(self, name: str) -> _Layer:
+        deployment, doc = self._deployments[name]
+        layer = _Layer(_set_fields(deployment), doc, (), f"deployment '{name}'")
+        self[name] = layer
+        return layer
+
+
 def _draft(
     name: str,
     chain: list[str],
     deployments: dict[str, tuple[Deployment, Document]],
     backends: dict[str, _Backend],
-    hosts: dict[str, tuple[ResolvedHost, Mark]],
-    settings: Settings,
+    own_layers: Mapping[str, _Layer],
 ) -> _Draft:
-    deployment_layers = [
-        _Layer(_set_fields(deployments[link][0]), deployments[link][1], (), f"deployment '{link}'")
-        for link in chain
-    ]
-    merged, merged_origins = _merge(deployment_layers)
+    deployment_layers = [own_layers[link] for link in chain]
+    # backend and backend_version are scalars: the last link that sets one wins.
+    chosen = {
+        key: layer
+        for layer in deployment_layers
+        for key in ("backend", "backend_version")
+        if key in layer.values
+    }
+    merged = {key: layer.values[key] for key, layer in chosen.items()}
+    merged_origins = {key: layer.origin((key,)) for key, layer in chosen.items()}
     doc = deployments[name][1]
     backend_name = merged.get("backend")
     if not backend_name:
@@ -722,7 +870,7 @@ def _draft(
             merged_origins["backend"].mark,
             "backend",
         )
-    versions = backend.merged_versions()
+    versions = backend.versions
     if not versions:
         raise ResolveError(
             f"backend '{backend.name}' has no version_configs",
@@ -746,38 +894,7 @@ def _draft(
         version = highest_version(list(versions))
         reason = "the highest version key (no backend_version or default_version)"
 
-    layers: list[_Layer] = []
-    # Backend defaults (root of the backend's extends chain first), renamed to the
-    # deployment's field names so that one merge orders every source.
-    for backend_model, backend_doc in backend.layers:
-        written = _set_fields(backend_model)
-        renames = tuple(
-            (target, source) for target, source in _BACKEND_DEFAULTS if source in written
-        )
-        layers.append(
-            _Layer(
-                {target: written[source] for target, source in renames},
-                backend_doc,
-                (),
-                f"backend '{backend_model.backend_name}'",
-                renames,
-            )
-        )
-    for version_layer in versions[version]:
-        renamed = dict(version_layer.values)
-        if "custom_framework" in renamed:
-            renamed["framework"] = renamed.pop("custom_framework")
-        layers.append(
-            _Layer(
-                renamed,
-                version_layer.doc,
-                version_layer.prefix,
-                version_layer.via,
-                (("framework", "custom_framework"),),
-            )
-        )
-    layers.extend(deployment_layers)
-    values, origins = _merge(layers)
+    values, origins = _merge(deployment_layers, backend.base(version))
 
     framework = values.get("framework") or "cuda"
     values["framework"] = framework
@@ -818,6 +935,7 @@ def _draft(
         per_explicit=selector.get("gpus_per_replica") is not None,
     )
     origins.setdefault("framework", Origin(doc.mark, "default (no custom_framework)"))
+    origins.forget()  # rebuilt only for an error or explain
     return _Draft(
         name=name,
         doc=doc,

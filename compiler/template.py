@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NEAR_MISS = re.compile(r"\{\{[^\n]*?(\}\}|$)", re.MULTILINE)
@@ -30,10 +31,16 @@ class UndefinedPlaceholder(TemplateError):
 
 def split(template: str) -> list[str]:
     """Split ``template`` like a POSIX shell, keeping ``{{ name }}`` as one word."""
+    return list(_split(template))
+
+
+@lru_cache(maxsize=4096)
+def _split(template: str) -> tuple[str, ...]:
+    # Cached: a fleet has few distinct command templates and shlex is slow.
     _reject_stray_braces(template)
     normalised = PLACEHOLDER.sub(lambda m: "{{" + m.group(1) + "}}", template)
     try:
-        return shlex.split(normalised, posix=True)
+        return tuple(shlex.split(normalised, posix=True))
     except ValueError as error:
         raise TemplateError(f"cannot split command: {error}") from None
 
@@ -44,6 +51,8 @@ def names_in(text: str) -> list[str]:
 
 def substitute(text: str, lookup: Callable[[str], str | None], defined: list[str]) -> str:
     """``text`` with every placeholder replaced by ``lookup(name)``; strict about the rest."""
+    if "{{" not in text:
+        return text
     missing = [name for name in dict.fromkeys(names_in(text)) if lookup(name) is None]
     if missing:
         raise UndefinedPlaceholder(missing, defined)

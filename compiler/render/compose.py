@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from compiler.model import Settings
-from compiler.render import HEADER, container_name, ownership_labels
+from compiler.render import HEADER, container_name, ownership_labels, yaml_text
 from compiler.resolve import ResolvedHost, Workload
 
 
 def render_compose(host: ResolvedHost, workloads: list[Workload], settings: Settings) -> str:
-    services = {w.name: _escape(_service(w, settings)) for w in workloads}
+    services = {w.name: _service(w, settings) for w in workloads}
     document = {"name": settings.project, "services": services}
-    body = yaml.dump(
-        document,
-        Dumper=_Dumper,
-        sort_keys=False,
-        allow_unicode=True,
-        width=1_000_000,
-        default_flow_style=False,
-    )
+    # Every `$` doubled so compose's interpolation leaves each value as written. The
+    # YAML writer never writes a `$` of its own, so doubling them in the text is the
+    # same as doubling them in every key and value.
+    body = yaml_text.dump(document).replace("$", "$$")
     return f"# {HEADER}\n# host: {host.name}\n{body}"
 
 
@@ -66,30 +60,3 @@ def _service(workload: Workload, settings: Settings) -> dict[str, Any]:
             }
         }
     return service
-
-
-# Line breaks YAML readers fold into spaces unless written as escapes.
-_FOLDED = ("\x85", "\u2028", "\u2029")
-
-
-class _Dumper(yaml.SafeDumper):
-    """Safe YAML, with strings holding Unicode line breaks double-quoted and escaped."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = '"' if any(char in value for char in _FOLDED) else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
-def _escape(value: Any) -> Any:
-    """Double every ``$`` so compose's interpolation leaves each value as written."""
-    if isinstance(value, str):
-        return value.replace("$", "$$")
-    if isinstance(value, list):
-        return [_escape(item) for item in value]
-    if isinstance(value, dict):
-        return {_escape(key): _escape(item) for key, item in value.items()}
-    return value

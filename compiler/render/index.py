@@ -36,12 +36,19 @@ def render_index(host: ResolvedHost, workloads: list[Workload], settings: Settin
                 "port": workload.port,
             }
         )
-    document = {
+    header = {
         "schema": INDEX_SCHEMA,
         "project": settings.project,
         "host": host.name,
         "target": host.target,
         "address": host.address,
-        "workloads": entries,
     }
-    return json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    # One workload a line: a reviewer's diff shows exactly which replicas changed.
+    lines = [f"  {_json(key)}: {_json(value)}," for key, value in header.items()]
+    rows = ",\n".join(f"    {_json(entry)}" for entry in entries)
+    lines.append(f'  "workloads": [\n{rows}\n  ]' if entries else '  "workloads": []')
+    return "{\n" + "\n".join(lines) + "\n}\n"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)

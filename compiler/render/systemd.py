@@ -7,6 +7,8 @@ Every argument is quoted by systemd's rules so that it reaches docker intact.
 
 from __future__ import annotations
 
+import re
+
 from compiler.model import Settings
 from compiler.render import HEADER, container_name, ownership_labels
 from compiler.resolve import Workload
@@ -111,6 +113,10 @@ def _csv_field(field: str) -> str:
     return field
 
 
+# Printable ASCII but for the characters quote() escapes or doubles.
+_VERBATIM = re.compile(r"[\x20\x21\x23\x26-\x5b\x5d-\x7e]*")
+
+
 def _is_unsafe(char: str) -> bool:
     """Characters systemd rejects raw ("not UTF-8 clean") or that are invisible controls."""
     code = ord(char)
@@ -121,6 +127,8 @@ def _is_unsafe(char: str) -> bool:
 
 def quote(word: str) -> str:
     """One ExecStart word, double-quoted with C escapes; ``$`` and ``%`` doubled."""
+    if _VERBATIM.fullmatch(word):
+        return f'"{word}"'
     out = ['"']
     for char in word:
         if char == "\\":

@@ -132,6 +132,7 @@ class Deployment(_Model):
     network_mode: str | None = None
     restart: Literal["no", "always", "on-failure", "unless-stopped"] | None = None
     health_check_path: str | None = None
+    health_timeout: int | None = Field(default=None, ge=1, le=86_400)
 
     @field_validator("name")
     @classmethod

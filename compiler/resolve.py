@@ -67,6 +67,10 @@ class Workload(BaseModel):
     ports: tuple[str, ...]
     labels: dict[str, str]
     health_check_path: str | None
+    # Seconds `apply --wait` gives the health check; not part of what runs.
+    health_timeout: int = 600
+    # Environment variables filled at apply time from secrets: variable → secret name.
+    secrets: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -74,7 +78,9 @@ class Workload(BaseModel):
 
     def spec(self) -> dict[str, Any]:
         """The canonical desired spec: what the content hash covers."""
-        return self.model_dump(mode="json")
+        # Fields left at their default (no secrets) do not count: adding a field to
+        # fleetform must not change, and so recreate, every existing container.
+        return self.model_dump(mode="json", exclude={"health_timeout"}, exclude_defaults=True)
 
     def spec_hash(self) -> str:
         return self._spec_hash
@@ -726,6 +732,7 @@ class _Draft:
             ports=tuple(values.get("ports") or ()),
             labels=dict(sorted((values.get("labels") or {}).items())),
             health_check_path=values.get("health_check_path"),
+            health_timeout=values.get("health_timeout") or 600,
         )
 
     def explanation(

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from compiler import api
-from compiler.cli import main
+from compiler.cli import cli
 from tests.helpers_repo import make_repo
 
 
 def test_help_lists_commands() -> None:
-    result = CliRunner().invoke(main, ["--help"])
+    result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
     for command in ("validate", "compile", "explain"):
         assert command in result.output
@@ -23,8 +23,8 @@ def test_help_lists_commands() -> None:
 
 def test_help_does_not_import_heavy_modules() -> None:
     code = (
-        "import sys; from compiler.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys; from compiler.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('pydantic', 'yaml', 'docker', 'deepdiff', 'jinja2')"
         " if m in sys.modules]\n"
         "print('heavy=' + ','.join(heavy))"
@@ -44,7 +44,7 @@ def test_unexpected_exception_exits_3_with_traceback_file(
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(api, "build", broken)
-    result = CliRunner().invoke(main, ["validate", "--repo", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["validate", "--repo", str(tmp_path)])
     assert result.exit_code == 3
     line = result.stderr.strip()
     assert line.startswith(
@@ -60,12 +60,12 @@ def test_interrupt_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         raise KeyboardInterrupt
 
     monkeypatch.setattr(api, "build", interrupted)
-    result = CliRunner().invoke(main, ["validate", "--repo", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["validate", "--repo", str(tmp_path)])
     assert result.exit_code == 130
 
 
 def test_explain_unknown_deployment_is_exit_1(tmp_path: Path) -> None:
     make_repo(tmp_path, {"deployments.d/d.yaml": "- {name: d, backend: srv, local_path: /m}\n"})
-    result = CliRunner().invoke(main, ["explain", "nope", "--repo", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["explain", "nope", "--repo", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stderr == "no deployment 'nope' (deployments: d)\n"

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from compiler.cli import main
+from compiler.cli import cli
 
 # --- the valid base repository -------------------------------------------------------
 
@@ -638,7 +638,7 @@ class Run:
 
 def run_in_process(args: list[str]) -> Run:
     started = time.monotonic()
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(cli, args)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Run(result.exit_code, result.stdout, result.stderr, time.monotonic() - started)

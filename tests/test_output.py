@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from compiler import api
-from compiler.cli import main
+from compiler.cli import cli
 from compiler.errors import FleetformError
 from tests.helpers_repo import make_repo
 
@@ -69,7 +69,7 @@ def test_only_changed_files_are_rewritten_and_stale_ones_removed(tmp_path: Path)
 def test_check_writes_nothing_and_lists_stale_files(tmp_path: Path) -> None:
     make_repo(tmp_path, {"deployments.d/d.yaml": DEPLOYMENTS})
     runner = CliRunner()
-    result = runner.invoke(main, ["compile", "--check", "--repo", str(tmp_path)])
+    result = runner.invoke(cli, ["compile", "--check", "--repo", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "stale: would be created h1/compose.yaml",
@@ -77,12 +77,12 @@ def test_check_writes_nothing_and_lists_stale_files(tmp_path: Path) -> None:
         "output/ is stale: run `fleetform compile` and commit the result",
     ]
     assert not (tmp_path / "output").exists()
-    assert runner.invoke(main, ["compile", "--repo", str(tmp_path)]).exit_code == 0
-    result = runner.invoke(main, ["compile", "--check", "--repo", str(tmp_path)])
+    assert runner.invoke(cli, ["compile", "--repo", str(tmp_path)]).exit_code == 0
+    result = runner.invoke(cli, ["compile", "--check", "--repo", str(tmp_path)])
     assert result.exit_code == 0
     assert result.stdout == "output/ is up to date\n"
     (tmp_path / "output" / "h1" / "compose.yaml").write_text("# edited by hand\n")
-    result = runner.invoke(main, ["compile", "--check", "--repo", str(tmp_path)])
+    result = runner.invoke(cli, ["compile", "--check", "--repo", str(tmp_path)])
     assert result.exit_code == 1
     assert "stale: would be updated h1/compose.yaml" in result.stderr
 

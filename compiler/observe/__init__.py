@@ -1,0 +1,59 @@
+"""Stage 6: what the live hosts run. The only code that reads hosts.
+
+Each observer returns plain, frozen records: a plan is computed from them and the
+desired specs alone, so plan tests need no daemon (observations can be written as
+literals, or recorded from a real engine and replayed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Target = Literal["compose", "systemd"]
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    """One container on a host, reduced to what a plan compares.
+
+    ``owned``: it carries fleetform's ownership labels for this project. ``view`` has
+    the compared fields in the normal form of ``observe.docker.desired_view``;
+    ``image_env`` is the image's own env (not set on the container, so not compared
+    unless the spec sets the same variable).
+    """
+
+    id: str
+    name: str
+    state: str  # docker's State.Status: running, exited, created, paused, dead, ...
+    owned: bool
+    deployment: str
+    replica: int
+    spec_hash: str
+    secret_hash: str
+    view: dict[str, Any]
+    image_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "restarting")
+
+
+@dataclass(frozen=True)
+class ObservedHost:
+    host: str
+    target: Target
+    containers: tuple[ObservedContainer, ...] = ()
+    error: str | None = None  # unreachable, or the engine answered with an error
+
+    def fingerprint(self) -> str:
+        """A hash of everything observed: a saved plan is stale once this changes."""
+        document = {
+            "host": self.host,
+            "error": self.error,
+            "containers": [asdict(c) for c in self.containers],
+        }
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

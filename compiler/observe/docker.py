@@ -1,0 +1,207 @@
+"""Observe a Docker host: one list and an inspect per relevant container, read-only.
+
+What is read: every container fleetform owns (by its labels, for this project), plus
+any container that carries a name fleetform must use (a squatter). Nothing else on
+the engine is looked at. Each container is reduced to the fields a plan compares
+(:data:`FIELDS`), in the same normal form :func:`desired_view` gives a spec.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from compiler.errors import FleetformError
+from compiler.observe import ObservedContainer, ObservedHost
+from compiler.render.container import ContainerSpec
+
+# The fields of a container a plan compares and shows, in the order shown.
+FIELDS = (
+    "image",
+    "entrypoint",
+    "command",
+    "env",
+    "gpus",
+    "mounts",
+    "binds",
+    "devices",
+    "network_mode",
+    "shm_size",
+    "restart",
+    "labels",
+)
+LOCK_LABEL_SUFFIX = "lock"
+CONNECT_TIMEOUT = 20
+
+
+class HostUnreachable(FleetformError):
+    """The host's engine could not be reached or answered with an error."""
+
+
+def connect(base_url: str, timeout: int = CONNECT_TIMEOUT) -> Any:
+    """A docker SDK client for ``base_url`` (``unix://``, ``ssh://``, ``tcp://``).
+
+    ``ssh://`` goes through paramiko (the SDK's own SSH mode, about twice as fast as
+    shelling out to ``ssh`` here), honouring ``~/.ssh/config`` and known_hosts.
+    ``tcp://`` uses TLS from ``DOCKER_CERT_PATH``/``DOCKER_TLS_VERIFY`` as docker does.
+    """
+    import docker
+
+    try:
+        if base_url.startswith("tcp://"):
+            kwargs = docker.utils.kwargs_from_env()
+            kwargs.pop("base_url", None)
+            return docker.DockerClient(base_url=base_url, timeout=timeout, **kwargs)
+        return docker.DockerClient(
+            base_url=base_url, timeout=timeout, use_ssh_client=False, max_pool_size=4
+        )
+    except Exception as error:  # the SDK raises many kinds for a host it cannot reach
+        raise HostUnreachable(f"cannot reach {base_url}: {describe(error)}") from None
+
+
+def describe(error: BaseException) -> str:
+    """One line for an SDK, requests or paramiko error."""
+    explanation = getattr(error, "explanation", None)
+    text = str(explanation or error) or type(error).__name__
+    return " ".join(text.split())[:400]
+
+
+def observe_docker_host(
+    host: str, base_url: str, project: str, label_prefix: str, names: Iterable[str]
+) -> ObservedHost:
+    """Everything a plan needs of one Docker host; an unreachable host is a result."""
+    try:
+        client = connect(base_url)
+        try:
+            return _observe(client.api, host, project, label_prefix, set(names))
+        finally:
+            client.close()
+    except HostUnreachable as error:
+        return ObservedHost(host=host, target="compose", error=error.message)
+    except Exception as error:  # engine or transport errors: this host's, not a crash
+        return ObservedHost(host=host, target="compose", error=describe(error))
+
+
+def _observe(
+    api: Any, host: str, project: str, prefix: str, names: set[str]
+) -> ObservedHost:
+    containers: list[ObservedContainer] = []
+    image_env: dict[str, dict[str, str]] = {}
+    for summary in api.containers(all=True):
+        labels = summary.get("Labels") or {}
+        name = (summary.get("Names") or ["/"])[0].lstrip("/")
+        owned = labels.get(f"{prefix}.managed-by") == "fleetform" and (
+            labels.get(f"{prefix}.project") == project
+        )
+        if labels.get(f"{prefix}.{LOCK_LABEL_SUFFIX}"):
+            continue
+        if not owned and name not in names:
+            continue
+        details = api.inspect_container(summary["Id"])
+        image = details["Config"].get("Image", "")
+        if image not in image_env:
+            image_env[image] = _image_env(api, image)
+        containers.append(_container(details, prefix, owned, image_env[image]))
+    containers.sort(key=lambda c: (c.name, c.id))
+    return ObservedHost(host=host, target="compose", containers=tuple(containers))
+
+
+def _image_env(api: Any, image: str) -> dict[str, str]:
+    """The image's own env, so that only what was set on the container is compared."""
+    import docker
+
+    try:
+        return _env_map(api.inspect_image(image)["Config"].get("Env") or [])
+    except docker.errors.ImageNotFound:
+        return {}
+
+
+def _container(
+    details: dict[str, Any], prefix: str, owned: bool, image_env: dict[str, str]
+) -> ObservedContainer:
+    config = details.get("Config") or {}
+    host_config = details.get("HostConfig") or {}
+    labels = config.get("Labels") or {}
+    state = (details.get("State") or {}).get("Status", "unknown")
+    env = _env_map(config.get("Env") or [])
+    replica = labels.get(f"{prefix}.replica", "")
+    view = {
+        "image": config.get("Image", ""),
+        "entrypoint": config.get("Entrypoint"),
+        "command": list(config.get("Cmd") or []),
+        "env": dict(sorted(env.items())),
+        "gpus": _gpus(host_config.get("DeviceRequests") or []),
+        "mounts": sorted(
+            [m.get("Source", ""), m.get("Target", ""), bool(m.get("ReadOnly"))]
+            for m in host_config.get("Mounts") or []
+        ),
+        "binds": list(host_config.get("Binds") or []),
+        "devices": [d.get("PathOnHost", "") for d in host_config.get("Devices") or []],
+        "network_mode": host_config.get("NetworkMode", ""),
+        "shm_size": host_config.get("ShmSize") or 0,
+        "restart": (host_config.get("RestartPolicy") or {}).get("Name") or "no",
+        "labels": dict(sorted(labels.items())),
+    }
+    return ObservedContainer(
+        id=details["Id"],
+        name=details.get("Name", "").lstrip("/"),
+        state=state,
+        owned=owned,
+        deployment=labels.get(f"{prefix}.deployment", "") if owned else "",
+        replica=int(replica) if owned and replica.isdigit() else -1,
+        spec_hash=labels.get(f"{prefix}.spec-hash", "") if owned else "",
+        secret_hash=labels.get(f"{prefix}.secret-hash", "") if owned else "",
+        view=view,
+        image_env=image_env,
+    )
+
+
+def _env_map(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def _gpus(requests: list[dict[str, Any]]) -> list[str]:
+    """Device requests as ``driver:id,id`` (``driver:all`` for a count)."""
+    out = []
+    for request in requests:
+        ids = request.get("DeviceIDs")
+        count = request.get("Count") or 0
+        shown = ",".join(ids) if ids else ("all" if count == -1 else f"count={count}")
+        out.append(f"{request.get('Driver') or 'default'}:{shown}")
+    return sorted(out)
+
+
+def desired_view(spec: ContainerSpec, secret_env: dict[str, str]) -> dict[str, Any]:
+    """A spec in the same normal form as an observed container (secrets as given)."""
+    env = {**spec.env, **secret_env}
+    return {
+        "image": spec.image,
+        "entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
+        "command": list(spec.command),
+        "env": dict(sorted(env.items())),
+        "gpus": [f"{spec.gpu_driver}:{','.join(spec.gpu_ids)}"] if spec.gpu_driver else [],
+        "mounts": sorted([m.source, m.target, m.read_only] for m in spec.mounts),
+        "binds": list(spec.binds),
+        "devices": list(spec.devices),
+        "network_mode": spec.network_mode,
+        "shm_size": parse_size(spec.shm_size),
+        "restart": spec.restart,
+        "labels": dict(sorted(spec.labels.items())),
+    }
+
+
+_SIZE = re.compile(r"^(\d+)([bkmg]?)b?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """docker's size syntax (``16g``, ``512m``, ``1024``) in bytes."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        return 0
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]

@@ -1,0 +1,167 @@
+"""Run one command in a fresh process and measure wall time and peak RSS.
+
+Peak RSS is the ``ru_maxrss`` that ``wait4`` returns for the child: the largest
+resident set of the child or of any descendant it waited for (exactly what
+``/usr/bin/time -v`` prints as "Maximum resident set size"). For tools that fork
+workers (kapitan's multiprocessing pool) that is the biggest single process, so
+:func:`run` can also sample the summed RSS of the whole process tree from /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    wall: float  # seconds
+    max_rss_mb: float  # largest single process (wait4 ru_maxrss)
+    tree_rss_mb: float | None  # peak of the summed RSS of the process tree (sampled)
+    returncode: int
+    timed_out: bool
+    output: str  # tail of stdout+stderr
+
+
+class _TreeSampler(threading.Thread):
+    """Polls /proc for the summed RSS of ``root`` and all its descendants."""
+
+    def __init__(self, root: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.interval = interval
+        self.peak_bytes = 0
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._halt.wait(self.interval)
+
+    def _sample(self) -> int:
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            parents[int(entry)] = int(fields[1])
+        tree = {self.root}
+        changed = True
+        while changed:
+            changed = False
+            for pid, ppid in parents.items():
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    changed = True
+        total = 0
+        for pid in tree:
+            try:
+                with open(f"/proc/{pid}/statm", "rb") as handle:
+                    total += int(handle.read().split()[1]) * PAGE
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float | None = None,
+    sample_tree: bool = False,
+) -> Result:
+    """Run ``argv`` to completion (or ``timeout``), output to ``log``; measure it."""
+    log = log or Path(os.devnull)
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout kills all of it
+        )
+        sampler = _TreeSampler(proc.pid) if sample_tree else None
+        if sampler:
+            sampler.start()
+        timed_out = False
+        timer: threading.Timer | None = None
+        if timeout is not None:
+
+            def kill() -> None:
+                nonlocal timed_out
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if timer:
+            timer.cancel()
+        if sampler:
+            sampler.stop()
+    tail = ""
+    if log != Path(os.devnull):
+        text = log.read_text(errors="replace")
+        tail = "\n".join(text.splitlines()[-20:])
+    return Result(
+        argv=list(argv),
+        wall=wall,
+        max_rss_mb=usage.ru_maxrss / 1024,  # Linux: KiB
+        tree_rss_mb=(sampler.peak_bytes / 2**20) if sampler else None,
+        returncode=proc.returncode,
+        timed_out=timed_out,
+        output=tail,
+    )
+
+
+Snapshot = dict[str, tuple[int, int, int, int]]
+
+
+def snapshot(folder: Path) -> Snapshot:
+    """Every file under ``folder`` (dotfiles too) → (inode, mtime_ns, ctime_ns, size)."""
+    found: Snapshot = {}
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            found[os.path.relpath(path, folder)] = (
+                st.st_ino,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_size,
+            )
+    return found
+
+
+def files_written(before: Snapshot, after: Snapshot) -> list[str]:
+    """Files created, replaced, modified or removed between two snapshots."""
+    changed = [path for path, stat in after.items() if before.get(path) != stat]
+    removed = [path for path in before if path not in after]
+    return sorted(changed + removed)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from compiler.errors import FleetformError, Mark, OutputError
 from compiler.load import SETTINGS_FILE, load_repo
-from compiler.model import Repo, validate_repo
+from compiler.model import Repo, Settings, validate_repo
 from compiler.output import Changes, diff_output, read_prior, write_output
 from compiler.render.fleet import render_fleet
 from compiler.resolve import Fleet, resolve_fleet
+
+if TYPE_CHECKING:
+    from compiler.apply import Target
+    from compiler.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -68,3 +74,125 @@ def explain(root: Path, deployment: str) -> str:
         known = ", ".join(sorted(compiled.fleet.explanations)) or "none"
         raise FleetformError(f"no deployment '{deployment}' (deployments: {known})")
     return explain_deployment(compiled.fleet, deployment)
+
+
+# --- live hosts: plan, apply, unlock -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Planned:
+    plan: Plan
+    targets: dict[str, Target]
+    settings: Settings
+
+
+def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Target]:
+    """Each selected host's desired containers and engine address (all hosts if none)."""
+    from compiler.apply import Target, secret_values
+    from compiler.plan import DesiredHost, secret_hash
+    from compiler.render.container import container_spec
+
+    fleet = compiled.fleet
+    unknown = sorted(set(hosts) - set(fleet.hosts))
+    if unknown:
+        raise FleetformError(
+            f"no host {', '.join(repr(h) for h in unknown)} (hosts: {', '.join(fleet.hosts)})"
+        )
+    targets: dict[str, Target] = {}
+    for name, host in fleet.hosts.items():
+        if hosts and name not in hosts:
+            continue
+        specs = tuple(container_spec(w, fleet.settings, host.address) for w in fleet.on_host(name))
+        names = {secret for spec in specs for secret in spec.secrets.values()}
+        values, missing = secret_values(names)
+        hashes = None if missing else {s.name: secret_hash(s, values) for s in specs if s.secrets}
+        desired = DesiredHost(name, host.target, host.address, specs, hashes)
+        base_url = host.docker_host or "unix:///var/run/docker.sock"
+        targets[name] = Target(desired, base_url)
+    return targets
+
+
+def observe(targets: dict[str, Target], settings: Settings, parallel: int = 8) -> dict[str, Any]:
+    """Observe every target host at once (threads: the time is the engines')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from compiler.observe import ObservedHost
+    from compiler.observe.docker import observe_docker_host
+
+    def one(target: Target) -> ObservedHost:
+        desired = target.desired
+        if desired.target != "compose":
+            return ObservedHost(
+                desired.host, desired.target, error="systemd hosts are not converged yet"
+            )
+        names = [spec.name for spec in desired.specs]
+        return observe_docker_host(
+            desired.host, target.base_url, settings.project, settings.label_prefix, names
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        found = list(pool.map(one, targets.values()))
+    return {observed.host: observed for observed in found}
+
+
+def plan_repo(root: Path, hosts: Sequence[str] = ()) -> Planned:
+    """Desired (from the repository) against what the hosts run."""
+    from compiler.plan import make_plan
+
+    compiled = build(root)
+    stale = diff_output(compiled.output_dir, compiled.files)
+    if not stale.empty:
+        raise FleetformError(
+            f"output/ is stale ({len(stale.lines())} file(s) differ): run `fleetform compile`"
+            " and commit, so that what is applied is what the pull request shows"
+        )
+    settings = compiled.repo.settings
+    targets = targets_of(compiled, hosts)
+    observed = observe(targets, settings)
+    plan = make_plan(
+        settings.project, [t.desired for t in targets.values()], observed, settings.label_prefix
+    )
+    return Planned(plan, targets, settings)
+
+
+def load_plan(path: Path) -> Plan:
+    import json
+
+    from compiler.plan import Plan
+
+    try:
+        return Plan.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FleetformError(f"{path}: not a readable fleetform plan ({error})") from None
+
+
+def check_plan_file(saved: Plan, planned: Planned) -> None:
+    """Refuse a saved plan once the repository or any of its hosts changed."""
+    if saved.project != planned.plan.project:
+        raise FleetformError(f"the plan is for project '{saved.project}'")
+    if saved.fingerprint() != planned.plan.fingerprint():
+        now = {h.host: h for h in planned.plan.hosts}
+        changed = [
+            h.host
+            for h in saved.hosts
+            if h.host not in now
+            or (h.observed, h.desired) != (now[h.host].observed, now[h.host].desired)
+        ]
+        raise FleetformError(
+            "stale plan: since it was made, "
+            + (f"host(s) {', '.join(changed)} changed" if changed else "the fleet changed")
+            + "; run `fleetform plan` again"
+        )
+
+
+def unlock(root: Path, host: str) -> bool:
+    from compiler.apply import lock
+    from compiler.observe.docker import connect
+
+    compiled = build(root)
+    target = targets_of(compiled, [host])[host]
+    client = connect(target.base_url)
+    try:
+        return lock.break_lock(client.api, compiled.repo.settings.project)
+    finally:
+        client.close()

@@ -145,5 +145,184 @@ def explain(repo: Path, deployment: str) -> None:
     click.echo(api.explain(repo, deployment), nl=False)
 
 
+host_option = click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="Only this host (repeatable).",
+)
+format_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+)
+
+
+def _print_plan(plan: Any, output_format: str) -> None:
+    from compiler import report
+
+    if output_format == "json":
+        click.echo(report.plan_json(plan), nl=False)
+    elif output_format == "markdown":
+        click.echo(report.plan_markdown(plan), nl=False)
+    else:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        click.echo(report.plan_text(plan, color=color), nl=False)
+
+
+def _progress(host: str, message: str) -> None:
+    click.echo(f"{host}: {message}", err=True)
+
+
+@cli.command()
+@repo_option
+@host_option
+@format_option
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Save the plan."
+)
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none."
+)
+@_report_errors
+def plan(
+    repo: Path,
+    hosts: tuple[str, ...],
+    output_format: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+) -> None:
+    """Show what apply would change on the live hosts."""
+    from compiler import api, report
+
+    planned = api.plan_repo(repo, hosts)
+    _print_plan(planned.plan, output_format)
+    if out is not None:
+        out.write_text(report.plan_json(planned.plan), encoding="utf-8")
+        click.echo(f"plan saved to {out}", err=True)
+    if planned.plan.errors:
+        sys.exit(EXIT_ERROR)
+    if detailed_exitcode and planned.plan.has_changes:
+        sys.exit(EXIT_CHANGES)
+
+
+@cli.command()
+@repo_option
+@host_option
+@click.argument("planfile", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--auto-approve", is_flag=True, help="Apply without asking.")
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--wait", is_flag=True, help="Wait for each changed container's health check.")
+@click.option("--allow-empty", is_flag=True, help="Allow removing every container of a host.")
+@click.option("--stop-timeout", default=30, show_default=True, type=click.IntRange(0, 3600))
+@_report_errors
+def apply(
+    repo: Path,
+    hosts: tuple[str, ...],
+    planfile: Path | None,
+    auto_approve: bool,
+    parallel: int,
+    wait: bool,
+    allow_empty: bool,
+    stop_timeout: int,
+) -> None:
+    """Carry out exactly the plan (a saved PLANFILE, or a new one you confirm)."""
+    from compiler import api, report
+    from compiler.apply import apply_plan
+    from compiler.apply.docker import Options
+
+    planned = api.plan_repo(repo, hosts)
+    plan = planned.plan
+    if planfile is not None:
+        saved = api.load_plan(planfile)
+        api.check_plan_file(saved, planned)
+        plan = saved
+    else:
+        _print_plan(plan, "text")
+        if not plan.has_changes:
+            sys.exit(EXIT_ERROR if plan.errors else EXIT_OK)
+        if not auto_approve:
+            if not sys.stdin.isatty():
+                click.echo("no terminal to confirm on: pass --auto-approve", err=True)
+                sys.exit(EXIT_ERROR)
+            if click.prompt("Apply these changes? Only 'yes' is accepted", default="") != "yes":
+                click.echo("Apply cancelled.")
+                sys.exit(EXIT_ERROR)
+    options = Options(
+        stop_timeout=stop_timeout, wait=wait, label_prefix=planned.settings.label_prefix
+    )
+    result = apply_plan(
+        plan,
+        planned.targets,
+        planned.settings.project,
+        options,
+        parallel=parallel,
+        allow_empty=allow_empty,
+        report=_progress,
+    )
+    click.echo(report.apply_text(result), nl=False)
+    sys.exit(EXIT_OK if result.ok else EXIT_ERROR)
+
+
+@cli.command()
+@repo_option
+@host_option
+@format_option
+@click.option("--heal", is_flag=True, help="Apply the correction of any drift found.")
+@click.option("--interval", type=click.FloatRange(min=1), help="Check again every S seconds.")
+@click.option("--stop-timeout", default=30, show_default=True, type=click.IntRange(0, 3600))
+@_report_errors
+def reconcile(
+    repo: Path,
+    hosts: tuple[str, ...],
+    output_format: str,
+    heal: bool,
+    interval: float | None,
+    stop_timeout: int,
+) -> None:
+    """Check every host for drift (exit 2 when found); --heal corrects it."""
+    import time
+
+    from compiler import api, report
+    from compiler.apply import apply_plan
+    from compiler.apply.docker import Options
+
+    while True:
+        planned = api.plan_repo(repo, hosts)
+        plan = planned.plan
+        code = EXIT_ERROR if plan.errors else (EXIT_CHANGES if plan.has_changes else EXIT_OK)
+        if code == EXIT_OK:
+            click.echo("no drift: every host runs what the repository says")
+        else:
+            _print_plan(plan, output_format)
+        if heal and plan.has_changes:
+            options = Options(stop_timeout=stop_timeout, label_prefix=planned.settings.label_prefix)
+            result = apply_plan(
+                plan, planned.targets, planned.settings.project, options, report=_progress
+            )
+            click.echo(report.apply_text(result), nl=False, err=output_format != "text")
+            if not result.ok:
+                code = EXIT_ERROR
+        if interval is None:
+            sys.exit(code)
+        time.sleep(interval)
+
+
+@cli.command()
+@repo_option
+@click.argument("host")
+@_report_errors
+def unlock(repo: Path, host: str) -> None:
+    """Break HOST's apply lock (left by an apply that crashed)."""
+    from compiler import api
+
+    if api.unlock(repo, host):
+        click.echo(f"{host}: lock removed")
+    else:
+        click.echo(f"{host}: was not locked")
+
+
 if __name__ == "__main__":
-    main()
+    cli()  # `python -m compiler.cli` (profilers): a normal exit, with teardown

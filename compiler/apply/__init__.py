@@ -1,0 +1,198 @@
+"""Stage 8: carry out a Plan, host by host in parallel; no decisions of its own.
+
+For each host with steps: connect, take the host's lock, observe again and refuse if
+the host changed since the plan (a stale plan), then run the steps in the plan's
+order. A host that fails (unreachable, locked, an engine error, a failed step) stops
+there; the other hosts go on. The result lists every host's outcome and every step
+that was carried out, so a test (or a log) can compare them with the plan.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from compiler.apply.docker import NO_SECRETS, DockerExecutor, Options, Secrets, StepFailed
+from compiler.errors import FleetformError
+from compiler.plan import DesiredHost, HostPlan, Plan, Step, plan_host, secret_hash
+
+Status = Literal["converged", "unchanged", "failed", "skipped"]
+SECRETS_DIR_ENV = "FLEETFORM_SECRETS_DIR"
+
+
+@dataclass
+class HostResult:
+    host: str
+    status: Status
+    done: list[Step] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    hosts: tuple[HostResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(h.status in ("converged", "unchanged") for h in self.hosts)
+
+    @property
+    def done(self) -> list[Step]:
+        return [step for host in self.hosts for step in host.done]
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to reach one host's engine, and what it must run."""
+
+    desired: DesiredHost
+    base_url: str
+
+
+Report = Callable[[str, str], None]  # (host, message)
+
+
+def secret_values(names: set[str]) -> tuple[dict[str, str], list[str]]:
+    """Secret values from the applying environment: the variable NAME, else the file
+    ``$FLEETFORM_SECRETS_DIR/NAME``. Returns the values and the names not found."""
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    folder = os.environ.get(SECRETS_DIR_ENV)
+    for name in sorted(names):
+        if name in os.environ:
+            values[name] = os.environ[name]
+        elif folder and (Path(folder) / name).is_file():
+            values[name] = (Path(folder) / name).read_text(encoding="utf-8").rstrip("\n")
+        else:
+            missing.append(name)
+    return values, missing
+
+
+def apply_plan(
+    plan: Plan,
+    targets: dict[str, Target],
+    project: str,
+    options: Options,
+    *,
+    parallel: int = 4,
+    allow_empty: bool = False,
+    report: Report | None = None,
+) -> ApplyResult:
+    lock = threading.Lock()
+
+    def say(host: str, message: str) -> None:
+        if report is not None:
+            with lock:
+                report(host, message)
+
+    def one(host_plan: HostPlan) -> HostResult:
+        started = time.monotonic()
+        result = _apply_host(host_plan, targets[host_plan.host], project, options, allow_empty, say)
+        result.seconds = time.monotonic() - started
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        results = list(pool.map(one, plan.hosts))
+    return ApplyResult(tuple(results))
+
+
+def _apply_host(
+    host_plan: HostPlan,
+    target: Target,
+    project: str,
+    options: Options,
+    allow_empty: bool,
+    say: Report,
+) -> HostResult:
+    from compiler.apply import lock as host_lock
+    from compiler.observe.docker import connect, describe, observe_docker_host
+
+    host = host_plan.host
+    if host_plan.error is not None:
+        return HostResult(host, "failed", error=host_plan.error)
+    if not host_plan.steps:
+        return HostResult(host, "unchanged")
+    if host_plan.empties and not allow_empty:
+        return HostResult(
+            host,
+            "failed",
+            error="the plan would delete every container fleetform runs on this host;"
+            " refused without --allow-empty",
+        )
+    secrets = _secrets_for(host_plan, target.desired)
+    if isinstance(secrets, str):
+        return HostResult(host, "failed", error=secrets)
+    try:
+        client = connect(target.base_url)
+    except FleetformError as error:
+        return HostResult(host, "failed", error=error.message)
+    result = HostResult(host, "converged")
+    try:
+        lock_id = host_lock.acquire(client.api, host, project, options.label_prefix)
+        try:
+            names = [spec.name for spec in target.desired.specs]
+            seen = observe_docker_host(host, target.base_url, project, options.label_prefix, names)
+            if seen.fingerprint() != host_plan.observed:
+                fresh = plan_host(target.desired, seen, options.label_prefix)
+                raise FleetformError(
+                    "the host changed since the plan was made (stale plan): plan again"
+                    + (f" ({len(fresh.steps)} steps now)" if fresh.error is None else "")
+                )
+            executor = DockerExecutor(client.api, options, lambda m: say(host, m))
+            specs = {spec.name: spec for spec in target.desired.specs}
+            total = len(host_plan.steps)
+            for number, step in enumerate(host_plan.steps, 1):
+                say(host, f"[{number}/{total}] {step.action} {step.name} ...")
+                began = time.monotonic()
+                spec = specs.get(step.name) if step.action != "delete" else None
+                executor.run(step, spec, secrets.get(step.name, NO_SECRETS))
+                result.done.append(step)
+                say(
+                    host,
+                    f"[{number}/{total}] {step.action} {step.name}: done"
+                    f" ({time.monotonic() - began:.1f} s)",
+                )
+        finally:
+            host_lock.release(client.api, lock_id)
+    except StepFailed as error:
+        result.status, result.error = "failed", f"{_current(host_plan, result)}: {error.message}"
+    except FleetformError as error:
+        result.status, result.error = "failed", error.message
+    except Exception as error:  # the engine or the transport: this host's failure
+        result.status, result.error = "failed", describe(error)
+    finally:
+        client.close()
+    return result
+
+
+def _current(host_plan: HostPlan, result: HostResult) -> str:
+    step = host_plan.steps[len(result.done)]
+    return f"{step.action} {step.name}"
+
+
+def _secrets_for(host_plan: HostPlan, desired: DesiredHost) -> dict[str, Secrets] | str:
+    """Each container's secrets, or the error naming what is missing."""
+    needed = {
+        step.name for step in host_plan.steps if step.action in ("create", "update")
+    }
+    specs = [spec for spec in desired.specs if spec.name in needed and spec.secrets]
+    values, missing = secret_values({name for spec in specs for name in spec.secrets.values()})
+    if missing:
+        return (
+            f"secret {', '.join(missing)} is not set: export it, or put it in a file of"
+            f" that name in ${SECRETS_DIR_ENV}"
+        )
+    return {
+        spec.name: Secrets(
+            {var: values[secret] for var, secret in spec.secrets.items()},
+            secret_hash(spec, values),
+        )
+        for spec in specs
+    }

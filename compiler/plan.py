@@ -1,0 +1,427 @@
+"""Stage 7: desired containers vs what the hosts run → a Plan. Pure: no I/O.
+
+Change is detected by the spec hash fleetform stamps on what it creates, and by
+comparing the container's own config with the spec (so a container recreated by
+hand with other env, image or GPUs is drift even when it kept fleetform's labels).
+deepdiff only explains *what* differs. Secrets are compared through a hash label and
+never shown.
+
+Steps are ordered per host: deletes first (they free GPUs and ports), then updates,
+creates and starts, each by container name; hosts by name. That order is the plan's
+one text form and the order apply carries the steps out in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from compiler.observe import ObservedContainer, ObservedHost, Target
+from compiler.render.container import ContainerSpec
+
+Action = Literal["create", "update", "delete", "start"]
+ACTION_ORDER: dict[str, int] = {"delete": 0, "update": 1, "create": 2, "start": 3}
+PLAN_SCHEMA = "fleetform.plan/v1"
+PREVIOUS_SUFFIX = "--fleetform-previous"
+MASK = "(secret)"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field that differs: ``before`` is what runs, ``after`` what will."""
+
+    field: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class Step:
+    host: str
+    target: Target
+    action: Action
+    name: str  # the container (or unit) name
+    deployment: str
+    replica: int
+    reasons: tuple[str, ...]
+    changes: tuple[Change, ...] = ()
+    spec_hash: str = ""  # the desired spec's hash ("" for a delete)
+    current: str = ""  # the id of the container acted on ("" for a create)
+    displace: str = ""  # the id of a foreign container squatting the name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "target": self.target,
+            "action": self.action,
+            "name": self.name,
+            "deployment": self.deployment,
+            "replica": self.replica,
+            "reasons": list(self.reasons),
+            "changes": [
+                {"field": c.field, "before": c.before, "after": c.after} for c in self.changes
+            ],
+            "spec_hash": self.spec_hash,
+            "current": self.current,
+            "displace": self.displace,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Step:
+        return cls(
+            host=data["host"],
+            target=data["target"],
+            action=data["action"],
+            name=data["name"],
+            deployment=data["deployment"],
+            replica=int(data["replica"]),
+            reasons=tuple(data["reasons"]),
+            changes=tuple(Change(c["field"], c["before"], c["after"]) for c in data["changes"]),
+            spec_hash=data["spec_hash"],
+            current=data["current"],
+            displace=data["displace"],
+        )
+
+
+@dataclass(frozen=True)
+class DesiredHost:
+    """What one host must run. ``secret_hashes``: per container name, the hash of its
+    secret values as the applying environment has them; None when they are not all
+    available (a plan in a pull request), and then secret changes are not detected."""
+
+    host: str
+    target: Target
+    address: str
+    specs: tuple[ContainerSpec, ...]
+    secret_hashes: dict[str, str] | None = None
+
+    def fingerprint(self) -> str:
+        document = sorted((s.name, s.spec_hash) for s in self.specs)
+        return _digest({"host": self.host, "specs": document})
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    target: Target
+    steps: tuple[Step, ...]
+    unchanged: tuple[str, ...]  # containers already as desired
+    observed: str  # fingerprint of the observation
+    desired: str  # fingerprint of the desired specs
+    error: str | None = None
+    empties: bool = False  # the plan deletes every container fleetform owns here
+    secrets_unknown: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    project: str
+    hosts: tuple[HostPlan, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def steps(self) -> list[Step]:
+        return [step for host in self.hosts for step in host.steps]
+
+    @property
+    def has_changes(self) -> bool:
+        return any(host.steps for host in self.hosts)
+
+    @property
+    def errors(self) -> list[HostPlan]:
+        return [host for host in self.hosts if host.error]
+
+    def counts(self) -> dict[str, int]:
+        counts = {action: 0 for action in ACTION_ORDER}
+        for step in self.steps:
+            counts[step.action] += 1
+        counts["unchanged"] = sum(len(host.unchanged) for host in self.hosts)
+        return counts
+
+    def fingerprint(self) -> str:
+        """What the plan was computed from: apply refuses it once this differs."""
+        return _digest([[h.host, h.observed, h.desired] for h in self.hosts])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": PLAN_SCHEMA,
+            "project": self.project,
+            "fingerprint": self.fingerprint(),
+            "summary": self.counts(),
+            "hosts": [
+                {
+                    "host": h.host,
+                    "target": h.target,
+                    "error": h.error,
+                    "observed": h.observed,
+                    "desired": h.desired,
+                    "empties": h.empties,
+                    "secrets_unknown": h.secrets_unknown,
+                    "unchanged": list(h.unchanged),
+                    "steps": [s.to_json() for s in h.steps],
+                }
+                for h in self.hosts
+            ],
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        if data.get("schema") != PLAN_SCHEMA:
+            raise ValueError(f"not a fleetform plan (schema {data.get('schema')!r})")
+        return cls(
+            project=data["project"],
+            hosts=tuple(
+                HostPlan(
+                    host=h["host"],
+                    target=h["target"],
+                    steps=tuple(Step.from_json(s) for s in h["steps"]),
+                    unchanged=tuple(h["unchanged"]),
+                    observed=h["observed"],
+                    desired=h["desired"],
+                    error=h["error"],
+                    empties=h["empties"],
+                    secrets_unknown=h["secrets_unknown"],
+                )
+                for h in data["hosts"]
+            ),
+            notes=tuple(data.get("notes", ())),
+        )
+
+
+def make_plan(
+    project: str, desired: list[DesiredHost], observed: dict[str, ObservedHost], prefix: str
+) -> Plan:
+    """The plan for every desired host, from the observation of each."""
+    hosts = []
+    for wanted in sorted(desired, key=lambda d: d.host):
+        seen = observed.get(wanted.host)
+        if seen is None:
+            seen = ObservedHost(wanted.host, wanted.target, error="not observed")
+        hosts.append(plan_host(wanted, seen, prefix))
+    return Plan(project=project, hosts=tuple(hosts))
+
+
+def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> HostPlan:
+    if observed.error is not None:
+        return HostPlan(
+            desired.host,
+            desired.target,
+            (),
+            (),
+            observed.fingerprint(),
+            desired.fingerprint(),
+            error=observed.error,
+        )
+    owned = {c.name: c for c in observed.containers if c.owned}
+    foreign = {c.name: c for c in observed.containers if not c.owned}
+    steps: list[Step] = []
+    unchanged: list[str] = []
+    wanted_names = {spec.name for spec in desired.specs}
+
+    for name, extra in sorted(owned.items()):
+        if name in wanted_names:
+            continue
+        if name.endswith(PREVIOUS_SUFFIX):
+            reason = "left behind by an interrupted apply"
+        elif any(spec.deployment == extra.deployment for spec in desired.specs):
+            reason = f"replica {extra.replica} is no longer wanted"
+        else:
+            reason = f"deployment '{extra.deployment}' is no longer in the repository"
+        steps.append(
+            _step(
+                desired,
+                "delete",
+                name,
+                extra.deployment,
+                extra.replica,
+                (reason,),
+                current=extra.id,
+            )
+        )
+
+    for spec in sorted(desired.specs, key=lambda s: s.name):
+        container = owned.get(spec.name)
+        secret_hash = (desired.secret_hashes or {}).get(spec.name, "")
+        if container is None:
+            squatter = foreign.get(spec.name)
+            if squatter is not None:
+                reasons: tuple[str, ...] = (
+                    f"the name is taken by container {squatter.id[:12]}, which fleetform"
+                    " does not own: it will be stopped and renamed, not deleted",
+                )
+                steps.append(
+                    _step(
+                        desired,
+                        "create",
+                        spec.name,
+                        spec.deployment,
+                        spec.replica,
+                        reasons,
+                        spec_hash=spec.spec_hash,
+                        displace=squatter.id,
+                    )
+                )
+            else:
+                reasons = ("no such container on the host",)
+                steps.append(
+                    _step(
+                        desired,
+                        "create",
+                        spec.name,
+                        spec.deployment,
+                        spec.replica,
+                        reasons,
+                        spec_hash=spec.spec_hash,
+                    )
+                )
+            continue
+        changes = diff_container(spec, container, prefix)
+        reasons_list: list[str] = []
+        if container.spec_hash != spec.spec_hash:
+            reasons_list.append(
+                f"spec changed (hash {container.spec_hash or 'none'} -> {spec.spec_hash})"
+            )
+        elif changes:
+            reasons_list.append("changed outside fleetform (drift)")
+        if (
+            desired.secret_hashes is not None
+            and spec.secrets
+            and container.secret_hash != secret_hash
+        ):
+            reasons_list.append(
+                "secret value changed: " + ", ".join(sorted(spec.secrets.values()))
+            )
+        if container.state == "dead":
+            reasons_list.append("container is dead")
+        if reasons_list:
+            steps.append(
+                _step(
+                    desired,
+                    "update",
+                    spec.name,
+                    spec.deployment,
+                    spec.replica,
+                    tuple(reasons_list),
+                    spec_hash=spec.spec_hash,
+                    current=container.id,
+                    changes=changes,
+                )
+            )
+        elif not container.running:
+            reasons = (f"container is {container.state}",)
+            steps.append(
+                _step(
+                    desired,
+                    "start",
+                    spec.name,
+                    spec.deployment,
+                    spec.replica,
+                    reasons,
+                    spec_hash=spec.spec_hash,
+                    current=container.id,
+                )
+            )
+        else:
+            unchanged.append(spec.name)
+
+    steps.sort(key=lambda s: (ACTION_ORDER[s.action], s.name))
+    deletes = sum(1 for s in steps if s.action == "delete")
+    return HostPlan(
+        desired.host,
+        desired.target,
+        tuple(steps),
+        tuple(unchanged),
+        observed.fingerprint(),
+        desired.fingerprint(),
+        empties=not desired.specs and deletes > 0,
+        secrets_unknown=desired.secret_hashes is None
+        and any(spec.secrets for spec in desired.specs),
+    )
+
+
+def _step(
+    desired: DesiredHost,
+    action: Action,
+    name: str,
+    deployment: str,
+    replica: int,
+    reasons: tuple[str, ...],
+    **extra: Any,
+) -> Step:
+    return Step(desired.host, desired.target, action, name, deployment, replica, reasons, **extra)
+
+
+# --- field diffs ----------------------------------------------------------------------
+
+
+def diff_container(
+    spec: ContainerSpec, container: ObservedContainer, prefix: str
+) -> tuple[Change, ...]:
+    """The compared fields that differ, with secrets masked, sorted by field."""
+    from compiler.observe.docker import desired_view
+
+    wanted = desired_view(spec, {})
+    seen = dict(container.view)
+    secret_names = set(spec.secrets)
+    wanted_env = {k: v for k, v in wanted["env"].items() if k not in secret_names}
+    seen["env"] = {
+        k: v
+        for k, v in seen["env"].items()
+        if k not in secret_names and (k in wanted_env or container.image_env.get(k) != v)
+    }
+    wanted["env"] = wanted_env
+    own_labels = {f"{prefix}.spec-hash", f"{prefix}.secret-hash"}
+    wanted["labels"] = {k: v for k, v in wanted["labels"].items() if k not in own_labels}
+    seen["labels"] = {
+        k: v
+        for k, v in seen["labels"].items()
+        if k not in own_labels and (k in wanted["labels"] or k.startswith(prefix + "."))
+    }
+    if spec.entrypoint is None:
+        wanted.pop("entrypoint")
+        seen.pop("entrypoint", None)
+    if not spec.command:
+        wanted.pop("command")
+        seen.pop("command", None)
+    return _changes(seen, wanted)
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[Change, ...]:
+    """deepdiff's findings, reported per field (per key for maps such as env)."""
+    from deepdiff import DeepDiff
+
+    found: dict[str, Change] = {}
+    tree = DeepDiff(before, after, view="tree", verbose_level=2)
+    for levels in tree.values():
+        for level in levels:
+            path = level.path(output_format="list")
+            if not path:
+                continue
+            top = str(path[0])
+            is_map = isinstance(before.get(top), dict) or isinstance(after.get(top), dict)
+            if is_map and len(path) >= 2:
+                key = str(path[1])
+                name = f"{top}.{key}"
+                found[name] = Change(
+                    name, before.get(top, {}).get(key), after.get(top, {}).get(key)
+                )
+                continue
+            found[top] = Change(top, before.get(top), after.get(top))
+    return tuple(found[name] for name in sorted(found))
+
+
+def secret_hash(spec: ContainerSpec, values: dict[str, str]) -> str:
+    """A hash of a container's secret values, salted with its spec hash: stamped as a
+    label so that a changed secret is detected without the value ever being shown."""
+    document = {var: values[secret] for var, secret in sorted(spec.secrets.items())}
+    return _digest({"salt": spec.spec_hash, "secrets": document})
+
+
+def _digest(document: Any) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+

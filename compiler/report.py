@@ -1,0 +1,139 @@
+"""A Plan, or an apply's result, as text for a terminal, markdown for a pull-request
+comment, or JSON (``fleetform.plan/v1``). Pure functions of the plan: the same plan
+always prints the same bytes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from compiler.apply import ApplyResult
+from compiler.plan import Change, HostPlan, Plan, Step
+
+_SIGN = {"create": "+", "update": "~", "delete": "-", "start": ">"}
+_COLOR = {"create": "32", "update": "33", "delete": "31", "start": "36"}
+
+
+def summary(plan: Plan) -> str:
+    counts = plan.counts()
+    hosts = len(plan.hosts)
+    return (
+        f"Plan: {counts['create']} to create, {counts['update']} to update,"
+        f" {counts['delete']} to delete, {counts['start']} to start"
+        f" ({counts['unchanged']} unchanged) on {hosts} host{'s' if hosts != 1 else ''}"
+    )
+
+
+def plan_text(plan: Plan, *, color: bool = False) -> str:
+    def paint(code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if color else text
+
+    lines = [summary(plan)]
+    for host in plan.hosts:
+        lines.append("")
+        lines.append(_host_heading(host))
+        for step in host.steps:
+            sign = paint(_COLOR[step.action], f"{_SIGN[step.action]} {step.action:<6}")
+            lines.append(f"  {sign} {step.name}  ({'; '.join(step.reasons)})")
+            for change in step.changes:
+                lines.append(f"      {_change(change)}")
+        if not host.steps and host.error is None:
+            lines.append("  no changes")
+    lines.extend(f"note: {note}" for note in plan.notes)
+    return "\n".join(lines) + "\n"
+
+
+def _host_heading(host: HostPlan) -> str:
+    heading = f"{host.host} ({host.target})"
+    if host.error is not None:
+        return f"{heading}: error: {host.error}"
+    extra = []
+    if host.unchanged:
+        extra.append(f"{len(host.unchanged)} unchanged")
+    if host.empties:
+        extra.append("would remove every container fleetform runs here: needs --allow-empty")
+    if host.secrets_unknown:
+        extra.append("secret values not available here: their changes are not detected")
+    return heading + (f": {'; '.join(extra)}" if extra else "")
+
+
+def _change(change: Change) -> str:
+    return f"{change.field}: {_value(change.before)} -> {_value(change.after)}"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def plan_markdown(plan: Plan) -> str:
+    lines = [f"### fleetform plan: {plan.project}", "", f"**{summary(plan)}**", ""]
+    for host in plan.hosts:
+        lines.append(f"#### `{host.host}` ({host.target})")
+        lines.append("")
+        if host.error is not None:
+            lines.append(f"> :x: {_md(host.error)}")
+            lines.append("")
+            continue
+        if not host.steps:
+            lines.append(
+                "No changes." + (f" {len(host.unchanged)} unchanged." if host.unchanged else "")
+            )
+            lines.append("")
+            continue
+        lines.append("| action | container | why |")
+        lines.append("|---|---|---|")
+        for step in host.steps:
+            why = _md("; ".join(step.reasons))
+            lines.append(f"| {_SIGN[step.action]} {step.action} | `{step.name}` | {why} |")
+        lines.append("")
+        changed = [step for step in host.steps if step.changes]
+        for step in changed:
+            lines.append(f"<details><summary><code>{step.name}</code>: what changes</summary>")
+            lines.append("")
+            lines.append("```diff")
+            for change in step.changes:
+                if change.before is not None:
+                    lines.append(f"- {change.field}: {_value(change.before)}")
+                if change.after is not None:
+                    lines.append(f"+ {change.field}: {_value(change.after)}")
+            lines.append("```")
+            lines.append("</details>")
+            lines.append("")
+        if host.unchanged:
+            lines.append(f"{len(host.unchanged)} unchanged.")
+            lines.append("")
+    lines.extend(f"> {note}" for note in plan.notes)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def plan_json(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+def apply_text(result: ApplyResult) -> str:
+    lines = ["Apply:"]
+    for host in result.hosts:
+        done = len(host.done)
+        if host.status == "failed":
+            lines.append(f"  {host.host}: FAILED after {done} step(s): {host.error}")
+        elif host.status == "unchanged":
+            lines.append(f"  {host.host}: no changes")
+        else:
+            lines.append(f"  {host.host}: converged ({done} step(s), {host.seconds:.1f} s)")
+    failed = sum(1 for h in result.hosts if h.status == "failed")
+    lines.append(
+        f"{len(result.hosts) - failed} of {len(result.hosts)} hosts converged"
+        + (f", {failed} failed" if failed else "")
+    )
+    return "\n".join(lines) + "\n"
+
+
+def steps_text(steps: list[Step]) -> list[str]:
+    """The identity of each step, for comparing what was planned with what was done."""
+    return [f"{s.host} {s.action} {s.name}" for s in steps]

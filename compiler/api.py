@@ -89,7 +89,7 @@ class Planned:
 def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Target]:
     """Each selected host's desired containers and engine address (all hosts if none)."""
     from compiler.apply import Target, secret_values
-    from compiler.plan import DesiredHost, secret_hash
+    from compiler.plan import DesiredHost
     from compiler.render.container import container_spec
 
     fleet = compiled.fleet
@@ -105,11 +105,37 @@ def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Targe
         specs = tuple(container_spec(w, fleet.settings, host.address) for w in fleet.on_host(name))
         names = {secret for spec in specs for secret in spec.secrets.values()}
         values, missing = secret_values(names)
-        hashes = None if missing else {s.name: secret_hash(s, values) for s in specs if s.secrets}
-        desired = DesiredHost(name, host.target, host.address, specs, hashes)
+        units = None
+        if host.target == "systemd":
+            prefix = f"{name}/systemd/"
+            units = {
+                path.removeprefix(prefix): text.decode()
+                for path, text in compiled.files.items()
+                if path.startswith(prefix)
+            }
+        hashes = (
+            None
+            if missing
+            else {s.name: _secrets_hash(s, values, host.target) for s in specs if s.secrets}
+        )
+        desired = DesiredHost(name, host.target, host.address, specs, hashes, units, host.unit_dir)
         base_url = host.docker_host or "unix:///var/run/docker.sock"
-        targets[name] = Target(desired, base_url)
+        targets[name] = Target(desired, base_url, host.ssh)
     return targets
+
+
+def _secrets_hash(spec: Any, values: dict[str, str], target: str) -> str:
+    """What the host shows for a container's current secrets: the hash label of a
+    Docker container, or the sha256 of a systemd unit's env file."""
+    import hashlib
+
+    from compiler.apply.systemd import env_file_text
+    from compiler.plan import secret_hash
+
+    if target == "systemd":
+        text = env_file_text({var: values[secret] for var, secret in spec.secrets.items()})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return secret_hash(spec, values)
 
 
 def observe(targets: dict[str, Target], settings: Settings, parallel: int = 8) -> dict[str, Any]:
@@ -121,10 +147,17 @@ def observe(targets: dict[str, Target], settings: Settings, parallel: int = 8) -
 
     def one(target: Target) -> ObservedHost:
         desired = target.desired
-        if desired.target != "compose":
-            return ObservedHost(
-                desired.host, desired.target, error="systemd hosts are not converged yet"
-            )
+        if desired.target == "systemd":
+            from compiler.observe.systemd import observe_systemd_host
+            from compiler.transport import shell_for
+
+            shell = shell_for(target.ssh)
+            try:
+                return observe_systemd_host(
+                    shell, desired.host, settings.project, desired.unit_dir, desired.units or {}
+                )
+            finally:
+                shell.close()
         names = [spec.name for spec in desired.specs]
         return observe_docker_host(
             desired.host, target.base_url, settings.project, settings.label_prefix, names
@@ -191,6 +224,15 @@ def unlock(root: Path, host: str) -> bool:
 
     compiled = build(root)
     target = targets_of(compiled, [host])[host]
+    if target.desired.target == "systemd":
+        from compiler.apply import systemd
+        from compiler.transport import shell_for
+
+        shell = shell_for(target.ssh)
+        try:
+            return systemd.break_lock(shell, compiled.repo.settings.project)
+        finally:
+            shell.close()
     client = connect(target.base_url)
     try:
         return lock.break_lock(client.api, compiled.repo.settings.project)

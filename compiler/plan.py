@@ -50,6 +50,7 @@ class Step:
     spec_hash: str = ""  # the desired spec's hash ("" for a delete)
     current: str = ""  # the id of the container acted on ("" for a create)
     displace: str = ""  # the id of a foreign container squatting the name
+    diff: tuple[str, ...] = ()  # systemd: the unit file's unified diff
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class Step:
             "spec_hash": self.spec_hash,
             "current": self.current,
             "displace": self.displace,
+            "diff": list(self.diff),
         }
 
     @classmethod
@@ -82,6 +84,7 @@ class Step:
             spec_hash=data["spec_hash"],
             current=data["current"],
             displace=data["displace"],
+            diff=tuple(data.get("diff", ())),
         )
 
 
@@ -96,10 +99,14 @@ class DesiredHost:
     address: str
     specs: tuple[ContainerSpec, ...]
     secret_hashes: dict[str, str] | None = None
+    # systemd hosts: each replica's unit (file name → text) and where units live.
+    units: dict[str, str] | None = None
+    unit_dir: str = "/etc/systemd/system"
 
     def fingerprint(self) -> str:
         document = sorted((s.name, s.spec_hash) for s in self.specs)
-        return _digest({"host": self.host, "specs": document})
+        units = sorted((self.units or {}).items())
+        return _digest({"host": self.host, "specs": document, "units": units})
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,12 @@ def make_plan(
         seen = observed.get(wanted.host)
         if seen is None:
             seen = ObservedHost(wanted.host, wanted.target, error="not observed")
-        hosts.append(plan_host(wanted, seen, prefix))
+        if wanted.target == "systemd":
+            from compiler.plan_systemd import plan_systemd_host
+
+            hosts.append(plan_systemd_host(wanted, seen, project))
+        else:
+            hosts.append(plan_host(wanted, seen, prefix))
     return Plan(project=project, hosts=tuple(hosts))
 
 

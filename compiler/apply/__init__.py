@@ -50,10 +50,12 @@ class ApplyResult:
 
 @dataclass(frozen=True)
 class Target:
-    """How to reach one host's engine, and what it must run."""
+    """How to reach one host (its engine, or its shell for systemd), and what it must
+    run."""
 
     desired: DesiredHost
     base_url: str
+    ssh: str | None = None
 
 
 Report = Callable[[str, str], None]  # (host, message)
@@ -129,6 +131,8 @@ def _apply_host(
     secrets = _secrets_for(host_plan, target.desired)
     if isinstance(secrets, str):
         return HostResult(host, "failed", error=secrets)
+    if target.desired.target == "systemd":
+        return _apply_systemd_host(host_plan, target, project, options, secrets, say)
     try:
         client = connect(target.base_url)
     except FleetformError as error:
@@ -169,6 +173,57 @@ def _apply_host(
         result.status, result.error = "failed", describe(error)
     finally:
         client.close()
+    return result
+
+
+def _apply_systemd_host(
+    host_plan: HostPlan,
+    target: Target,
+    project: str,
+    options: Options,
+    secrets: dict[str, Secrets],
+    say: Report,
+) -> HostResult:
+    from compiler.apply import lock as docker_lock
+    from compiler.apply import systemd
+    from compiler.observe.systemd import observe_systemd_host
+    from compiler.plan_systemd import plan_systemd_host
+    from compiler.transport import shell_for
+
+    host = host_plan.host
+    desired = target.desired
+    result = HostResult(host, "converged")
+    shell = shell_for(target.ssh)
+    try:
+        systemd.acquire(shell, host, project, docker_lock.owner())
+        try:
+            units = desired.units or {}
+            seen = observe_systemd_host(shell, host, project, desired.unit_dir, units)
+            if seen.fingerprint() != host_plan.observed:
+                fresh = plan_systemd_host(desired, seen, project)
+                raise FleetformError(
+                    "the host changed since the plan was made (stale plan): plan again"
+                    + (f" ({len(fresh.steps)} steps now)" if fresh.error is None else "")
+                )
+            executor = systemd.SystemdExecutor(
+                shell, project, desired.unit_dir, options, lambda m: say(host, m)
+            )
+            executor.run(
+                host_plan,
+                units,
+                {f"{spec.name}.service": spec for spec in desired.specs},
+                {unit.name: unit for unit in seen.units},
+                {f"{name}.service": s.env for name, s in secrets.items()},
+                result.done,
+            )
+        finally:
+            systemd.release(shell, project)
+    except StepFailed as error:
+        result.status, result.error = "failed", f"{_current(host_plan, result)}: {error.message}"
+    except FleetformError as error:
+        result.status, result.error = "failed", error.message
+    finally:
+        shell.close()
     return result
 
 

@@ -140,27 +140,10 @@ class DockerExecutor:
             self._wait_healthy(spec, container)
 
     def _wait_healthy(self, spec: ContainerSpec, container: str) -> None:
-        url = f"http://{spec.address}:{spec.port}{spec.health_check_path}"
-        self.progress(f"waiting for {url} (up to {spec.health_timeout:.0f} s)")
-        deadline = time.monotonic() + spec.health_timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-                    last = f"HTTP {answer.status}"
-            except urllib.error.HTTPError as error:
-                last = f"HTTP {error.code}"
-            except (OSError, ValueError) as error:
-                last = describe(error)
-            state = self.api.inspect_container(container)["State"]
-            if state.get("Status") != "running":
-                raise StepFailed(f"container exited while waiting for {url}")
-            time.sleep(HEALTH_POLL_SECONDS)
-        raise StepFailed(
-            f"health check {url} did not answer 200 within {spec.health_timeout:.0f} s ({last})"
-        )
+        def running() -> bool:
+            return bool(self.api.inspect_container(container)["State"].get("Status") == "running")
+
+        wait_healthy(spec, running, self.progress)
 
     # --- engine calls ----------------------------------------------------------------
 
@@ -245,6 +228,31 @@ class DockerExecutor:
 
         with contextlib.suppress(docker.errors.NotFound):
             self.api.remove_container(container, force=True)
+
+
+def wait_healthy(spec: ContainerSpec, running: Callable[[], bool], progress: Progress) -> None:
+    """Poll ``http://<address>:<port><health_check_path>`` until it answers 200, the
+    deployment's health timeout passes, or the container stops running."""
+    url = f"http://{spec.address}:{spec.port}{spec.health_check_path}"
+    progress(f"waiting for {url} (up to {spec.health_timeout:.0f} s)")
+    deadline = time.monotonic() + spec.health_timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+                last = f"HTTP {answer.status}"
+        except urllib.error.HTTPError as error:
+            last = f"HTTP {error.code}"
+        except (OSError, ValueError) as error:
+            last = describe(error)
+        if not running():
+            raise StepFailed(f"container exited while waiting for {url}")
+        time.sleep(HEALTH_POLL_SECONDS)
+    raise StepFailed(
+        f"health check {url} did not answer 200 within {spec.health_timeout:.0f} s ({last})"
+    )
 
 
 def _ports(ports: tuple[str, ...]) -> tuple[list[Any], dict[Any, Any]]:

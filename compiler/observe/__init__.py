@@ -42,11 +42,40 @@ class ObservedContainer:
 
 
 @dataclass(frozen=True)
+class ObservedUnit:
+    """One systemd unit on a host: its file, drop-ins and state (``systemctl show``).
+
+    ``owned``: its file carries fleetform's ``X-Fleetform-Project=`` marker for this
+    project. ``container``: the state of the container it runs (docker's
+    State.Status), or "missing".
+    """
+
+    name: str
+    path: str
+    owned: bool
+    text: str
+    spec_hash: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    unit_file_state: str
+    need_daemon_reload: bool
+    drop_ins: tuple[tuple[str, str], ...] = ()  # (path, text)
+    container: str = "missing"
+    env_hash: str = ""  # sha256 of its secrets env file, "" when there is none
+
+    @property
+    def running(self) -> bool:
+        return self.active_state == "active" and self.container == "running"
+
+
+@dataclass(frozen=True)
 class ObservedHost:
     host: str
     target: Target
     containers: tuple[ObservedContainer, ...] = ()
     error: str | None = None  # unreachable, or the engine answered with an error
+    units: tuple[ObservedUnit, ...] = ()
 
     def fingerprint(self) -> str:
         """A hash of everything observed: a saved plan is stale once this changes."""
@@ -54,6 +83,7 @@ class ObservedHost:
             "host": self.host,
             "error": self.error,
             "containers": [asdict(c) for c in self.containers],
+            "units": [asdict(u) for u in self.units],
         }
         text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,143 @@
+"""Observe a systemd host over its shell (SSH, or this machine): read-only.
+
+Four commands, whatever the number of units: find fleetform's unit files by their
+marker, ``systemctl show`` them (and every name fleetform must use), read the files
+and their drop-ins, and ``docker inspect`` the containers they run.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Iterable
+
+from compiler.observe import ObservedHost, ObservedUnit
+from compiler.transport import Shell, TransportError
+
+SHOW_PROPERTIES = (
+    "Id",
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "UnitFileState",
+    "NeedDaemonReload",
+    "FragmentPath",
+    "DropInPaths",
+)
+_HASH_KEY = re.compile(r"^X-Fleetform-Spec-Hash=(\S+)$", re.MULTILINE)
+
+
+def env_file(project: str, unit: str) -> str:
+    """Where a unit's secrets env file lives (``EnvironmentFile=`` of the unit)."""
+    return f"/etc/fleetform/{project}/{unit.removesuffix('.service')}.env"
+
+
+def observe_systemd_host(
+    shell: Shell, host: str, project: str, unit_dir: str, names: Iterable[str]
+) -> ObservedHost:
+    try:
+        units = _observe(shell, project, unit_dir, sorted(set(names)))
+    except TransportError as error:
+        return ObservedHost(host=host, target="systemd", error=error.message)
+    return ObservedHost(host=host, target="systemd", units=tuple(units))
+
+
+def _observe(shell: Shell, project: str, unit_dir: str, wanted: list[str]) -> list[ObservedUnit]:
+    marker = f"X-Fleetform-Project={project}"
+    found = shell.run(["grep", "-rlxF", "--include=*.service", marker, unit_dir])
+    if found.code not in (0, 1):  # 1: no match
+        raise TransportError(f"cannot read {unit_dir}: {found.error}")
+    owned_paths = [
+        path for path in found.text.splitlines() if posixpath.dirname(path) == unit_dir.rstrip("/")
+    ]
+    owned_names = {posixpath.basename(path) for path in owned_paths}
+    names = sorted(owned_names | set(wanted))
+    if not names:
+        return []
+    states = _show(shell, names)
+    files = [
+        state["FragmentPath"]
+        for state in states.values()
+        if state.get("FragmentPath") and state.get("LoadState") != "not-found"
+    ]
+    drop_in_paths = [p for state in states.values() for p in state.get("DropInPaths", "").split()]
+    contents = _read(shell, files + drop_in_paths)
+    env_hashes = _env_hashes(shell, [env_file(project, name) for name in names])
+    containers = _containers(shell, [name.removesuffix(".service") for name in names])
+    units = []
+    for name in names:
+        state = states.get(name, {})
+        path = state.get("FragmentPath", "")
+        if state.get("LoadState") == "not-found" or not path:
+            continue
+        text = contents.get(path, "")
+        match = _HASH_KEY.search(text)
+        drop_ins = tuple(
+            (p, contents.get(p, "")) for p in state.get("DropInPaths", "").split()
+        )
+        units.append(
+            ObservedUnit(
+                name=name,
+                path=path,
+                owned=marker in text.splitlines(),
+                text=text,
+                spec_hash=match.group(1) if match else "",
+                load_state=state.get("LoadState", ""),
+                active_state=state.get("ActiveState", ""),
+                sub_state=state.get("SubState", ""),
+                unit_file_state=state.get("UnitFileState", ""),
+                need_daemon_reload=state.get("NeedDaemonReload") == "yes",
+                drop_ins=drop_ins,
+                container=containers.get(name.removesuffix(".service"), "missing"),
+                env_hash=env_hashes.get(env_file(project, name), ""),
+            )
+        )
+    return units
+
+
+def _show(shell: Shell, names: list[str]) -> dict[str, dict[str, str]]:
+    result = shell.run(["systemctl", "show", "-p", ",".join(SHOW_PROPERTIES), "--", *names])
+    if result.code != 0:
+        raise TransportError(f"systemctl show failed: {result.error}")
+    states: dict[str, dict[str, str]] = {}
+    for block in result.text.split("\n\n"):
+        fields = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
+        if fields.get("Id"):
+            states[fields["Id"]] = fields
+    return states
+
+
+def _read(shell: Shell, paths: list[str]) -> dict[str, str]:
+    """Each file's text (``grep -H ''`` prints every line as ``path:line``)."""
+    if not paths:
+        return {}
+    result = shell.run(["grep", "-H", "", "--", *paths])
+    texts: dict[str, list[str]] = {path: [] for path in paths}
+    for line in result.text.split("\n"):
+        for path in paths:
+            if line.startswith(path + ":"):
+                texts[path].append(line[len(path) + 1 :])
+                break
+    return {path: "\n".join(lines) + ("\n" if lines else "") for path, lines in texts.items()}
+
+
+def _env_hashes(shell: Shell, paths: list[str]) -> dict[str, str]:
+    result = shell.run(["sha256sum", "--", *paths])
+    hashes = {}
+    for line in result.text.splitlines():
+        digest, _, path = line.partition("  ")
+        hashes[path] = digest[:16]
+    return hashes
+
+
+def _containers(shell: Shell, names: list[str]) -> dict[str, str]:
+    result = shell.run(["docker", "inspect", "--type", "container", "--", *names])
+    try:
+        documents = json.loads(result.text or "[]")
+    except ValueError:
+        return {}
+    return {
+        d.get("Name", "").lstrip("/"): (d.get("State") or {}).get("Status", "unknown")
+        for d in documents
+    }

@@ -42,7 +42,8 @@ def explain_deployment(fleet: Fleet, name: str) -> str:
         for key in ("default_backend_param", "backend_parameters"):
             if key in info.origins:
                 row(f"  + {key}", "(appended)", key)
-        for key, value in workload.env.items():
+        shown = {**workload.env, **{k: f"(secret {v})" for k, v in workload.secrets.items()}}
+        for key, value in sorted(shown.items()):
             row(f"env {key}", value, f"env.{key}")
         for volume in workload.volumes:
             lines.append(f"    volume: {volume}")

@@ -61,8 +61,47 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 EnvMap = dict[EnvName, str]
 
 
+def _secret_name(name: str) -> str:
+    if not ENV_NAME.match(name):
+        raise ValueError(
+            f"invalid secret name '{name}' (letters, digits and '_', not starting with a digit)"
+        )
+    return name
+
+
+SecretName = Annotated[str, AfterValidator(_secret_name)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SecretRef(_Model):
+    """A deployment env value that is the value of a secret, given at apply time."""
+
+    secret: SecretName
+
+
+def _env_value_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "[text]"
+    if isinstance(value, (dict, SecretRef)):
+        return "[secret]"
+    return None
+
+
+# The tags hold '[', so _translate drops them from error paths (as pydantic's own
+# 'list[...]' parts); no variable name holds one, so no key is dropped with them.
+EnvValue = Annotated[
+    Annotated[str, Tag("[text]")] | Annotated[SecretRef, Tag("[secret]")],
+    Discriminator(
+        _env_value_kind,
+        custom_error_type="env_value_type",
+        custom_error_message="expected a string or {secret: NAME}",
+    ),
+]
+# Deployments only: a backend's env keeps GPUStack's plain format.
+DeploymentEnvMap = dict[EnvName, EnvValue]
 
 
 class VersionConfig(_Model):
@@ -119,7 +158,7 @@ class Deployment(_Model):
     image_name: str | None = None
     run_command: str | None = None
     entrypoint: str | None = None
-    env: EnvMap | None = None
+    env: DeploymentEnvMap | None = None
     replicas: int | None = Field(default=None, ge=0, le=1000)
     gpu_selector: GpuSelector | None = None
     worker_selector: dict[str, str] | None = None
@@ -410,6 +449,8 @@ def _translate(model: type[BaseModel], doc: Document, error: Any) -> ValidationE
         message = f"unknown key '{name}'"
         if hint:
             message += f" (did you mean '{hint[0]}'?)"
+        elif _models_at(model, path[:-1]) == [SecretRef]:
+            message += " (an env value is a string, or {secret: NAME} for a secret)"
         return ValidationError(message, doc.source.mark(path, key=True), key)
     if kind == "missing":
         return ValidationError("required key is missing", doc.source.mark(path[:-1]), key)
@@ -463,6 +504,12 @@ def _show(value: Any) -> str:
 
 def _allowed_keys(model: type[BaseModel], path: KeyPath) -> list[str]:
     """The field names of the (sub)models that can sit at ``path`` below ``model``."""
+    names = {name for candidate in _models_at(model, path) for name in candidate.model_fields}
+    return sorted(names - set(GPUSTACK_IGNORED_KEYS))
+
+
+def _models_at(model: type[BaseModel], path: KeyPath) -> list[type[BaseModel]]:
+    """The (sub)models that can sit at ``path`` below ``model``."""
     current: list[type[BaseModel]] = [model]
     for part in path:
         if isinstance(part, int):
@@ -475,8 +522,7 @@ def _allowed_keys(model: type[BaseModel], path: KeyPath) -> list[str]:
         ]
         # Not a field name: a key of a dict of models (a version name), so stay put.
         current = below or current
-    names = {name for candidate in current for name in candidate.model_fields}
-    return sorted(names - set(GPUSTACK_IGNORED_KEYS))
+    return current
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from compiler import template
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
 from compiler.load import Document, KeyPath, dotted
-from compiler.model import Backend, Deployment, Repo, Settings
+from compiler.model import Backend, Deployment, Repo, SecretRef, Settings
 from compiler.placement import HostSlots, Placed, Prior, Request, place
 
 BUILTINS = ("model_path", "port", "model_name", "worker_ip", "gpu_count", "gpu_ids")
@@ -178,6 +178,14 @@ class Origins(Mapping[str, Origin]):
     def setdefault(self, key: str, origin: Origin) -> None:
         if key not in self:
             self._fixed[key] = origin
+
+    def below(self, key: str, *path: str | int) -> Origin:
+        """Where ``path`` inside the merged value ``key`` was written (a list item)."""
+        source = self._table().get(key)
+        if source is None:
+            return self[key]
+        layer, at = source
+        return layer.origin(at + path)
 
     def _table(self) -> dict[str, tuple[_Layer, KeyPath]]:
         if self._sources is None:
@@ -622,6 +630,11 @@ class _Draft:
     def origin(self, key: str) -> Origin:
         return self.origins.get(key) or Origin(self.doc.mark, f"deployment '{self.name}'", key)
 
+    def origin_below(self, key: str, *path: str | int) -> Origin:
+        if key in self.origins:
+            return self.origins.below(key, *path)
+        return self.origin(key)
+
     def fail(self, key: str, message: str) -> ResolveError:
         """An error about the merged value ``key``, reported where it was written."""
         origin = self.origin(key)
@@ -656,13 +669,25 @@ class _Draft:
                     "local_path",
                 )
             origin = self.origin(key)
+            if isinstance(error, (template.UndefinedPlaceholder, template.SecretPlaceholder)):
+                origin = self._placeholder_origin(key, error.names) or origin
             same_as = ""
             if isinstance(error, template.UndefinedPlaceholder):
                 # Met through every deployment of a backend, with other defined names.
                 same_as = f"{origin.mark}|{origin.key}|undefined {error.names}"
             return ResolveError(str(error), origin.mark, origin.key or key, same_as=same_as)
 
-        env, env_errors = template.render_env(values.get("env") or {}, builtins)
+        # A secret's value is given at apply time: it reaches the container as an
+        # environment variable and can be the value of no placeholder.
+        plain: dict[str, str] = {}
+        secrets: dict[str, str] = {}
+        for name, value in (values.get("env") or {}).items():
+            if isinstance(value, SecretRef):
+                secrets[name] = value.secret
+            else:
+                plain[name] = value
+        secrets = dict(sorted(secrets.items()))
+        env, env_errors = template.render_env(plain, builtins, secrets)
         for key, error in sorted(env_errors.items()):
             raise failure(f"env.{key}", error)
         defined = sorted(builtins) + sorted(k for k in env if k not in builtins)
@@ -672,7 +697,7 @@ class _Draft:
 
         def render(words: list[str], key: str) -> tuple[str, ...]:
             try:
-                return tuple(template.substitute(word, lookup, defined) for word in words)
+                return tuple(template.substitute(word, lookup, defined, secrets) for word in words)
             except template.TemplateError as error:
                 raise failure(key, error) from None
 
@@ -705,7 +730,8 @@ class _Draft:
                 "image_name",
             )
 
-        env_final = dict(_vendor_env(framework, gpus))
+        # The deployment's env, secrets included, wins over the vendor's variables.
+        env_final = {k: v for k, v in _vendor_env(framework, gpus) if k not in secrets}
         env_final.update(env)
         devices = list(_vendor_devices(framework, gpus)) + list(values.get("devices") or [])
         model_mount = _model_mount(values, model_path, host) if model_path else None
@@ -733,7 +759,17 @@ class _Draft:
             labels=dict(sorted((values.get("labels") or {}).items())),
             health_check_path=values.get("health_check_path"),
             health_timeout=values.get("health_timeout") or 600,
+            secrets=secrets,
         )
+
+    def _placeholder_origin(self, key: str, names: list[str]) -> Origin | None:
+        """For a parameter list, the entry that writes one of ``names``."""
+        if key not in ("default_backend_param", "backend_parameters"):
+            return None
+        for index, entry in enumerate(self.values.get(key) or []):
+            if any(name in names for name in template.names_in(entry)):
+                return self.origin_below(key, index)
+        return None
 
     def explanation(
         self, placed: list[Placed], hosts: dict[str, tuple[ResolvedHost, Mark]]
@@ -842,7 +878,11 @@ class _LazyLayers(dict[str, _Layer]):
 
     def __missing__(self, name: str) -> _Layer:
         deployment, doc = self._deployments[name]
-        layer = _Layer(_set_fields(deployment), doc, (), f"deployment '{name}'")
+        values = _set_fields(deployment)
+        if deployment.env:
+            # Secret references stay whole: merged as one value, replaced as one value.
+            values["env"] = dict(deployment.env)
+        layer = _Layer(values, doc, (), f"deployment '{name}'")
         self[name] = layer
         return layer
 

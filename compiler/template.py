@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -26,6 +26,19 @@ class UndefinedPlaceholder(TemplateError):
         known = ", ".join(defined) if defined else "none"
         noun = "placeholder" if len(names) == 1 else "placeholders"
         super().__init__(f"undefined {noun} {shown} (defined: {known})")
+        self.names = names
+
+
+class SecretPlaceholder(TemplateError):
+    """A placeholder naming a secret variable: its value is not known when compiling,
+    and must never be written into an argument or a plain env value."""
+
+    def __init__(self, names: list[str]) -> None:
+        shown = ", ".join("{{" + name + "}}" for name in names)
+        verb = "names a secret" if len(names) == 1 else "name secrets"
+        super().__init__(
+            f"{shown} {verb}; secrets reach the container only as environment variables"
+        )
         self.names = names
 
 
@@ -49,11 +62,23 @@ def names_in(text: str) -> list[str]:
     return [match.group(1) for match in PLACEHOLDER.finditer(text)]
 
 
-def substitute(text: str, lookup: Callable[[str], str | None], defined: list[str]) -> str:
-    """``text`` with every placeholder replaced by ``lookup(name)``; strict about the rest."""
+def substitute(
+    text: str,
+    lookup: Callable[[str], str | None],
+    defined: list[str],
+    secrets: Collection[str] = (),
+) -> str:
+    """``text`` with every placeholder replaced by ``lookup(name)``; strict about the rest.
+
+    A name that ``lookup`` does not know is an error: :class:`SecretPlaceholder` when it
+    is one of ``secrets``, else :class:`UndefinedPlaceholder`.
+    """
     if "{{" not in text:
         return text
     missing = [name for name in dict.fromkeys(names_in(text)) if lookup(name) is None]
+    secret = [name for name in missing if name in secrets]
+    if secret:
+        raise SecretPlaceholder(secret)
     if missing:
         raise UndefinedPlaceholder(missing, defined)
     _reject_stray_braces(text)
@@ -70,15 +95,29 @@ def _reject_stray_braces(text: str) -> None:
 
 
 def render_env(
-    env: Mapping[str, str], builtins: Mapping[str, str]
+    env: Mapping[str, str], builtins: Mapping[str, str], secrets: Collection[str] = ()
 ) -> tuple[dict[str, str], dict[str, TemplateError]]:
     """Env values with placeholders resolved; env may refer to built-ins and other env.
 
-    Built-ins win over env names. Returns the rendered values and, per variable, the
-    error that stopped it (undefined name, reference cycle, bad syntax).
+    Built-ins win over env names. ``secrets`` are the variables whose values are given
+    at apply time; no value may refer to one. Returns the rendered values and, per
+    variable, the error that stopped it (undefined name, reference cycle, bad syntax, a
+    secret). A reference to a secret is reported only at the values that write it, not
+    at those that reach it through other variables.
     """
     rendered: dict[str, str] = {}
     errors: dict[str, TemplateError] = {}
+    if secrets:
+        for name in sorted(env):
+            named = [
+                other
+                for other in dict.fromkeys(names_in(env[name]))
+                if other in secrets and other not in builtins
+            ]
+            if named:
+                errors[name] = SecretPlaceholder(named)
+        if errors:
+            return rendered, errors
     defined = sorted(builtins) + sorted(name for name in env if name not in builtins)
 
     def value_of(name: str, stack: tuple[str, ...]) -> str | None:

@@ -128,17 +128,36 @@ def dns_label(*parts: str, limit: int = 63) -> str:
 # --- docker-compose -------------------------------------------------------------------
 
 
-def compose_config(compose_file: Path) -> dict[str, Any]:
-    """``docker-compose -f FILE config --format json``; fails the test if compose rejects it."""
+def compose_config_run(
+    compose_file: Path, environment: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``docker-compose -f FILE config --format json`` and return what it did.
+
+    ``environment`` sets (a value) or removes (``None``) variables of compose's
+    environment, the one its interpolation reads.
+    """
     binary = require_compose()
-    result = subprocess.run(
+    env = tool_env()
+    for name, value in (environment or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run(
         [binary, "-f", str(compose_file), "config", "--format", "json"],
         capture_output=True,
         text=True,
-        env=tool_env(),
+        env=env,
         cwd=compose_file.parent,
         timeout=60,
     )
+
+
+def compose_config(
+    compose_file: Path, environment: dict[str, str | None] | None = None
+) -> dict[str, Any]:
+    """``docker-compose -f FILE config --format json``; fails the test if compose rejects it."""
+    result = compose_config_run(compose_file, environment)
     if result.returncode != 0 or result.stderr.strip() or not result.stdout.strip():
         pytest.fail(
             f"docker-compose config rejected {compose_file} (exit {result.returncode}):\n"

@@ -195,9 +195,22 @@ SCENARIOS: list[Scenario] = [
         f"{D}:5:6: env: expected a mapping, got a list",
     ),
     scenario(
+        # A deployment's env value may be a mapping: {secret: NAME}, and nothing else.
         "env-value-is-a-mapping",
         {D: DEPLOYMENT + "env:\n  HF_HOME: {path: /models}\n"},
-        f"{D}:6:12: env.HF_HOME: expected a string, got a mapping",
+        f"{D}:6:13: env.HF_HOME.path: unknown key 'path'"
+        " (an env value is a string, or {secret: NAME} for a secret)",
+    ),
+    scenario(
+        "env-value-is-a-list",
+        {D: DEPLOYMENT + "env:\n  HF_HOME: [/models, /cache]\n"},
+        f"{D}:6:12: env.HF_HOME: expected a string or {{secret: NAME}}, got a list",
+    ),
+    scenario(
+        # Backends keep GPUStack's format: plain values only.
+        "backend-env-value-is-a-secret",
+        {B: BACKEND + "default_env:\n  HF_TOKEN: {secret: HF_TOKEN}\n"},
+        f"{B}:9:13: default_env.HF_TOKEN: expected a string, got a mapping",
     ),
     scenario(
         "image-name-is-a-number",
@@ -343,6 +356,28 @@ SCENARIOS: list[Scenario] = [
         " or tcp://",
     ),
     scenario(
+        "secret-name-invalid",
+        {D: DEPLOYMENT + "env:\n  HF_TOKEN: {secret: hf-token}\n"},
+        f"{D}:6:22: env.HF_TOKEN.secret: invalid secret name 'hf-token'"
+        " (letters, digits and '_', not starting with a digit)",
+    ),
+    scenario(
+        "secret-name-is-a-number",
+        {D: DEPLOYMENT + "env:\n  HF_TOKEN: {secret: 42}\n"},
+        f"{D}:6:22: env.HF_TOKEN.secret: expected a string, got 42",
+    ),
+    scenario(
+        "secret-with-another-key",
+        {D: DEPLOYMENT + "env:\n  HF_TOKEN: {secret: HF_TOKEN, default: none}\n"},
+        f"{D}:6:32: env.HF_TOKEN.default: unknown key 'default'"
+        " (an env value is a string, or {secret: NAME} for a secret)",
+    ),
+    scenario(
+        "secret-key-typo",
+        {D: DEPLOYMENT + "env:\n  HF_TOKEN: {secrets: HF_TOKEN}\n"},
+        f"{D}:6:14: env.HF_TOKEN.secrets: unknown key 'secrets' (did you mean 'secret'?)",
+    ),
+    scenario(
         "env-name-invalid",
         {D: DEPLOYMENT + "env:\n  GOOD: x\n  1BAD: y\n"},
         f"{D}:7:3: env.1BAD: invalid environment variable name '1BAD'",
@@ -464,6 +499,56 @@ SCENARIOS: list[Scenario] = [
         "unbalanced-quote-in-run-command",
         {D: DEPLOYMENT + 'run_command: vllm serve "{{model_path}} --port {{port}}\n'},
         f"{D}:5:14: run_command: cannot split command: No closing quotation",
+    ),
+    # --- secrets: never in argv nor in a plain value -------------------------------------
+    scenario(
+        "secret-in-run-command",
+        {
+            D: DEPLOYMENT
+            + "env:\n  HF_TOKEN: {secret: HF_TOKEN}\n"
+            + "run_command: vllm serve {{model_path}} --hf-token {{HF_TOKEN}}\n"
+        },
+        f"{D}:7:14: run_command: {{{{HF_TOKEN}}}} names a secret; secrets reach the container"
+        " only as environment variables",
+    ),
+    scenario(
+        # Pinned at the entry that writes it.
+        "secret-in-backend-parameters",
+        {
+            D: DEPLOYMENT
+            + "env:\n  API_KEY: {secret: openai_key}\n"
+            + "backend_parameters:\n  - --max-model-len 4096\n  - --api-key {{ API_KEY }}\n"
+        },
+        f"{D}:9:5: backend_parameters[1]: {{{{API_KEY}}}} names a secret; secrets reach the"
+        " container only as environment variables",
+    ),
+    scenario(
+        "secret-in-env-value",
+        {D: DEPLOYMENT + "env:\n  HF_TOKEN: {secret: HF_TOKEN}\n  AUTH: 'Bearer {{HF_TOKEN}}'\n"},
+        f"{D}:7:9: env.AUTH: {{{{HF_TOKEN}}}} names a secret; secrets reach the container"
+        " only as environment variables",
+    ),
+    scenario(
+        # A_HEADER reaches the secret only through AUTH: the error is where it is written.
+        "secret-in-env-value-through-another",
+        {
+            D: DEPLOYMENT + "env:\n  HF_TOKEN: {secret: HF_TOKEN}\n"
+            "  A_HEADER: 'Authorization: {{AUTH}}'\n  AUTH: 'Bearer {{HF_TOKEN}}'\n"
+        },
+        f"{D}:8:9: env.AUTH: {{{{HF_TOKEN}}}} names a secret; secrets reach the container"
+        " only as environment variables",
+    ),
+    scenario(
+        # The secret comes from a template; the placeholder is in the backend's command.
+        "secret-from-template-in-backend-run-command",
+        {
+            B: BACKEND.replace("--port {{port}}", "--port {{port}} --token {{HF_TOKEN}}"),
+            "deployments.d/base.yaml": "name: hub\nabstract: true\n"
+            "env: {HF_TOKEN: {secret: HF_TOKEN}}\n",
+            D: DEPLOYMENT + "extends: hub\n",
+        },
+        f"{B}:3:22: default_run_command: {{{{HF_TOKEN}}}} names a secret; secrets reach the"
+        " container only as environment variables",
     ),
     # --- GPUs ----------------------------------------------------------------------------
     scenario(
@@ -600,6 +685,7 @@ SUBPROCESS = {
     "alias-bomb-billion-laughs",
     "not-utf8",
     "undefined-placeholder-in-run-command",
+    "secret-in-run-command",
     "gpu-given-twice",
     "two-errors-in-two-files",
 }

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import csv
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from compiler import api
 from compiler.errors import FleetformError
-from compiler.render.systemd import unit_name
+from compiler.render.systemd import secrets_env_file, unit_name
 from tests.helpers import (
     compose_config,
+    compose_config_run,
     compose_value,
     exec_time_word,
     option_values,
     split_docker_run,
     systemd_exec_start,
+    systemd_verify,
 )
 from tests.helpers_repo import make_repo
 
@@ -83,3 +87,75 @@ def test_unicode_line_breaks_survive_compose(tmp_path: Path) -> None:
     api.compile_repo(tmp_path)
     config = compose_config(tmp_path / "output" / "h1" / "compose.yaml")
     assert compose_value(config["services"]["d-0"]["environment"]["X"]) == "a\x85b\u2028c\u2029d"
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+SECRETS_REPO = Path(__file__).parent / "golden" / "secrets" / "repo"
+HOSTILE = "$x 'q' \"dq\" %h ;"
+
+
+def _compiled_secrets(tmp_path: Path) -> api.Compiled:
+    repo = tmp_path / "repo"
+    shutil.copytree(SECRETS_REPO, repo)
+    api.compile_repo(repo)
+    return api.build(repo)
+
+
+def test_secret_reaches_compose_from_the_environment_exactly(tmp_path: Path) -> None:
+    compiled = _compiled_secrets(tmp_path)
+    (workload,) = compiled.fleet.on_host("edge-compose")
+    compose_file = compiled.output_dir / "edge-compose" / "compose.yaml"
+    config = compose_config(compose_file, {"HF_TOKEN": HOSTILE, "openai_key": "k${y}$$"})
+    environment = config["services"]["chat-0"]["environment"]
+    read = {key: compose_value(value) for key, value in environment.items()}
+    assert read == {**workload.env, "HF_TOKEN": HOSTILE, "API_KEY": "k${y}$$"}
+    assert workload.env["PRICE"] == "$5 per 100% of it"  # a plain `$` stays literal
+
+
+def test_compose_refuses_to_run_without_a_secret(tmp_path: Path) -> None:
+    compiled = _compiled_secrets(tmp_path)
+    compose_file = compiled.output_dir / "edge-compose" / "compose.yaml"
+    result = compose_config_run(compose_file, {"HF_TOKEN": None, "openai_key": "k"})
+    assert result.returncode != 0
+    assert "required variable HF_TOKEN is missing a value: secret HF_TOKEN is not set" in (
+        result.stderr
+    )
+
+
+def test_secret_sentinel_cannot_be_forged_by_user_text(tmp_path: Path) -> None:
+    forged = "fleetform-secret.T.fleetform-secret ${T:?x} fleetform-secret-"
+    make_repo(
+        tmp_path,
+        {
+            "deployments.d/d.yaml": f"- {{name: d, backend: srv, local_path: /m,"
+            f" env: {{T: {{secret: T}}, U: '{forged}'}}}}\n"
+        },
+    )
+    api.compile_repo(tmp_path)
+    config = compose_config(tmp_path / "output" / "h1" / "compose.yaml", {"T": "value"})
+    environment = config["services"]["d-0"]["environment"]
+    assert compose_value(environment["T"]) == "value"
+    assert compose_value(environment["U"]) == forged
+
+
+def test_secret_reaches_systemd_unit_by_name_only(tmp_path: Path) -> None:
+    compiled = _compiled_secrets(tmp_path)
+    (workload,) = compiled.fleet.on_host("edge-unit")
+    name = unit_name(workload, compiled.fleet.settings)
+    unit = compiled.output_dir / "edge-unit" / "systemd" / name
+    text = unit.read_text()
+    env_file = secrets_env_file(workload, compiled.fleet.settings)
+    assert env_file == "/etc/fleetform/fleetform/fleetform-chat-unit-0.env"
+    assert re.findall("^EnvironmentFile=.*$", text, re.MULTILINE) == [f"EnvironmentFile={env_file}"]
+    # The file is written at apply time: verify must not mind that it is missing here.
+    assert not Path(env_file).exists()
+    assert systemd_verify([unit]) == []
+    argv = [exec_time_word(word) for word in systemd_exec_start(name, text)]
+    options, _, _ = split_docker_run(argv)
+    assert option_values(options, "--env") == [
+        "API_KEY=public-demo-key",
+        "HF_HUB_OFFLINE=0",
+        "HF_TOKEN",
+        "LOG_LEVEL",
+    ]

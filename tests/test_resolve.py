@@ -164,3 +164,78 @@ def test_explain_names_origins(tmp_path: Path) -> None:
     assert "command: serve /m --port 40000  <- backends.d/b.yaml:3:22 (backend 'srv')" in text
     with pytest.raises(FleetformError, match="no deployment 'nope'"):
         api.explain(tmp_path, "nope")
+
+
+def test_secret_env_merges_key_by_key(tmp_path: Path) -> None:
+    w = _workloads(
+        tmp_path,
+        """\
+        - name: base
+          abstract: true
+          env: {HF_TOKEN: {secret: HF_TOKEN}, API_KEY: {secret: openai_key}, TEAM: search}
+        - {name: inherits, extends: base, backend: srv, local_path: /m/a}
+        - name: overrides
+          extends: base
+          backend: srv
+          local_path: /m/a
+          env: {API_KEY: public, HF_TOKEN: {secret: hf_token_2}, LEVEL: {secret: level}}
+        """,
+    )
+    assert w["inherits-0"].env == {"LEVEL": "warn", "TEAM": "search"}
+    assert w["inherits-0"].secrets == {"API_KEY": "openai_key", "HF_TOKEN": "HF_TOKEN"}
+    # A secret replaced by a plain value, a plain value (the backend's) by a secret.
+    assert w["overrides-0"].env == {"API_KEY": "public", "TEAM": "search"}
+    assert w["overrides-0"].secrets == {"HF_TOKEN": "hf_token_2", "LEVEL": "level"}
+    assert list(w["overrides-0"].secrets) == sorted(w["overrides-0"].secrets)
+
+
+def test_secret_replaces_a_vendor_variable(tmp_path: Path) -> None:
+    backend = """\
+    backend_name: amd
+    default_run_command: serve --port {{port}}
+    version_configs:
+      v1: {image_name: "example/amd:1", custom_framework: rocm}
+    """
+    w = _workloads(
+        tmp_path,
+        "- {name: d, backend: amd, env: {HIP_VISIBLE_DEVICES: {secret: gpus}}}\n",
+        **{
+            "backends.d/amd.yaml": backend,
+            "hosts.d/h.yaml": "name: h1\naddress: 10.9.0.1\ngpus: {framework: rocm, count: 1}\n",
+        },
+    )
+    assert w["d-0"].env == {"ROCR_VISIBLE_DEVICES": "0"}
+    assert w["d-0"].secrets == {"HIP_VISIBLE_DEVICES": "gpus"}
+
+
+def test_spec_hash_covers_secret_names_never_values(tmp_path: Path) -> None:
+    def hashed(folder: str, env: str) -> Workload:
+        deployments = f"- {{name: d, backend: srv, local_path: /m, env: {env}}}\n"
+        return _workloads(tmp_path / folder, deployments)["d-0"]
+
+    plain = hashed("plain", "{A: x}")
+    secret = hashed("secret", "{A: x, T: {secret: HF_TOKEN}}")
+    renamed = hashed("renamed", "{A: x, T: {secret: HF_TOKEN_2}}")
+    again = hashed("again", "{A: x, T: {secret: HF_TOKEN}}")
+    assert "secrets" not in plain.spec()  # workloads without secrets keep their hashes
+    assert secret.spec()["secrets"] == {"T": "HF_TOKEN"}
+    assert len({plain.spec_hash(), secret.spec_hash(), renamed.spec_hash()}) == 3
+    assert again.spec_hash() == secret.spec_hash()
+
+
+def test_explain_shows_secrets_by_name(tmp_path: Path) -> None:
+    make_repo(
+        tmp_path,
+        {
+            "deployments.d/d.yaml": """\
+            - name: d
+              backend: srv
+              local_path: /m
+              env:
+                HF_TOKEN: {secret: hf_token}
+            """
+        },
+    )
+    text = api.explain(tmp_path, "d")
+    assert "env HF_TOKEN: (secret hf_token)  <- deployments.d/d.yaml:5:15 (deployment 'd')" in text
+    assert "env LEVEL: warn  <- " in text

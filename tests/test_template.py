@@ -34,6 +34,26 @@ def test_undefined_placeholder_names_what_is_defined() -> None:
     assert str(caught.value) == "undefined placeholder {{nope}} (defined: port)"
 
 
+def test_a_secret_is_never_substituted() -> None:
+    with pytest.raises(template.SecretPlaceholder) as caught:
+        template.substitute("--token={{ HF_TOKEN }}", {}.get, [], {"HF_TOKEN"})
+    assert str(caught.value) == (
+        "{{HF_TOKEN}} names a secret; secrets reach the container only as environment variables"
+    )
+    # Built-ins win over a secret variable of the same name, as over any env.
+    assert template.substitute("{{port}}", {"port": "80"}.get, [], {"port"}) == "80"
+
+
+def test_env_naming_a_secret_is_reported_where_it_is_written() -> None:
+    rendered, errors = template.render_env(
+        {"A": "{{B}}", "B": "Bearer {{TOKEN}} {{KEY}}", "C": "plain"}, {}, {"TOKEN", "KEY"}
+    )
+    assert sorted(errors) == ["B"]
+    assert str(errors["B"]) == (
+        "{{TOKEN}}, {{KEY}} name secrets; secrets reach the container only as environment variables"
+    )
+
+
 def test_non_placeholder_syntax_is_rejected() -> None:
     with pytest.raises(template.TemplateError, match="is not a placeholder"):
         template.substitute("{{ a + b }}", {}.get, [])

@@ -10,16 +10,45 @@ from compiler.resolve import ResolvedHost, Workload
 
 
 def render_compose(host: ResolvedHost, workloads: list[Workload], settings: Settings) -> str:
-    services = {w.name: _service(w, settings) for w in workloads}
-    document = {"name": settings.project, "services": services}
+    marker = _MARKER
+    text = _document_text(workloads, settings, marker)
+    references = sum(len(w.secrets) for w in workloads)
+    # A secret's value is written as a sentinel holding the marker twice. The marker
+    # must occur nowhere else (in the user's own text): if it does, a longer one.
+    while references and text.count(marker) != 2 * references:
+        marker += "-"
+        text = _document_text(workloads, settings, marker)
     # Every `$` doubled so compose's interpolation leaves each value as written. The
     # YAML writer never writes a `$` of its own, so doubling them in the text is the
     # same as doubling them in every key and value.
-    body = yaml_text.dump(document).replace("$", "$$")
+    body = text.replace("$", "$$")
+    # Then the secrets' references: the only `$` compose is meant to interpolate.
+    for secret in sorted({s for w in workloads for s in w.secrets.values()}):
+        body = body.replace(_sentinel(secret, marker), yaml_text.scalar(secret_reference(secret)))
     return f"# {HEADER}\n# host: {host.name}\n{body}"
 
 
-def _service(workload: Workload, settings: Settings) -> dict[str, Any]:
+def _document_text(workloads: list[Workload], settings: Settings, marker: str) -> str:
+    services = {w.name: _service(w, settings, marker) for w in workloads}
+    return yaml_text.dump({"name": settings.project, "services": services})
+
+
+def secret_reference(secret: str) -> str:
+    """A secret's value in compose: the environment variable of the secret's name, which
+    ``docker compose`` refuses to run without."""
+    return f"${{{secret}:?secret {secret} is not set}}"
+
+
+_MARKER = "fleetform-secret"
+
+
+def _sentinel(secret: str, marker: str) -> str:
+    """Plain YAML (written as is), without a `$`; the marker, which has the only `-`,
+    cannot occur across its parts, so it occurs exactly twice in it."""
+    return f"{marker}.{secret}.{marker}"
+
+
+def _service(workload: Workload, settings: Settings, marker: str) -> dict[str, Any]:
     service: dict[str, Any] = {
         "image": workload.image,
         "container_name": container_name(workload, settings),
@@ -27,7 +56,12 @@ def _service(workload: Workload, settings: Settings) -> dict[str, Any]:
     if workload.entrypoint is not None:
         service["entrypoint"] = list(workload.entrypoint)
     service["command"] = list(workload.command)
-    if workload.env:
+    if workload.secrets:
+        environment = dict(workload.env)
+        for variable, secret in workload.secrets.items():
+            environment[variable] = _sentinel(secret, marker)
+        service["environment"] = dict(sorted(environment.items()))
+    elif workload.env:
         service["environment"] = dict(workload.env)
     service["network_mode"] = workload.network_mode
     if workload.ports:

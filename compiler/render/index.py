@@ -22,20 +22,22 @@ def render_index(host: ResolvedHost, workloads: list[Workload], settings: Settin
             if host.target == "compose"
             else f"systemd/{unit_name(workload, settings)}"
         )
-        entries.append(
-            {
-                "name": workload.name,
-                "deployment": workload.deployment,
-                "replica": workload.replica,
-                "spec_hash": workload.spec_hash(),
-                "container": container_name(workload, settings),
-                "artifact": artifact,
-                "image": workload.image,
-                "framework": workload.framework,
-                "gpus": list(workload.gpus),
-                "port": workload.port,
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": workload.name,
+            "deployment": workload.deployment,
+            "replica": workload.replica,
+            "spec_hash": workload.spec_hash(),
+            "container": container_name(workload, settings),
+            "artifact": artifact,
+            "image": workload.image,
+            "framework": workload.framework,
+            "gpus": list(workload.gpus),
+            "port": workload.port,
+        }
+        if workload.secrets:
+            # Variable names only: the values are given at apply time.
+            entry["secrets"] = list(workload.secrets)
+        entries.append(entry)
     header = {
         "schema": INDEX_SCHEMA,
         "project": settings.project,

@@ -14,12 +14,23 @@ from compiler.render import HEADER, container_name, ownership_labels
 from compiler.resolve import Workload
 
 DOCKER = "/usr/bin/docker"
+SECRETS_DIR = "/etc/fleetform"
 
 _RESTART = {"no": "no", "on-failure": "on-failure", "always": "always", "unless-stopped": "always"}
 
 
 def unit_name(workload: Workload, settings: Settings) -> str:
     return f"{container_name(workload, settings)}.service"
+
+
+def secrets_env_file(workload: Workload, settings: Settings) -> str:
+    """Where apply writes a unit's secret variables (``VAR=value`` lines), e.g.
+    ``/etc/fleetform/fleet/fleet-chat-0.env``.
+
+    The unit reads it with ``EnvironmentFile=`` and its ``docker run`` passes each
+    secret variable by name (``--env VAR``), so no value is ever in the unit itself.
+    """
+    return f"{SECRETS_DIR}/{settings.project}/{container_name(workload, settings)}.env"
 
 
 def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
@@ -29,8 +40,16 @@ def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
     argv += ["--network", workload.network_mode, "--shm-size", workload.shm_size]
     for key, value in ownership_labels(workload, settings).items():
         argv += ["--label", f"{key}={value}"]
-    for key, value in workload.env.items():
-        argv += ["--env", f"{key}={value}"]
+    variables = [f"{key}={value}" for key, value in workload.env.items()]
+    if workload.secrets:
+        # A secret is passed by name, without a value: docker takes it from its own
+        # environment, which the unit's EnvironmentFile= fills.
+        variables = [
+            key if key in workload.secrets else f"{key}={workload.env[key]}"
+            for key in sorted([*workload.env, *workload.secrets])
+        ]
+    for variable in variables:
+        argv += ["--env", variable]
     if workload.model_mount is not None:
         path = workload.model_mount
         fields = ["type=bind", _csv_field(f"source={path}"), _csv_field(f"target={path}")]
@@ -70,6 +89,7 @@ def render_unit(workload: Workload, settings: Settings) -> str:
         f"X-Fleetform-Replica={workload.replica}",
         f"X-Fleetform-Spec-Hash={workload.spec_hash()}",
         "Type=simple",
+        *_environment_file(workload, settings),
         f"ExecStartPre=-{DOCKER} rm --force {name}",
         "ExecStart=" + _exec_line(argv),
         f"ExecStop={DOCKER} stop --time 30 {name}",
@@ -83,6 +103,14 @@ def render_unit(workload: Workload, settings: Settings) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _environment_file(workload: Workload, settings: Settings) -> list[str]:
+    # No "-" prefix: without the file the unit fails to start, rather than start the
+    # container without its secrets.
+    if not workload.secrets:
+        return []
+    return [f"EnvironmentFile={_specifiers(secrets_env_file(workload, settings))}"]
 
 
 def _exec_line(argv: list[str]) -> str:

@@ -22,6 +22,9 @@ from compiler.placement import Prior
 from compiler.render.index import INDEX_FILE, INDEX_SCHEMA
 
 
+_TEMP_PREFIX = ".fleetform-"
+
+
 @dataclass
 class Changes:
     created: list[str] = field(default_factory=list)
@@ -99,6 +102,7 @@ def write_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
             if target.is_symlink():
                 target.unlink()
             os.replace(temp, target)
+        _remove_stale_temps(output_dir)
         # A host's index goes last: until then its folder still counts as fleetform's.
         for path in sorted(changes.deleted, key=lambda p: p.endswith(INDEX_FILE)):
             (output_dir / path).unlink()
@@ -108,10 +112,17 @@ def write_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
     return changes
 
 
+def _remove_stale_temps(output_dir: Path) -> None:
+    """Temporary files a killed compile left behind (this compile's are renamed by now)."""
+    for pattern in (f"*/{_TEMP_PREFIX}*.tmp", f"*/systemd/{_TEMP_PREFIX}*.tmp"):
+        for temp in output_dir.glob(pattern):
+            temp.unlink(missing_ok=True)
+
+
 def _stage(path: Path, content: bytes) -> str:
     """``content`` in a new temporary file in ``path``'s folder; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".fleetform-", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)

@@ -149,3 +149,18 @@ def test_output_dir_symlinked_out_of_the_repository_is_refused(tmp_path: Path) -
     with pytest.raises(FleetformError, match="outside the repository"):
         api.compile_repo(repo)
     assert [p.name for p in victim.iterdir()] == ["precious.conf"]
+
+
+def test_temporary_files_of_a_killed_compile_are_removed(tmp_path: Path) -> None:
+    make_repo(tmp_path, {"deployments.d/d.yaml": DEPLOYMENTS})
+    api.compile_repo(tmp_path)
+    out = tmp_path / "output"
+    host = next(p for p in out.iterdir() if p.is_dir())
+    left = host / ".fleetform-abc123.tmp"
+    left.write_text("half")
+    keep = host / ".notes"
+    keep.write_text("mine")
+    (host / "index.json").write_bytes(b"{}")  # make the next compile write something
+    api.compile_repo(tmp_path)
+    assert not left.exists()
+    assert keep.read_text() == "mine"

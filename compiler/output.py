@@ -21,7 +21,6 @@ from compiler.errors import OutputError
 from compiler.placement import Prior
 from compiler.render.index import INDEX_FILE, INDEX_SCHEMA
 
-
 _TEMP_PREFIX = ".fleetform-"
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from compiler.errors import FleetformError, Mark, OutputError
 from compiler.load import SETTINGS_FILE, load_repo
 from compiler.model import Repo, Settings, validate_repo
+from compiler.observe.connections import Connections
 from compiler.output import Changes, diff_output, read_prior, write_output
 from compiler.render.fleet import render_fleet
 from compiler.resolve import Fleet, resolve_fleet
@@ -138,8 +139,15 @@ def _secrets_hash(spec: Any, values: dict[str, str], target: str) -> str:
     return secret_hash(spec, values)
 
 
-def observe(targets: dict[str, Target], settings: Settings, parallel: int = 8) -> dict[str, Any]:
-    """Observe every target host at once (threads: the time is the engines')."""
+def observe(
+    targets: dict[str, Target],
+    settings: Settings,
+    parallel: int = 8,
+    early: Connections | None = None,
+) -> dict[str, Any]:
+    """Observe every target host at once (threads: the time is the engines').
+
+    ``early``: connections opened while the repository was compiled."""
     from concurrent.futures import ThreadPoolExecutor
 
     from compiler.observe import ObservedHost
@@ -159,8 +167,9 @@ def observe(targets: dict[str, Target], settings: Settings, parallel: int = 8) -
             finally:
                 shell.close()
         names = [spec.name for spec in desired.specs]
+        client = early.take(target.base_url) if early else None
         return observe_docker_host(
-            desired.host, target.base_url, settings.project, settings.label_prefix, names
+            desired.host, target.base_url, settings.project, settings.label_prefix, names, client
         )
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -168,8 +177,18 @@ def observe(targets: dict[str, Target], settings: Settings, parallel: int = 8) -
     return {observed.host: observed for observed in found}
 
 
-def plan_repo(root: Path, hosts: Sequence[str] = ()) -> Planned:
+def plan_repo(
+    root: Path, hosts: Sequence[str] = (), early: Connections | None = None
+) -> Planned:
     """Desired (from the repository) against what the hosts run."""
+    early = early or Connections(root, hosts)
+    try:
+        return _plan_repo(root, hosts, early)
+    finally:
+        early.close()
+
+
+def _plan_repo(root: Path, hosts: Sequence[str], early: Connections) -> Planned:
     from compiler.plan import make_plan
 
     compiled = build(root)
@@ -181,7 +200,7 @@ def plan_repo(root: Path, hosts: Sequence[str] = ()) -> Planned:
         )
     settings = compiled.repo.settings
     targets = targets_of(compiled, hosts)
-    observed = observe(targets, settings)
+    observed = observe(targets, settings, early=early)
     plan = make_plan(
         settings.project, [t.desired for t in targets.values()], observed, settings.label_prefix
     )

@@ -195,9 +195,12 @@ def plan(
     detailed_exitcode: bool,
 ) -> None:
     """Show what apply would change on the live hosts."""
+    from compiler.observe.connections import Connections
+
+    early = Connections(repo, hosts)  # before the heavy imports: see its docstring
     from compiler import api, report
 
-    planned = api.plan_repo(repo, hosts)
+    planned = api.plan_repo(repo, hosts, early)
     _print_plan(planned.plan, output_format)
     if out is not None:
         out.write_text(report.plan_json(planned.plan), encoding="utf-8")
@@ -229,11 +232,14 @@ def apply(
     stop_timeout: int,
 ) -> None:
     """Carry out exactly the plan (a saved PLANFILE, or a new one you confirm)."""
+    from compiler.observe.connections import Connections
+
+    early = Connections(repo, hosts)  # before the heavy imports: see its docstring
     from compiler import api, report
     from compiler.apply import apply_plan
     from compiler.apply.docker import Options
 
-    planned = api.plan_repo(repo, hosts)
+    planned = api.plan_repo(repo, hosts, early)
     plan = planned.plan
     if planfile is not None:
         saved = api.load_plan(planfile)
@@ -293,9 +299,9 @@ def reconcile(
         planned = api.plan_repo(repo, hosts)
         plan = planned.plan
         code = EXIT_ERROR if plan.errors else (EXIT_CHANGES if plan.has_changes else EXIT_OK)
-        if code == EXIT_OK:
+        if code == EXIT_OK and output_format == "text":
             click.echo("no drift: every host runs what the repository says")
-        else:
+        else:  # json and markdown are for machines and comments: always the report
             _print_plan(plan, output_format)
         if heal and plan.has_changes:
             options = Options(stop_timeout=stop_timeout, label_prefix=planned.settings.label_prefix)

@@ -142,7 +142,7 @@ def load_repo(root: Path) -> RawRepo:
     errors: list[FleetformError] = []
     documents: list[Document] = []
     for kind, folder in FOLDERS.items():
-        for path in _yaml_files(root / folder):
+        for path in yaml_files(root / folder):
             try:
                 documents.extend(load_file(path, root, kind))
             except FleetformError as error:
@@ -380,7 +380,7 @@ def _display_name(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _yaml_files(folder: Path) -> list[Path]:
+def yaml_files(folder: Path) -> list[Path]:
     """YAML files below ``folder``, sorted; names starting with ``.`` or ``_`` skipped."""
     if not folder.is_dir():
         return []

@@ -378,14 +378,16 @@ def diff_container(
     wanted = desired_view(spec, {})
     seen = dict(container.view)
     secret_names = set(spec.secrets)
+    # Variables that held secrets when the container was made: never shown.
+    masked = set(filter(None, seen["labels"].get(f"{prefix}.secret-vars", "").split(",")))
     wanted_env = {k: v for k, v in wanted["env"].items() if k not in secret_names}
     seen["env"] = {
-        k: v
+        k: MASK if k in masked else v
         for k, v in seen["env"].items()
         if k not in secret_names and (k in wanted_env or container.image_env.get(k) != v)
     }
     wanted["env"] = wanted_env
-    own_labels = {f"{prefix}.spec-hash", f"{prefix}.secret-hash"}
+    own_labels = {f"{prefix}.spec-hash", f"{prefix}.secret-hash", f"{prefix}.secret-vars"}
     wanted["labels"] = {k: v for k, v in wanted["labels"].items() if k not in own_labels}
     seen["labels"] = {
         k: v
@@ -403,6 +405,8 @@ def diff_container(
 
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[Change, ...]:
     """deepdiff's findings, reported per field (per key for maps such as env)."""
+    if before == after:
+        return ()  # the common case: no need to load deepdiff (and numpy) at all
     from deepdiff import DeepDiff
 
     found: dict[str, Change] = {}

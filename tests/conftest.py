@@ -5,7 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines import EngineFactory, cleanup_root, make_root, require_engine_tools
+from tests.engines import (
+    Engine,
+    EngineFactory,
+    cleanup_root,
+    make_root,
+    require_engine_tools,
+    start_engine,
+)
+from tests.systemd_hosts import (
+    SystemdHostFactory,
+    build_host_image,
+    require_systemd_host_tools,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +58,47 @@ def engines(engine_root: Path) -> Iterator[EngineFactory]:
     """A factory of real engines (``engines("a")``) and ssh hosts (``engines.ssh(engine)``)
     for one test; all are stopped when the test ends."""
     factory = EngineFactory(engine_root)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+# --- real systemd hosts (tests/systemd_hosts.py) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def systemd_engine(engine_root: Path) -> Iterator[Engine]:
+    """The outer dockerd whose containers are this session's systemd hosts.
+
+    Fails under ``FLEETFORM_REQUIRE_TOOLS=1`` (CI) and skips elsewhere when the engine
+    tools are missing, or debootstrap while the host image is not cached yet.
+    """
+    require_systemd_host_tools()
+    engine = start_engine(engine_root, "sdhosts")
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def systemd_image(systemd_engine: Engine) -> str:
+    """The host image (Debian bookworm, systemd, sshd, docker.io) in the outer engine.
+
+    Built with debootstrap once and cached (``/var/cache/fleetform-test`` or
+    ``$FLEETFORM_TEST_CACHE``); imported once per session.
+    """
+    return build_host_image(systemd_engine)
+
+
+@pytest.fixture
+def systemd_hosts(
+    systemd_engine: Engine, systemd_image: str, engine_root: Path
+) -> Iterator[SystemdHostFactory]:
+    """A factory of real systemd hosts (``systemd_hosts("h1")``, ``systemd_hosts.many(...)``)
+    reached over ssh on loopback; all are removed when the test ends."""
+    factory = SystemdHostFactory(systemd_engine, engine_root)
     try:
         yield factory
     finally:

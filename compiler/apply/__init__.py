@@ -9,6 +9,7 @@ that was carried out, so a test (or a log) can compare them with the plan.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -138,6 +139,7 @@ def _apply_host(
     except FleetformError as error:
         return HostResult(host, "failed", error=error.message)
     result = HostResult(host, "converged")
+    current = ""  # the step under way, to name in an engine or transport error
     try:
         lock_id = host_lock.acquire(client.api, host, project, options.label_prefix)
         try:
@@ -153,6 +155,7 @@ def _apply_host(
             specs = {spec.name: spec for spec in target.desired.specs}
             total = len(host_plan.steps)
             for number, step in enumerate(host_plan.steps, 1):
+                current = f"{step.action} {step.name}: "
                 say(host, f"[{number}/{total}] {step.action} {step.name} ...")
                 began = time.monotonic()
                 spec = specs.get(step.name) if step.action != "delete" else None
@@ -163,14 +166,20 @@ def _apply_host(
                     f"[{number}/{total}] {step.action} {step.name}: done"
                     f" ({time.monotonic() - began:.1f} s)",
                 )
-        finally:
-            host_lock.release(client.api, lock_id)
+            current = ""
+        except BaseException:
+            # Report what failed, not the release that fails after it (an engine that
+            # went away); a lock left behind is reported by the next apply, with owner.
+            with contextlib.suppress(Exception):
+                host_lock.release(client.api, lock_id)
+            raise
+        host_lock.release(client.api, lock_id)
     except StepFailed as error:
         result.status, result.error = "failed", f"{_current(host_plan, result)}: {error.message}"
     except FleetformError as error:
         result.status, result.error = "failed", error.message
     except Exception as error:  # the engine or the transport: this host's failure
-        result.status, result.error = "failed", describe(error)
+        result.status, result.error = "failed", current + describe(error)
     finally:
         client.close()
     return result

@@ -67,7 +67,10 @@ class DockerExecutor:
             return
         assert spec is not None
         if step.action == "start":
-            self.api.start(step.current)
+            if self.api.inspect_container(step.current)["State"].get("Paused"):
+                self.api.unpause(step.current)  # the engine refuses to start a paused one
+            else:
+                self.api.start(step.current)
             self._check_started(spec, step.current)
             return
         if step.action == "create":
@@ -177,6 +180,8 @@ class DockerExecutor:
         labels = dict(spec.labels)
         if secrets.env:
             labels[f"{self.options.label_prefix}.secret-hash"] = secrets.hash
+            # Which variables hold secrets: a later plan masks them, whatever the spec.
+            labels[f"{self.options.label_prefix}.secret-vars"] = ",".join(sorted(secrets.env))
         ports, bindings = _ports(spec.ports)
         host_config = self.api.create_host_config(
             network_mode=spec.network_mode,

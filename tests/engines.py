@@ -596,8 +596,13 @@ def start_sshd(
 
 
 def free_port(address: str, start: int = 2201, stop: int = 2400) -> int:
-    """The first port in ``[start, stop)`` free on ``address``."""
-    for port in range(start, stop):
+    """A port in ``[start, stop)`` free on ``address``: the first free one from an offset
+    that depends on the process, so that two test runs on one machine do not race for
+    the same port (one sshd would fail to bind and the other's answer in its place)."""
+    span = stop - start
+    offset = os.getpid() % span
+    for step in range(span):
+        port = start + (offset + step) % span
         with socket.socket() as probe:
             try:
                 probe.bind((address, port))

@@ -11,7 +11,7 @@ from compiler.errors import FleetformError, Mark, OutputError
 from compiler.load import SETTINGS_FILE, load_repo
 from compiler.model import Repo, Settings, validate_repo
 from compiler.observe.connections import Connections
-from compiler.output import Changes, diff_output, read_prior, write_output
+from compiler.output import Changes, Writer, diff_output, read_prior
 from compiler.render.fleet import render_fleet
 from compiler.resolve import Fleet, resolve_fleet
 
@@ -61,10 +61,19 @@ def build(root: Path) -> Compiled:
 
 def compile_repo(root: Path, *, check: bool = False) -> Changes:
     """Write ``output/`` (or, with ``check``, only report what would change)."""
-    compiled = build(root)
     if check:
+        compiled = build(root)
         return diff_output(compiled.output_dir, compiled.files)
-    return write_output(compiled.output_dir, compiled.files)
+    repo = load(root)
+    out = output_dir(root, repo)
+    fleet = resolve_fleet(repo, read_prior(out))
+    writer = Writer(out)  # writes while the rest is rendered
+    try:
+        render_fleet(fleet, writer.add)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
 
 
 def explain(root: Path, deployment: str) -> str:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,36 +81,96 @@ def diff_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
 
 
 def write_output(output_dir: Path, files: dict[str, bytes]) -> Changes:
-    """Bring ``output_dir`` to ``files``: every new content is written to a temporary
-    file beside its target first; only when all are written are they renamed into
-    place, so a failure (or a kill) before that leaves ``output/`` as it was.
+    """Bring ``output_dir`` to ``files`` (see :class:`Writer`)."""
+    writer = Writer(output_dir)
+    try:
+        for path, content in sorted(files.items()):
+            writer.add(path, content)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
+
+
+class Writer:
+    """Writes ``output/`` while the caller is still rendering it.
+
+    Each file added is compared with what ``output/`` holds and, when it differs,
+    written to a temporary file beside its target, in a background thread (creating
+    files is kernel time, which then overlaps with rendering). Only :meth:`commit`
+    renames them into place and removes what is no longer produced, so a failure (or a
+    kill) before that leaves ``output/`` as it was; :meth:`abort` removes the
+    temporary files.
 
     Like git, compile does not fsync: the files are reproducible from the repository,
     and an fsync per file costs seconds on a large fleet. A file a power cut left
     empty shows up in ``compile --check`` and is rewritten by the next compile.
     """
-    changes = diff_output(output_dir, files)
-    staged: list[tuple[str, Path]] = []
-    try:
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.managed = managed_files(output_dir)
+        self.changes = Changes()
+        self.paths: set[str] = set()
+        self.staged: list[tuple[str, Path]] = []
+        self.error: BaseException | None = None
+        self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._stage_all, name="fleetform-writer")
+        self._thread.start()
+
+    def add(self, path: str, content: bytes) -> None:
+        self.paths.add(path)
+        self._queue.put((path, content))
+
+    def _stage_all(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            path, content = item
+            target = self.output_dir / path
+            try:
+                if not (target.is_file() or target.is_symlink()):
+                    self.changes.created.append(path)
+                elif target.is_symlink() or target.read_bytes() != content:
+                    self.changes.updated.append(path)
+                else:
+                    continue
+                self.staged.append((_stage(target, content), target))
+            except BaseException as error:
+                self.error = error
+
+    def _finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def abort(self) -> None:
+        self._finish()
+        for temp, _ in self.staged:
+            Path(temp).unlink(missing_ok=True)
+
+    def commit(self) -> Changes:
+        self._finish()
+        changes = self.changes
         try:
-            for path in changes.created + changes.updated:
-                staged.append((_stage(output_dir / path, files[path]), output_dir / path))
-        except BaseException:
-            for temp, _ in staged:
+            if self.error is not None:
+                raise self.error
+            for temp, target in self.staged:
+                if target.is_symlink():
+                    target.unlink()
+                os.replace(temp, target)
+            _remove_stale_temps(self.output_dir)
+            changes.deleted = sorted(path for path in self.managed if path not in self.paths)
+            # A host's index goes last: until then its folder still counts as fleetform's.
+            for path in sorted(changes.deleted, key=lambda p: p.endswith(INDEX_FILE)):
+                (self.output_dir / path).unlink()
+            _remove_empty_dirs(self.output_dir, changes.deleted)
+        except OSError as error:
+            for temp, _ in self.staged:
                 Path(temp).unlink(missing_ok=True)
-            raise
-        for temp, target in staged:
-            if target.is_symlink():
-                target.unlink()
-            os.replace(temp, target)
-        _remove_stale_temps(output_dir)
-        # A host's index goes last: until then its folder still counts as fleetform's.
-        for path in sorted(changes.deleted, key=lambda p: p.endswith(INDEX_FILE)):
-            (output_dir / path).unlink()
-        _remove_empty_dirs(output_dir, changes.deleted)
-    except OSError as error:
-        raise OutputError(f"cannot write {error.filename}: {error.strerror}") from None
-    return changes
+            raise OutputError(f"cannot write {error.filename}: {error.strerror}") from None
+        changes.created.sort()
+        changes.updated.sort()
+        return changes
 
 
 def _remove_stale_temps(output_dir: Path) -> None:

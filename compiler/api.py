@@ -171,7 +171,12 @@ def observe(
             shell = shell_for(target.ssh)
             try:
                 return observe_systemd_host(
-                    shell, desired.host, settings.project, desired.unit_dir, desired.units or {}
+                    shell,
+                    desired.host,
+                    settings.project,
+                    desired.unit_dir,
+                    desired.units or {},
+                    label_prefix=settings.label_prefix,
                 )
             finally:
                 shell.close()

@@ -4,8 +4,9 @@ A unit is fleetform's when its file carries ``X-Fleetform-Project=<project>``; a
 file of a name fleetform must use that does not is a conflict, reported and never
 touched. A unit is updated when its file differs from the compiled one (the cause
 says whether the spec changed or the file was edited by hand, with a unified diff),
-when a drop-in changes what it runs, or when its secrets changed; it is (re)started
-when it is disabled, not active, or its container is gone.
+when a drop-in changes what it runs, when its secrets changed, or when its container
+was started from another file than the one on disk (its spec-hash label); it is
+(re)started when it is disabled, not active, or its container is gone.
 """
 
 from __future__ import annotations
@@ -87,11 +88,20 @@ def _update_reasons(
             reasons.append("unit file edited outside fleetform (drift)")
     for path, _ in unit.drop_ins:
         reasons.append(f"drop-in {path} changes what runs (drift)")
-    if desired.secret_hashes is not None and spec.secrets:
-        if unit.env_hash != desired.secret_hashes.get(spec.name, ""):
-            reasons.append("secret value changed: " + ", ".join(sorted(spec.secrets.values())))
-    elif unit.need_daemon_reload and not reasons:
+    known = desired.secret_hashes
+    if known is not None and spec.secrets and unit.env_hash != known.get(spec.name, ""):
+        reasons.append("secret value changed: " + ", ".join(sorted(spec.secrets.values())))
+    if reasons:
+        return reasons
+    if unit.need_daemon_reload:
         reasons.append("systemd has not loaded the unit file on disk")
+    elif unit.container == "running" and unit.container_hash not in ("", spec.spec_hash):
+        # The file is right but the unit was not restarted since it changed (an apply
+        # that died between writing the files and restarting the units).
+        reasons.append(
+            f"its container runs an older unit (hash {unit.container_hash} ->"
+            f" {spec.spec_hash}): not restarted since the file changed"
+        )
     return reasons
 
 

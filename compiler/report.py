@@ -37,6 +37,7 @@ def plan_text(plan: Plan, *, color: bool = False) -> str:
             lines.append(f"  {sign} {step.name}  ({'; '.join(step.reasons)})")
             for change in step.changes:
                 lines.append(f"      {_change(change)}")
+            lines.extend(f"      {line}" for line in step.diff)  # systemd: the unit diff
         if not host.steps and host.error is None:
             lines.append("  no changes")
     lines.extend(f"note: {note}" for note in plan.notes)
@@ -88,7 +89,7 @@ def plan_markdown(plan: Plan) -> str:
             why = _md("; ".join(step.reasons))
             lines.append(f"| {_SIGN[step.action]} {step.action} | `{step.name}` | {why} |")
         lines.append("")
-        changed = [step for step in host.steps if step.changes]
+        changed = [step for step in host.steps if step.changes or step.diff]
         for step in changed:
             lines.append(f"<details><summary><code>{step.name}</code>: what changes</summary>")
             lines.append("")
@@ -98,6 +99,7 @@ def plan_markdown(plan: Plan) -> str:
                     lines.append(f"- {change.field}: {_value(change.before)}")
                 if change.after is not None:
                     lines.append(f"+ {change.field}: {_value(change.after)}")
+            lines.extend(step.diff)
             lines.append("```")
             lines.append("</details>")
             lines.append("")

@@ -154,3 +154,37 @@ def test_unreachable_host_is_an_error_with_no_steps() -> None:
     plan = make_plan("fleet", [desired], observed, "p")
     assert plan.hosts[0].error == "cannot reach root@h over ssh"
     assert plan.steps == []
+
+
+def test_a_unit_running_an_older_container_than_its_file_is_an_update() -> None:
+    # An apply that died after writing the files, before restarting the units.
+    name = "fleet-a-0"
+    texts = {f"{name}.service": unit_text(name, "h2")}
+    stale = observed_unit(name, unit_text(name, "h2"), container_hash="h1")
+    assert plan_of([spec(name, "h2")], [stale], texts) == [
+        f"update {name}.service: its container runs an older unit (hash h1 -> h2): not"
+        " restarted since the file changed"
+    ]
+    current = observed_unit(name, unit_text(name, "h2"), container_hash="h2")
+    assert plan_of([spec(name, "h2")], [current], texts) == []
+
+
+def test_a_file_systemd_has_not_loaded_is_an_update_with_secrets_too() -> None:
+    name = "fleet-a-0"
+    texts = {f"{name}.service": unit_text(name)}
+    desired = DesiredHost(
+        "h",
+        "systemd",
+        "127.0.0.1",
+        (spec(name, secrets={"HF_TOKEN": "hf"}),),
+        {name: "same"},
+        texts,
+        UNIT_DIR,
+    )
+    units = (observed_unit(name, unit_text(name), env_hash="same", need_daemon_reload=True),)
+    plan = make_plan("fleet", [desired], {"h": ObservedHost("h", "systemd", units=units)}, "p")
+    (step,) = plan.steps
+    assert (step.action, step.reasons) == (
+        "update",
+        ("systemd has not loaded the unit file on disk",),
+    )

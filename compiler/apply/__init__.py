@@ -207,7 +207,9 @@ def _apply_systemd_host(
         systemd.acquire(shell, host, project, docker_lock.owner())
         try:
             units = desired.units or {}
-            seen = observe_systemd_host(shell, host, project, desired.unit_dir, units)
+            seen = observe_systemd_host(
+                shell, host, project, desired.unit_dir, units, label_prefix=options.label_prefix
+            )
             if seen.fingerprint() != host_plan.observed:
                 fresh = plan_systemd_host(desired, seen, project)
                 raise FleetformError(
@@ -225,8 +227,13 @@ def _apply_systemd_host(
                 {f"{name}.service": s.env for name, s in secrets.items()},
                 result.done,
             )
-        finally:
-            systemd.release(shell, project)
+        except BaseException:
+            # Report what failed, not the release that fails after it (a host that went
+            # away); a lock left behind is reported by the next apply, with its owner.
+            with contextlib.suppress(Exception):
+                systemd.release(shell, project)
+            raise
+        systemd.release(shell, project)
     except StepFailed as error:
         result.status, result.error = "failed", f"{_current(host_plan, result)}: {error.message}"
     except FleetformError as error:
@@ -244,7 +251,10 @@ def _current(host_plan: HostPlan, result: HostResult) -> str:
 def _secrets_for(host_plan: HostPlan, desired: DesiredHost) -> dict[str, Secrets] | str:
     """Each container's secrets, or the error naming what is missing."""
     needed = {
-        step.name for step in host_plan.steps if step.action in ("create", "update")
+        # A systemd step names the unit; its spec, the container.
+        step.name.removesuffix(".service") if step.target == "systemd" else step.name
+        for step in host_plan.steps
+        if step.action in ("create", "update")
     }
     specs = [spec for spec in desired.specs if spec.name in needed and spec.secrets]
     values, missing = secret_values({name for spec in specs for name in spec.secrets.values()})

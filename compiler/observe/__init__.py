@@ -47,7 +47,8 @@ class ObservedUnit:
 
     ``owned``: its file carries fleetform's ``X-Fleetform-Project=`` marker for this
     project. ``container``: the state of the container it runs (docker's
-    State.Status), or "missing".
+    State.Status), or "missing"; ``container_hash``: that container's spec-hash label,
+    which differs from the file's while the unit runs what an older file said.
     """
 
     name: str
@@ -63,6 +64,7 @@ class ObservedUnit:
     drop_ins: tuple[tuple[str, str], ...] = ()  # (path, text)
     container: str = "missing"
     env_hash: str = ""  # sha256 of its secrets env file, "" when there is none
+    container_hash: str = ""  # the spec-hash label of the container it runs
 
     @property
     def running(self) -> bool:

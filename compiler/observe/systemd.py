@@ -34,16 +34,24 @@ def env_file(project: str, unit: str) -> str:
 
 
 def observe_systemd_host(
-    shell: Shell, host: str, project: str, unit_dir: str, names: Iterable[str]
+    shell: Shell,
+    host: str,
+    project: str,
+    unit_dir: str,
+    names: Iterable[str],
+    *,
+    label_prefix: str,
 ) -> ObservedHost:
     try:
-        units = _observe(shell, project, unit_dir, sorted(set(names)))
+        units = _observe(shell, project, unit_dir, sorted(set(names)), label_prefix)
     except TransportError as error:
         return ObservedHost(host=host, target="systemd", error=error.message)
     return ObservedHost(host=host, target="systemd", units=tuple(units))
 
 
-def _observe(shell: Shell, project: str, unit_dir: str, wanted: list[str]) -> list[ObservedUnit]:
+def _observe(
+    shell: Shell, project: str, unit_dir: str, wanted: list[str], label_prefix: str
+) -> list[ObservedUnit]:
     marker = f"X-Fleetform-Project={project}"
     found = shell.run(["grep", "-rlxF", "--include=*.service", marker, unit_dir])
     if found.code not in (0, 1):  # 1: no match
@@ -64,7 +72,9 @@ def _observe(shell: Shell, project: str, unit_dir: str, wanted: list[str]) -> li
     drop_in_paths = [p for state in states.values() for p in state.get("DropInPaths", "").split()]
     contents = _read(shell, files + drop_in_paths)
     env_hashes = _env_hashes(shell, [env_file(project, name) for name in names])
-    containers = _containers(shell, [name.removesuffix(".service") for name in names])
+    containers = _containers(
+        shell, [name.removesuffix(".service") for name in names], f"{label_prefix}.spec-hash"
+    )
     units = []
     for name in names:
         state = states.get(name, {})
@@ -76,6 +86,7 @@ def _observe(shell: Shell, project: str, unit_dir: str, wanted: list[str]) -> li
         drop_ins = tuple(
             (p, contents.get(p, "")) for p in state.get("DropInPaths", "").split()
         )
+        container, container_hash = containers.get(name.removesuffix(".service"), ("missing", ""))
         units.append(
             ObservedUnit(
                 name=name,
@@ -89,7 +100,8 @@ def _observe(shell: Shell, project: str, unit_dir: str, wanted: list[str]) -> li
                 unit_file_state=state.get("UnitFileState", ""),
                 need_daemon_reload=state.get("NeedDaemonReload") == "yes",
                 drop_ins=drop_ins,
-                container=containers.get(name.removesuffix(".service"), "missing"),
+                container=container,
+                container_hash=container_hash,
                 env_hash=env_hashes.get(env_file(project, name), ""),
             )
         )
@@ -131,13 +143,17 @@ def _env_hashes(shell: Shell, paths: list[str]) -> dict[str, str]:
     return hashes
 
 
-def _containers(shell: Shell, names: list[str]) -> dict[str, str]:
+def _containers(shell: Shell, names: list[str], hash_label: str) -> dict[str, tuple[str, str]]:
+    """Each container's state (docker's State.Status) and spec-hash label."""
     result = shell.run(["docker", "inspect", "--type", "container", "--", *names])
     try:
         documents = json.loads(result.text or "[]")
     except ValueError:
         return {}
     return {
-        d.get("Name", "").lstrip("/"): (d.get("State") or {}).get("Status", "unknown")
+        d.get("Name", "").lstrip("/"): (
+            (d.get("State") or {}).get("Status", "unknown"),
+            ((d.get("Config") or {}).get("Labels") or {}).get(hash_label, ""),
+        )
         for d in documents
     }

@@ -570,8 +570,16 @@ def start_sshd(
             start_new_session=True,
         )
     public = (directory / "ssh_host_ed25519_key.pub").read_text(encoding="utf-8").split()
-    with (home / ".ssh" / "known_hosts").open("a", encoding="utf-8") as known:
-        known.write(f"[{address}]:{port} {public[0]} {public[1]}\n")
+    # One line per address and port: an earlier sshd there (stopped) had another key.
+    known_hosts = home / ".ssh" / "known_hosts"
+    pattern = f"[{address}]:{port}"
+    kept = [
+        line
+        for line in known_hosts.read_text(encoding="utf-8").splitlines()
+        if line.split(" ", 1)[0] != pattern
+    ]
+    kept.append(f"{pattern} {public[0]} {public[1]}")
+    known_hosts.write_text("\n".join(kept) + "\n", encoding="utf-8")
     host = SshHost(
         address=address,
         port=port,

@@ -259,36 +259,24 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
         secret_hash = (desired.secret_hashes or {}).get(spec.name, "")
         if container is None:
             squatter = foreign.get(spec.name)
-            if squatter is not None:
-                reasons: tuple[str, ...] = (
-                    f"the name is taken by container {squatter.id[:12]}, which fleetform"
-                    " does not own: it will be stopped and renamed, not deleted",
+            why = (
+                f"the name is taken by container {squatter.id[:12]}, which fleetform"
+                " does not own: it will be stopped and renamed, not deleted"
+                if squatter is not None
+                else "no such container on the host"
+            )
+            steps.append(
+                _step(
+                    desired,
+                    "create",
+                    spec.name,
+                    spec.deployment,
+                    spec.replica,
+                    (why,),
+                    spec_hash=spec.spec_hash,
+                    displace=squatter.id if squatter is not None else "",
                 )
-                steps.append(
-                    _step(
-                        desired,
-                        "create",
-                        spec.name,
-                        spec.deployment,
-                        spec.replica,
-                        reasons,
-                        spec_hash=spec.spec_hash,
-                        displace=squatter.id,
-                    )
-                )
-            else:
-                reasons = ("no such container on the host",)
-                steps.append(
-                    _step(
-                        desired,
-                        "create",
-                        spec.name,
-                        spec.deployment,
-                        spec.replica,
-                        reasons,
-                        spec_hash=spec.spec_hash,
-                    )
-                )
+            )
             continue
         changes = diff_container(spec, container, prefix)
         reasons_list: list[str] = []
@@ -303,9 +291,7 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
             and spec.secrets
             and container.secret_hash != secret_hash
         ):
-            reasons_list.append(
-                "secret value changed: " + ", ".join(sorted(spec.secrets.values()))
-            )
+            reasons_list.append("secret value changed: " + ", ".join(sorted(spec.secrets.values())))
         if container.state == "dead":
             reasons_list.append("container is dead")
         if reasons_list:
@@ -439,5 +425,3 @@ def secret_hash(spec: ContainerSpec, values: dict[str, str]) -> str:
 def _digest(document: Any) -> str:
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-

@@ -569,17 +569,7 @@ def start_sshd(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    public = (directory / "ssh_host_ed25519_key.pub").read_text(encoding="utf-8").split()
-    # One line per address and port: an earlier sshd there (stopped) had another key.
-    known_hosts = home / ".ssh" / "known_hosts"
-    pattern = f"[{address}]:{port}"
-    kept = [
-        line
-        for line in known_hosts.read_text(encoding="utf-8").splitlines()
-        if line.split(" ", 1)[0] != pattern
-    ]
-    kept.append(f"{pattern} {public[0]} {public[1]}")
-    known_hosts.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    trust_host_key(home, address, port, directory / "ssh_host_ed25519_key.pub")
     host = SshHost(
         address=address,
         port=port,
@@ -601,6 +591,25 @@ def start_sshd(
             )
         time.sleep(0.05)
     return host
+
+
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+def trust_host_key(home: Path, address: str, port: int, public_key: Path) -> None:
+    """Record a host's key in the client's known_hosts, replacing the line of an earlier
+    host on the same address and port (which had another key)."""
+    known_hosts = home / ".ssh" / "known_hosts"
+    pattern = f"[{address}]:{port}"
+    kind, key = public_key.read_text(encoding="utf-8").split()[:2]
+    with _KNOWN_HOSTS_LOCK:
+        kept = [
+            line
+            for line in known_hosts.read_text(encoding="utf-8").splitlines()
+            if line.split(" ", 1)[0] != pattern
+        ]
+        kept.append(f"{pattern} {kind} {key}")
+        known_hosts.write_text("\n".join(kept) + "\n", encoding="utf-8")
 
 
 def free_port(address: str, start: int = 2201, stop: int = 2400) -> int:

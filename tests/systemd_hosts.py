@@ -64,6 +64,7 @@ from tests.engines import (
     missing_engine_tools,
     ssh_client_home,
     ssh_env,
+    trust_host_key,
 )
 
 HOST_IMAGE = "fleetform-test/host"
@@ -811,22 +812,10 @@ def _cgroup_mounts() -> list[str]:
     return options
 
 
-_KNOWN_HOSTS_LOCK = threading.Lock()
 
 
 def _trust_host_key(home: Path, address: str, port: int, public_key: Path) -> None:
-    """Record the host's key in the client's known_hosts (replacing an older host's)."""
-    known_hosts = home / ".ssh" / "known_hosts"
-    pattern = f"[{address}]:{port}"
-    kind, key = public_key.read_text(encoding="utf-8").split()[:2]
-    with _KNOWN_HOSTS_LOCK:
-        kept = [
-            line
-            for line in known_hosts.read_text(encoding="utf-8").splitlines()
-            if line.split(" ", 1)[0] != pattern
-        ]
-        kept.append(f"{pattern} {kind} {key}")
-        known_hosts.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    trust_host_key(home, address, port, public_key)
 
 
 def _wait_until_up(host: SystemdHost, timeout: float) -> None:

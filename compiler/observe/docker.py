@@ -3,7 +3,8 @@
 What is read: every container fleetform owns (by its labels, for this project), plus
 any container that carries a name fleetform must use (a squatter). Nothing else on
 the engine is looked at. Each container is reduced to the fields a plan compares
-(:data:`FIELDS`), in the same normal form :func:`desired_view` gives a spec.
+(image, argv, env, GPUs, mounts, devices, network, shm size, restart policy,
+labels), in the same normal form :func:`desired_view` gives a spec.
 """
 
 from __future__ import annotations
@@ -16,20 +17,6 @@ from compiler.errors import FleetformError
 from compiler.observe import ObservedContainer, ObservedHost
 from compiler.render.container import ContainerSpec
 
-# The fields of a container a plan compares and shows, in the order shown.
-FIELDS = (
-    "image",
-    "entrypoint",
-    "command",
-    "env",
-    "gpus",
-    "mounts",
-    "devices",
-    "network_mode",
-    "shm_size",
-    "restart",
-    "labels",
-)
 LOCK_LABEL_SUFFIX = "lock"
 CONNECT_TIMEOUT = 20
 

@@ -486,6 +486,19 @@ class LoopbackForwarder:
                 upstream.close()
 
 
+def _forwarder(address: str, port: int | None) -> LoopbackForwarder:
+    """A forwarder on ``port``, or on a free port: another run (or host booting in
+    parallel) may take the one just found free before it is bound, so try a few."""
+    if port is not None:
+        return LoopbackForwarder(address, port)
+    for attempt in range(20):
+        try:
+            return LoopbackForwarder(address, free_port(address, start=2201 + attempt * 7))
+        except OSError:
+            time.sleep(0.05)
+    raise EngineStartError(f"no free port on {address} for a host's ssh")
+
+
 def _pump(source: socket.socket, sink: socket.socket) -> None:
     """Copy ``source`` → ``sink`` until EOF, then half-close ``sink``."""
     try:
@@ -698,7 +711,7 @@ def start_systemd_host(
     # docker wants container names of 2 characters or more.
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,30}", name):
         raise ValueError(f"host name {name!r}: 2 to 31 lowercase letters, digits and '-'")
-    forwarder = LoopbackForwarder(address, port or free_port(address))
+    forwarder = _forwarder(address, port)
     directory = root / f"sd-{name}"
     try:
         directory.mkdir()

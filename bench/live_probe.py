@@ -1,29 +1,21 @@
-"""``fleetform plan`` in-process, with counters, stage timers and optional fixes applied.
+"""``fleetform plan`` in-process, with counters and stage timers.
 
-Used by ``bench/live.py`` to say where a no-op plan's time goes, and what two candidate
-fixes would save; not a fleetform command. Run as::
+Used by ``bench/live.py`` to say where a no-op plan's time goes; not a fleetform
+command. Run as::
 
-    python bench/live_probe.py FLAGS OUT.json plan --repo REPO ...
+    python bench/live_probe.py OUT.json plan --repo REPO ...
 
-FLAGS is ``-`` or a comma-separated list of:
-
-* ``one-pool`` — one connection pool per ssh:// host. docker-py's paramiko adapter keys
-  its pools by the full request URL (docker/docker-py#2966), so every distinct request
-  (each ``inspect`` of another container) opens a new SSH channel, and the host runs a
-  new ``docker system dial-stdio`` process for it.
-* ``equal-no-deepdiff`` — compare a container's observed and desired views with ``==``
-  first and call deepdiff only when they differ (deepdiff's import alone pulls numpy).
-
-OUT.json receives: exit code, stage seconds (build, observe, plan), SSH channels
-opened and HTTP requests sent, and per host the SSH handshake, the first request's and
-the later requests' seconds. The plan's own output goes to stdout/stderr as usual.
+OUT.json receives: exit code, stage seconds (build, observe, plan), the ssh processes
+started and the Engine API requests sent, and per host (averages) how long the first
+answer took after the connection was opened (the SSH handshake, or a session on a
+master connection, then the host's ``docker system dial-stdio``) and the later requests'
+seconds. The plan's own output goes to stdout/stderr as usual.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,68 +24,42 @@ STARTED = time.perf_counter()
 
 
 def main() -> None:
-    flags = {f for f in sys.argv[1].split(",") if f and f != "-"}
-    out_path, argv = sys.argv[2], sys.argv[3:]
-    unknown = flags - {"one-pool", "equal-no-deepdiff"}
-    if unknown:
-        raise SystemExit(f"live_probe: unknown flag(s) {', '.join(sorted(unknown))}")
-    counts = {"channels": 0, "requests": 0}
+    out_path, argv = sys.argv[1], sys.argv[2:]
+    counts = {"ssh": 0, "requests": 0}
     timers: dict[str, float] = {}
 
-    import paramiko
-    import requests.adapters
+    from compiler.observe import engine as engine_module
 
-    handshakes: list[float] = []
-    sends: dict[int, list[float]] = {}  # per thread (observe runs one thread per host)
-    ssh_connect = paramiko.SSHClient.connect
+    opened: dict[int, float] = {}  # per Engine: when it was opened
+    first: list[float] = []
+    later: dict[int, float] = {}
+    engine_init = engine_module.Engine.__init__
+    ssh_connect = engine_module._SshConnection.connect
+    get = engine_module.Engine.get
 
-    def timed_connect(self: Any, *args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return ssh_connect(self, *args, **kwargs)
-        finally:
-            handshakes.append(time.perf_counter() - began)
+    def timed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened[id(self)] = time.perf_counter()
+        engine_init(self, *args, **kwargs)
 
-    paramiko.SSHClient.connect = timed_connect
-    open_session = paramiko.Transport.open_session
+    def counting_connect(self: Any) -> None:
+        counts["ssh"] += 1
+        ssh_connect(self)
 
-    def counting_open(self: Any, *args: Any, **kwargs: Any) -> Any:
-        counts["channels"] += 1
-        return open_session(self, *args, **kwargs)
-
-    paramiko.Transport.open_session = counting_open
-    send = requests.adapters.HTTPAdapter.send
-
-    def counting_send(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def timed_get(self: Any, path: str, **query: Any) -> Any:
         counts["requests"] += 1
         began = time.perf_counter()
         try:
-            return send(self, *args, **kwargs)
+            return get(self, path, **query)
         finally:
-            sends.setdefault(threading.get_ident(), []).append(time.perf_counter() - began)
+            now = time.perf_counter()
+            if id(self) in opened:
+                first.append(now - opened.pop(id(self)))
+            else:
+                later[id(self)] = later.get(id(self), 0.0) + now - began
 
-    requests.adapters.HTTPAdapter.send = counting_send  # type: ignore[method-assign]
-
-    if "one-pool" in flags:
-        from docker.transport import sshconn
-
-        get_connection = sshconn.SSHHTTPAdapter.get_connection
-
-        def one_pool(self: Any, url: str, proxies: Any = None) -> Any:
-            return get_connection(self, "ssh://docker", proxies)
-
-        sshconn.SSHHTTPAdapter.get_connection = one_pool
-
-    import compiler.plan
-    from compiler import api, cli
-
-    if "equal-no-deepdiff" in flags:
-        changes = compiler.plan._changes
-
-        def equal_first(before: dict[str, Any], after: dict[str, Any]) -> Any:
-            return () if before == after else changes(before, after)
-
-        compiler.plan._changes = equal_first
+    engine_module.Engine.__init__ = timed_init  # type: ignore[method-assign]
+    engine_module._SshConnection.connect = counting_connect  # type: ignore[method-assign]
+    engine_module.Engine.get = timed_get  # type: ignore[method-assign]
 
     def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -105,10 +71,24 @@ def main() -> None:
 
         return wrapper
 
-    # plan_repo calls these through its module's globals / a call-time import.
-    api.build = timed("build", api.build)
-    api.observe = timed("observe", api.observe)
-    compiler.plan.make_plan = timed("plan", compiler.plan.make_plan)
+    from compiler.observe import connections
+
+    connections_init = connections.Connections.__init__
+
+    def then_timers(self: Any, *args: Any, **kwargs: Any) -> None:
+        """The timers go in once the connections are open: the command imports the rest
+        only then, and the probe keeps that order."""
+        connections_init(self, *args, **kwargs)
+        import compiler.plan
+        from compiler import api
+
+        # plan_repo calls these through its module's globals / a call-time import.
+        api.build = timed("build", api.build)
+        api.observe = timed("observe", api.observe)
+        compiler.plan.make_plan = timed("plan", compiler.plan.make_plan)
+
+    connections.Connections.__init__ = then_timers  # type: ignore[method-assign]
+    from compiler import cli
 
     code: Any = 0
     try:
@@ -117,14 +97,10 @@ def main() -> None:
         code = done.code
     report = {
         "exit": code if isinstance(code, int) else (0 if code is None else 1),
-        "flags": sorted(flags),
         "stages": timers,
         "in_process": time.perf_counter() - STARTED,
-        # Per host (averages): the SSH handshake, the first API request on the new
-        # channel (the host starts `docker system dial-stdio` for it), all later ones.
-        "ssh_handshake": sum(handshakes) / max(1, len(handshakes)),
-        "first_request": sum(t[0] for t in sends.values()) / max(1, len(sends)),
-        "later_requests": sum(sum(t[1:]) for t in sends.values()) / max(1, len(sends)),
+        "first_answer": sum(first) / max(1, len(first)),
+        "later_requests": sum(later.values()) / max(1, len(later)),
         **counts,
     }
     with open(out_path, "w", encoding="utf-8") as out:

@@ -181,9 +181,9 @@ def observe(
             finally:
                 shell.close()
         names = [spec.name for spec in desired.specs]
-        client = early.take(target.base_url) if early else None
+        engine = early.take(target.base_url) if early else None
         return observe_docker_host(
-            desired.host, target.base_url, settings.project, settings.label_prefix, names, client
+            desired.host, target.base_url, settings.project, settings.label_prefix, names, engine
         )
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -191,9 +191,7 @@ def observe(
     return {observed.host: observed for observed in found}
 
 
-def plan_repo(
-    root: Path, hosts: Sequence[str] = (), early: Connections | None = None
-) -> Planned:
+def plan_repo(root: Path, hosts: Sequence[str] = (), early: Connections | None = None) -> Planned:
     """Desired (from the repository) against what the hosts run."""
     early = early or Connections(root, hosts)
     try:
@@ -253,7 +251,7 @@ def check_plan_file(saved: Plan, planned: Planned) -> None:
 
 def unlock(root: Path, host: str) -> bool:
     from compiler.apply import lock
-    from compiler.observe.docker import connect
+    from compiler.observe.engine import Engine
 
     compiled = build(root)
     target = targets_of(compiled, [host])[host]
@@ -266,8 +264,8 @@ def unlock(root: Path, host: str) -> bool:
             return systemd.break_lock(shell, compiled.repo.settings.project)
         finally:
             shell.close()
-    client = connect(target.base_url)
+    engine = Engine(target.base_url)
     try:
-        return lock.break_lock(client.api, compiled.repo.settings.project)
+        return lock.break_lock(engine, compiled.repo.settings.project)
     finally:
-        client.close()
+        engine.close()

@@ -5,10 +5,12 @@ always prints the same bytes."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from compiler.apply import ApplyResult
 from compiler.plan import Change, HostPlan, Plan, Step
+
+if TYPE_CHECKING:
+    from compiler.apply import ApplyResult
 
 _SIGN = {"create": "+", "update": "~", "delete": "-", "start": ">"}
 _COLOR = {"create": "32", "update": "33", "delete": "31", "start": "36"}

@@ -1,10 +1,15 @@
 """Running commands on a systemd host: over SSH, or on this machine (agent mode).
 
 SSH is OpenSSH's own client, so the user's ``~/.ssh/config``, keys, agent and
-known_hosts apply as they do for ``ssh``. One master connection per host is reused
-for every command of a plan or an apply (``ControlMaster``). An unknown host key is
-refused (``StrictHostKeyChecking=yes``) unless ``FLEETFORM_SSH_TRUST_UNKNOWN_HOSTS=1``
-says to accept and remember it.
+known_hosts apply as they do for ``ssh``. An unknown host key is refused
+(``StrictHostKeyChecking=yes``) unless ``FLEETFORM_SSH_TRUST_UNKNOWN_HOSTS=1`` says to
+accept and remember it.
+
+One master connection per host carries every session to it (``ControlMaster``), and
+stays open ``FLEETFORM_SSH_PERSIST`` seconds (default 60) after its last session, as
+Ansible's does: a plan, the apply after it and the next reconcile pass shake hands
+once. Its socket is in ``~/.cache/fleetform-ssh`` (mode 0700). ``FLEETFORM_SSH_PERSIST=0``
+adds no multiplexing options: each command then connects as the ssh config says.
 
 Commands are argv lists. Locally they run without a shell; over SSH the remote side
 always goes through the login shell, so every word is quoted with ``shlex.quote``.
@@ -23,6 +28,11 @@ from typing import Protocol
 from compiler.errors import FleetformError
 
 TRUST_ENV = "FLEETFORM_SSH_TRUST_UNKNOWN_HOSTS"
+PERSIST_ENV = "FLEETFORM_SSH_PERSIST"
+DEFAULT_PERSIST = 60
+# A unix socket path has at most 107 bytes; OpenSSH adds ".XXXXXXXXXXXXXXXX" to the
+# 40-character %C while it sets a master up.
+_MAX_CONTROL_FOLDER = 107 - 40 - 18
 COMMAND_TIMEOUT = 120
 
 
@@ -53,6 +63,73 @@ class Shell(Protocol):
     ) -> Result: ...
 
     def close(self) -> None: ...
+
+
+def ssh_options(connect_timeout: int = 10) -> list[str]:
+    """The options every ssh of fleetform's runs with: no prompts, known hosts only, and
+    a shared master connection per host (see the module's docstring)."""
+    trust = os.environ.get(TRUST_ENV) == "1"
+    return [
+        "-o", "BatchMode=yes",
+        "-o", f"ConnectTimeout={connect_timeout}",
+        "-o", "ServerAliveInterval=10",
+        "-o", f"StrictHostKeyChecking={'accept-new' if trust else 'yes'}",
+        *multiplexing(),
+    ]  # fmt: skip
+
+
+def persist_seconds() -> int:
+    text = os.environ.get(PERSIST_ENV, "").strip()
+    if not text:
+        return DEFAULT_PERSIST
+    if not text.isdigit():
+        raise TransportError(f"{PERSIST_ENV}={text!r}: expected a number of seconds")
+    return int(text)
+
+
+def multiplexing() -> list[str]:
+    """``ControlMaster`` options for a master that outlives this process, or none.
+
+    None when persisting is off, or when no private folder for the sockets can be
+    had (a home too deep for a socket path): ssh then connects as its config says."""
+    seconds = persist_seconds()
+    folder = control_folder() if seconds > 0 else None
+    if folder is None:
+        return []
+    return [
+        "-o", "ControlMaster=auto",
+        "-o", f"ControlPath={folder}/%C",
+        "-o", f"ControlPersist={seconds}",
+    ]  # fmt: skip
+
+
+def control_folder() -> str | None:
+    """``~/.cache/fleetform-ssh``, made private to this user."""
+    folder = os.path.join(os.path.expanduser("~"), ".cache", "fleetform-ssh")
+    if len(folder.encode()) > _MAX_CONTROL_FOLDER:
+        return None
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        status = os.stat(folder)
+    except OSError:
+        return None
+    if status.st_uid != os.getuid() or status.st_mode & 0o077:
+        return None  # not ours alone: another user could reach our hosts through it
+    return folder
+
+
+def ssh_message(stderr: bytes) -> str:
+    """OpenSSH's reason for failing, in one line.
+
+    Its host-key warnings are a banner of ``@`` lines and advice; the line that says
+    which host's key is unknown or changed is the one to show."""
+    lines = [
+        line.strip()
+        for line in stderr.decode("utf-8", "replace").splitlines()
+        if line.strip() and not line.startswith("@")
+    ]
+    reason = [line for line in lines if "requested strict checking" in line]
+    return " ".join(" ".join(reason or lines[-1:]).split())[:300]
 
 
 def check(result: Result, what: str) -> Result:
@@ -87,18 +164,16 @@ class SshShell:
     def __init__(self, target: str) -> None:
         user_host, _, port = target.partition(":")
         self.where = target
-        self._control = tempfile.mkdtemp(prefix="fleetform-ssh-")
-        trust = os.environ.get(TRUST_ENV) == "1"
-        self._base = [
-            "ssh",
-            "-o", "BatchMode=yes",
-            "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={self._control}/%C",
-            "-o", "ControlPersist=120",
-            "-o", "ConnectTimeout=10",
-            "-o", "ServerAliveInterval=10",
-            "-o", f"StrictHostKeyChecking={'accept-new' if trust else 'yes'}",
-        ]  # fmt: skip
+        self._base = ["ssh", *ssh_options()]
+        self._control: str | None = None
+        if "ControlMaster=auto" not in self._base:
+            # No shared master: one of this shell's own, for its many commands.
+            self._control = tempfile.mkdtemp(prefix="fleetform-ssh-")
+            self._base += [
+                "-o", "ControlMaster=auto",
+                "-o", f"ControlPath={self._control}/%C",
+                "-o", "ControlPersist=120",
+            ]  # fmt: skip
         if port:
             self._base += ["-p", port]
         self._base.append(user_host)
@@ -116,11 +191,13 @@ class SshShell:
                 f"{self.where}: no answer within {timeout:.0f} s to {argv[0]}"
             ) from None
         if done.returncode == 255:
-            message = " ".join(done.stderr.decode("utf-8", "replace").split())
-            raise TransportError(f"cannot reach {self.where} over ssh: {message[:300]}")
+            message = ssh_message(done.stderr)
+            raise TransportError(f"cannot reach {self.where} over ssh: {message}")
         return Result(done.returncode, done.stdout, done.stderr)
 
     def close(self) -> None:
+        if self._control is None:
+            return  # the shared master stays for the next command (FLEETFORM_SSH_PERSIST)
         subprocess.run(
             [*self._base[:-1], "-O", "exit", self._base[-1]],
             capture_output=True,

@@ -25,6 +25,7 @@ from docker.types import DeviceRequest  # noqa: E402
 from docker.types import Mount as SdkMount  # noqa: E402
 
 from compiler.apply.docker import DockerExecutor, Options, Secrets  # noqa: E402
+from compiler.observe.engine import Engine as EngineClient  # noqa: E402
 from compiler.plan import Step, secret_hash  # noqa: E402
 from compiler.render.container import ContainerSpec  # noqa: E402
 from tests import plan_specs as specs  # noqa: E402
@@ -36,7 +37,7 @@ OUT = Path(__file__).resolve().parent / "fixtures" / "inspect"
 def create(executor: DockerExecutor, spec: ContainerSpec, secrets: Secrets) -> str:
     step = Step("h1", "compose", "create", spec.name, spec.deployment, spec.replica, ("",))
     executor.run(step, spec, secrets)
-    return str(executor.api.inspect_container(spec.name)["Id"])
+    return str(executor.engine.get(f"/containers/{spec.name}/json")["Id"])
 
 
 def recreate_with_env(api: Any, name: str, env: dict[str, str]) -> None:
@@ -93,7 +94,8 @@ def main() -> None:
             changes=[specs.IMAGE_ENV_CHANGE],
         )
         api.remove_container(base["Id"])
-        executor = DockerExecutor(api, Options(stop_timeout=1, label_prefix=specs.PREFIX), print)
+        options = Options(stop_timeout=1, label_prefix=specs.PREFIX)
+        executor = DockerExecutor(EngineClient(engine.base_url), options, print)
         none = Secrets({}, "")
 
         create(executor, specs.WEB0, none)
@@ -130,6 +132,7 @@ def main() -> None:
             (OUT / f"{name}.json").write_text(text, encoding="utf-8")
             print(f"recorded {name}")
         client.close()
+        executor.engine.close()
     finally:
         factory.close()
         cleanup_root(root)

@@ -832,7 +832,11 @@ def test_concurrent_applies_and_stale_locks(fleet: Fleet) -> None:
 
     # A lock left behind (here: taken and never released) blocks every apply ...
     fleet.deploy(deployment("aux", backend_version="cpu", replicas=1))
-    held = host_lock.acquire(fleet.api, "h1", PROJECT, PREFIX)
+    from compiler.observe.engine import Engine as EngineClient
+
+    lock_engine = EngineClient(fleet.engine.base_url)
+    held = host_lock.acquire(lock_engine, "h1", PROJECT, PREFIX)
+    lock_engine.close()
     before = fleet.snapshot()
     blocked = fleet.apply(expect=1)
     assert f"is locked by {host_lock.owner()} since" in blocked.stdout, blocked

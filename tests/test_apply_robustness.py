@@ -439,31 +439,31 @@ W0, W1, W0_PREV = f"{PROJECT}-web-0", f"{PROJECT}-web-1", f"{PROJECT}-web-0{PREV
 KILL_POINTS = [
     KillPoint(
         "old-stopped",  # stopped to free its GPUs and port, not yet renamed aside
-        r"^POST /v[\d.]+/containers/\w+/rename",
+        r"^POST /containers/\w+/rename",
         1,
         {W0: ("exited", "old"), W1: ("running", "old")},
     ),
     KillPoint(
         "old-aside",  # renamed aside, the new one not created yet
-        rf"^POST /v[\d.]+/containers/create\?name={W0} HTTP/",
+        rf"^POST /containers/create\?name={W0} HTTP/",
         1,
         {W0_PREV: ("exited", "old"), W1: ("running", "old")},
     ),
     KillPoint(
         "new-created",  # the new one created, not started
-        r"^POST /v[\d.]+/containers/\w+/start",
+        r"^POST /containers/\w+/start",
         1,
         {W0_PREV: ("exited", "old"), W0: ("created", "new"), W1: ("running", "old")},
     ),
     KillPoint(
         "new-started",  # the new one runs; the old one not yet removed
-        r"^DELETE /v[\d.]+/containers/{web0}\?",
+        r"^DELETE /containers/{web0}\?",
         1,
         {W0_PREV: ("exited", "old"), W0: ("running", "new"), W1: ("running", "old")},
     ),
     KillPoint(
         "between-replicas",  # replica 0 replaced, replica 1 about to be stopped
-        r"^POST /v[\d.]+/containers/\w+/stop",
+        r"^POST /containers/\w+/stop",
         2,
         {W0: ("running", "new"), W1: ("running", "old")},
     ),
@@ -626,7 +626,7 @@ def test_engine_that_dies_mid_update_fails_naming_the_step_and_converges_after_r
     fleet.write([HostSpec("h1", proxy.base_url, port_block(4))], {"web": _web("old")})
     fleet.assert_converges()
     fleet.deploy({"web": _web("new")})
-    hold = proxy.hold(r"^POST /v[\d.]+/containers/\w+/rename")
+    hold = proxy.hold(r"^POST /containers/\w+/rename")
     applying = fleet.start("apply", "--auto-approve", "--stop-timeout", "0")
     try:
         hold.wait(applying)
@@ -654,11 +654,11 @@ def test_engine_that_dies_mid_update_fails_naming_the_step_and_converges_after_r
 def test_ssh_hosts_six_steps_and_host_keys(
     engines: EngineFactory, fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two ``ssh://`` hosts (sshd on 127.0.0.x, the SDK's paramiko mode): the six-step
-    check; one SSH channel per observation; unknown and changed host keys refused."""
+    """Two ``ssh://`` hosts (sshd on 127.0.0.x): the six-step check; one ``ssh`` per
+    observation; unknown and changed host keys refused."""
     fleet_engines = [engines("s1"), engines("s2")]
     ssh_hosts = [engines.ssh(engine) for engine in fleet_engines]
-    fleet.env = dict(ssh_hosts[0].env)  # HOME (paramiko's ~/.ssh) and PATH
+    fleet.env = dict(ssh_hosts[0].env)  # PATH: the client folder's ssh; HOME: paramiko's
     hosts = [HostSpec(f"h{i}", host.url, port_block(4)) for i, host in enumerate(ssh_hosts, 1)]
     deployments = {
         f"web{i}": {"env": {"V": "a"}, "worker_selector": {"pool": f"h{i}"}} for i in (1, 2)
@@ -696,28 +696,28 @@ def test_ssh_hosts_six_steps_and_host_keys(
     assert states(fleet_engines[1]) == {f"{PROJECT}-web2-0": ("running", "b")}
     print("ssh:// timings (s):", {k: round(v, 2) for k, v in timings.items()})
 
-    # A whole observation (version, list, inspect container, inspect image) uses one SSH
-    # channel, i.e. one `docker system dial-stdio` on the host; the SDK alone opens one
-    # per API path, ~0.3 s each here.
-    from docker.transport import sshconn
-
+    # A whole observation (list, inspect container, inspect image) runs one `ssh`, i.e.
+    # one session and one `docker system dial-stdio` on the host, as the docker CLI does.
     from compiler.observe.docker import observe_docker_host
 
-    opened: list[str] = []
-    open_channel = sshconn.SSHConnection.connect
-
-    def counting(self: Any) -> None:
-        opened.append(self.ssh_host)
-        open_channel(self)
-
-    monkeypatch.setattr(sshconn.SSHConnection, "connect", counting)
-    for name, value in ssh_hosts[0].env.items():
-        monkeypatch.setenv(name, value)
+    client_bin = ssh_hosts[0].client_home / "bin"
+    log = tmp_path / "ssh-calls.log"
+    counting = tmp_path / "counting-bin"
+    counting.mkdir()
+    (counting / "ssh").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\nexec {client_bin / "ssh"} "$@"\n', encoding="utf-8"
+    )
+    (counting / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{counting}{os.pathsep}{os.environ['PATH']}")
     seen = observe_docker_host(
         "h1", ssh_hosts[0].url, PROJECT, "io.fleetform", [f"{PROJECT}-web1-0"]
     )
     assert seen.error is None and [c.name for c in seen.containers] == [f"{PROJECT}-web1-0"]
-    assert len(opened) == 1, opened
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and calls[0].endswith(
+        f"-l root -p {ssh_hosts[0].port} -T -- {ssh_hosts[0].address} docker system dial-stdio"
+    ), calls
+    assert "StrictHostKeyChecking=yes" in calls[0] and "BatchMode=yes" in calls[0]
 
     # Host keys: an unknown host is refused (not trusted on first use), and so is a host
     # whose key changed; each host fails with one line naming it, nothing is changed.
@@ -725,8 +725,16 @@ def test_ssh_hosts_six_steps_and_host_keys(
     for case in ("unknown", "changed"):
         home = tmp_path / f"home-{case}"
         (home / ".ssh").mkdir(parents=True)
-        for name in ("config", "id_ed25519", "id_ed25519.pub"):
-            shutil.copy2(client_ssh / name, home / ".ssh" / name)
+        (home / "bin").mkdir()
+        known_hosts = home / ".ssh" / "known_hosts"
+        config = home / ".ssh" / "config"
+        config.write_text(
+            (client_ssh / "config")
+            .read_text()
+            .replace(str(client_ssh / "known_hosts"), str(known_hosts))
+        )
+        (home / "bin" / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {config} "$@"\n')
+        (home / "bin" / "ssh").chmod(0o755)
         known = ""
         if case == "changed":
             other = tmp_path / f"other-key-{case}"
@@ -735,8 +743,12 @@ def test_ssh_hosts_six_steps_and_host_keys(
             )
             key = (other.with_suffix(".pub")).read_text().split()
             known = "".join(f"[{h.address}]:{h.port} {key[0]} {key[1]}\n" for h in ssh_hosts)
-        (home / ".ssh" / "known_hosts").write_text(known)
-        env = {**fleet.environ(), "HOME": str(home)}
+        known_hosts.write_text(known)
+        env = {
+            **fleet.environ(),
+            "HOME": str(home),
+            "PATH": f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        }
         for command in (["plan"], ["apply", "--auto-approve"]):
             refused = fleet.run(*command, env=env)
             assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -750,14 +762,84 @@ def test_ssh_hosts_six_steps_and_host_keys(
                 assert len(lines) == 1, refused.stdout
                 peer = f"[{host.address}]:{host.port}"
                 wanted = (
-                    f"Server '{peer}' not found in known_hosts"
+                    f"No ED25519 host key is known for {peer} and you have requested strict"
+                    " checking."
                     if case == "unknown"
-                    else f"Host key for server '{host.address}' does not match"
+                    else f"Host key for {peer} has changed and you have requested strict checking."
                 )
-                assert lines[0].startswith(
-                    f"h{number} (compose): error: cannot reach {host.url}: {wanted}"
+                assert (
+                    lines[0] == f"h{number} (compose): error: cannot reach {host.url}: {wanted}"
                 ), lines[0]
     assert states(fleet_engines[1]) == {f"{PROJECT}-web2-0": ("running", "b")}
+
+
+def test_ssh_master_connection_outlives_a_command(engines: EngineFactory, fleet: Fleet) -> None:
+    """One SSH master per host carries the sessions of the commands that follow it
+    (``FLEETFORM_SSH_PERSIST``, default 60 s): a second plan, and the apply after it,
+    log in to sshd no more; ``=0`` adds no multiplexing; a short time ends the master."""
+    host = engines.ssh(engines("m1"))
+    fleet.env = dict(host.env)
+    fleet.write(
+        [HostSpec("h1", host.url, port_block(4))],
+        {"web1": {"env": {"V": "a"}, "worker_selector": {"pool": "h1"}}},
+    )
+    folder = host.client_home / ".cache" / "fleetform-ssh"
+    target = ["-p", str(host.port), f"{host.user}@{host.address}"]
+
+    def logins() -> int:
+        return host.log.read_text(errors="replace").count("Accepted publickey for")
+
+    def master() -> str | None:
+        """``Master running (pid=N)`` while the host's master is up."""
+        check = subprocess.run(
+            ["ssh", "-O", "check", "-o", f"ControlPath={folder}/%C", *target],
+            capture_output=True,
+            text=True,
+            env=fleet.environ(),
+        )
+        return check.stderr.strip() if check.returncode == 0 else None
+
+    def plan(**env: str) -> None:
+        result = fleet.run("plan", env={**fleet.environ(), **env})
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    plan(FLEETFORM_SSH_PERSIST="0")
+    plan(FLEETFORM_SSH_PERSIST="0")
+    assert logins() == 2 and master() is None
+    assert not folder.exists() or not any(folder.iterdir())
+
+    plan()
+    first = master()
+    assert first is not None and first.startswith("Master running (pid="), first
+    assert logins() == 3
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    plan()
+    applied = fleet.run("apply", "--auto-approve", "--stop-timeout", "0")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    plan()
+    assert master() == first and logins() == 3  # three commands, no new login
+
+    plan(FLEETFORM_SSH_PERSIST="0")  # beside a master, without it
+    assert logins() == 4 and master() == first
+
+    ended = subprocess.run(
+        ["ssh", "-O", "exit", "-o", f"ControlPath={folder}/%C", *target],
+        capture_output=True,
+        env=fleet.environ(),
+    )
+    assert ended.returncode == 0 and master() is None
+    plan(FLEETFORM_SSH_PERSIST="1")
+    assert logins() == 5 and master() is not None
+    deadline = time.monotonic() + 10
+    while master() is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert master() is None, "the master outlived FLEETFORM_SSH_PERSIST=1 by 10 s"
+
+    wrong = fleet.run("plan", env={**fleet.environ(), "FLEETFORM_SSH_PERSIST": "soon"})
+    assert wrong.returncode == 1
+    assert "h1 (compose): error: FLEETFORM_SSH_PERSIST='soon': expected a number of seconds" in (
+        wrong.stdout
+    ), wrong.stdout + wrong.stderr
 
 
 # --- 4. pulling images from a registry on loopback ---------------------------------------
@@ -930,7 +1012,7 @@ def test_saved_plan_is_refused_once_another_apply_changed_the_host(
     fleet.deploy({"web": _web("b")})
     saved = fleet.run("plan", "--out", str(plan_file))
     assert saved.returncode == 0, saved.stderr
-    hold = proxy.hold(rf"^POST /v[\d.]+/containers/create\?name=fleetform-lock-{PROJECT} ")
+    hold = proxy.hold(rf"^POST /containers/create\?name=fleetform-lock-{PROJECT} ")
     first = fleet.start("apply", str(plan_file), "--stop-timeout", "0")
     try:
         hold.wait(first)

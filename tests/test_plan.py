@@ -17,7 +17,7 @@ import pytest
 
 from compiler import report
 from compiler.observe import ObservedContainer, ObservedHost
-from compiler.observe.docker import _container, _observe
+from compiler.observe.docker import _container, observe_engine
 from compiler.plan import (
     Change,
     DesiredHost,
@@ -39,26 +39,28 @@ TOKEN = {"HF_TOKEN": specs.SECRET_VALUE}
 
 
 class RecordedEngine:
-    """The recorded engine at the SDK boundary: the three read calls observe makes.
-    Anything else is an AttributeError, so an unexpected call fails loudly."""
+    """The recorded engine at the Engine API boundary: the three reads observe makes.
+    Any other request fails loudly."""
 
     def __init__(self, names: list[str] | None = None) -> None:
         chosen = list(RECORDED) if names is None else names
         self.records = [RECORDED[name] for name in chosen]
 
-    def containers(self, all: bool = False) -> list[dict[str, Any]]:
-        assert all, "observe must see stopped containers too"
-        return [record["summary"] for record in self.records]
-
-    def inspect_container(self, container: str) -> dict[str, Any]:
-        (found,) = [r["inspect"] for r in self.records if r["inspect"]["Id"] == container]
-        return dict(found)
-
-    def inspect_image(self, image: str) -> dict[str, Any]:
+    def get(self, path: str, **query: Any) -> Any:
+        if path == "/containers/json":
+            assert query == {"all": 1}, "observe must see stopped containers too"
+            return [record["summary"] for record in self.records]
+        kind, _, rest = path.strip("/").partition("/")
+        name, _, tail = rest.rpartition("/")
+        assert tail == "json" and not query, f"unexpected request: GET {path} {query}"
+        if kind == "containers":
+            (found,) = [r["inspect"] for r in self.records if r["inspect"]["Id"] == name]
+            return dict(found)
+        assert kind == "images", f"unexpected request: GET {path}"
         envs = {
             json.dumps(r["image_env"])
             for r in self.records
-            if r["inspect"]["Config"]["Image"] == image
+            if r["inspect"]["Config"]["Image"] == name
         }
         (env,) = envs
         return {"Config": {"Env": json.loads(env)}}
@@ -67,7 +69,8 @@ class RecordedEngine:
 def observed(names: list[str] | None = None, wanted: tuple[str, ...] = ()) -> ObservedHost:
     """The recorded host as observe.docker reduces it (``wanted``: names fleetform
     needs, so that a foreign container holding one is seen)."""
-    return _observe(RecordedEngine(names), "h1", PROJECT, PREFIX, set(wanted))
+    engine: Any = RecordedEngine(names)
+    return observe_engine(engine, "h1", PROJECT, PREFIX, wanted)
 
 
 def reduced(name: str) -> ObservedContainer:

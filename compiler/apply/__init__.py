@@ -115,7 +115,8 @@ def _apply_host(
     say: Report,
 ) -> HostResult:
     from compiler.apply import lock as host_lock
-    from compiler.observe.docker import connect, describe, observe_docker_host
+    from compiler.observe.docker import describe, observe_engine
+    from compiler.observe.engine import Engine, EngineError, HostUnreachable
 
     host = host_plan.host
     if host_plan.error is not None:
@@ -135,23 +136,23 @@ def _apply_host(
     if target.desired.target == "systemd":
         return _apply_systemd_host(host_plan, target, project, options, secrets, say)
     try:
-        client = connect(target.base_url)
+        engine = Engine(target.base_url)
     except FleetformError as error:
         return HostResult(host, "failed", error=error.message)
     result = HostResult(host, "converged")
     current = ""  # the step under way, to name in an engine or transport error
     try:
-        lock_id = host_lock.acquire(client.api, host, project, options.label_prefix)
+        lock_id = host_lock.acquire(engine, host, project, options.label_prefix)
         try:
             names = [spec.name for spec in target.desired.specs]
-            seen = observe_docker_host(host, target.base_url, project, options.label_prefix, names)
+            seen = observe_engine(engine, host, project, options.label_prefix, names)
             if seen.fingerprint() != host_plan.observed:
                 fresh = plan_host(target.desired, seen, options.label_prefix)
                 raise FleetformError(
                     "the host changed since the plan was made (stale plan): plan again"
                     + (f" ({len(fresh.steps)} steps now)" if fresh.error is None else "")
                 )
-            executor = DockerExecutor(client.api, options, lambda m: say(host, m))
+            executor = DockerExecutor(engine, options, lambda m: say(host, m))
             specs = {spec.name: spec for spec in target.desired.specs}
             total = len(host_plan.steps)
             for number, step in enumerate(host_plan.steps, 1):
@@ -171,17 +172,19 @@ def _apply_host(
             # Report what failed, not the release that fails after it (an engine that
             # went away); a lock left behind is reported by the next apply, with owner.
             with contextlib.suppress(Exception):
-                host_lock.release(client.api, lock_id)
+                host_lock.release(engine, lock_id)
             raise
-        host_lock.release(client.api, lock_id)
+        host_lock.release(engine, lock_id)
     except StepFailed as error:
         result.status, result.error = "failed", f"{_current(host_plan, result)}: {error.message}"
+    except (EngineError, HostUnreachable) as error:  # this host's failure, in that step
+        result.status, result.error = "failed", current + error.message
     except FleetformError as error:
         result.status, result.error = "failed", error.message
-    except Exception as error:  # the engine or the transport: this host's failure
+    except Exception as error:  # a bug's, or the transport's: this host's failure
         result.status, result.error = "failed", current + describe(error)
     finally:
-        client.close()
+        engine.close()
     return result
 
 

@@ -10,7 +10,6 @@ stopped ``<name>--fleetform-previous`` container, which the next plan deletes.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler.errors import FleetformError
-from compiler.observe.docker import describe, parse_size
+from compiler.observe.docker import describe, device_parts, parse_size
+from compiler.observe.engine import Engine, EngineError, demultiplex
 from compiler.plan import PREVIOUS_SUFFIX, Step
 from compiler.render.container import ContainerSpec
 
@@ -53,11 +53,14 @@ class Secrets:
 NO_SECRETS = Secrets({}, "")
 
 
-class DockerExecutor:
-    """Executes steps on one engine (``api``: a docker SDK low-level client)."""
+PULL_IDLE_SECONDS = 600  # a pull may say nothing for this long (a big layer unpacking)
 
-    def __init__(self, api: Any, options: Options, progress: Progress) -> None:
-        self.api = api
+
+class DockerExecutor:
+    """Executes steps on one engine through its Engine API."""
+
+    def __init__(self, engine: Engine, options: Options, progress: Progress) -> None:
+        self.engine = engine
         self.options = options
         self.progress = progress
 
@@ -67,10 +70,10 @@ class DockerExecutor:
             return
         assert spec is not None
         if step.action == "start":
-            if self.api.inspect_container(step.current)["State"].get("Paused"):
-                self.api.unpause(step.current)  # the engine refuses to start a paused one
+            if self._inspect(step.current)["State"].get("Paused"):
+                self._post(step.current, "unpause")  # the engine refuses to start a paused one
             else:
-                self.api.start(step.current)
+                self._post(step.current, "start")
             self._check_started(spec, step.current)
             return
         if step.action == "create":
@@ -87,15 +90,15 @@ class DockerExecutor:
             squatter_running = self._running(step.displace)
             aside = f"{spec.name}--displaced-{step.displace[:12]}"
             self._stop(step.displace)
-            self.api.rename(step.displace, aside)
+            self._rename(step.displace, aside)
             self.progress(f"moved the foreign container {step.displace[:12]} aside as {aside}")
         try:
             self._start_new(spec, secrets)
         except StepFailed:
             if step.displace:
-                self.api.rename(step.displace, spec.name)
+                self._rename(step.displace, spec.name)
                 if squatter_running:
-                    self.api.start(step.displace)
+                    self._post(step.displace, "start")
             raise
 
     def _replace(self, step: Step, spec: ContainerSpec, secrets: Secrets) -> None:
@@ -103,13 +106,13 @@ class DockerExecutor:
         was_running = self._running(old)
         self._stop(old)  # frees its GPUs and port before the new one starts
         aside = spec.name + PREVIOUS_SUFFIX
-        self.api.rename(old, aside)
+        self._rename(old, aside)
         try:
             self._start_new(spec, secrets)
         except StepFailed as error:
-            self.api.rename(old, spec.name)
+            self._rename(old, spec.name)
             if was_running:
-                self.api.start(old)
+                self._post(old, "start")
             raise StepFailed(f"{error.message}; rolled back to the previous container") from None
         self._remove(old)
 
@@ -118,9 +121,9 @@ class DockerExecutor:
         created = self._create(spec, secrets)
         try:
             try:
-                self.api.start(created)
-            except Exception as error:
-                raise StepFailed(f"container did not start: {describe(error)}") from None
+                self._post(created, "start")
+            except EngineError as error:
+                raise StepFailed(f"container did not start: {error.message}") from None
             self._check_started(spec, created)
         except StepFailed:
             self._remove(created)
@@ -129,9 +132,10 @@ class DockerExecutor:
     def _check_started(self, spec: ContainerSpec, container: str) -> None:
         deadline = time.monotonic() + SETTLE_SECONDS
         while True:
-            state = self.api.inspect_container(container)["State"]
+            state = self._inspect(container)["State"]
             if state.get("Status") not in ("running", "restarting") or state.get("Restarting"):
-                logs = self.api.logs(container, tail=5).decode("utf-8", "replace").strip()
+                raw = self.engine.read(f"/containers/{container}/logs", stdout=1, stderr=1, tail=5)
+                logs = demultiplex(raw).decode("utf-8", "replace").strip()
                 tail = f": {' | '.join(logs.splitlines()[-3:])}" if logs else ""
                 raise StepFailed(
                     f"container exited at once (exit code {state.get('ExitCode')}){tail}"
@@ -144,95 +148,148 @@ class DockerExecutor:
 
     def _wait_healthy(self, spec: ContainerSpec, container: str) -> None:
         def running() -> bool:
-            return bool(self.api.inspect_container(container)["State"].get("Status") == "running")
+            return bool(self._inspect(container)["State"].get("Status") == "running")
 
         wait_healthy(spec, running, self.progress)
 
     # --- engine calls ----------------------------------------------------------------
 
     def _ensure_image(self, image: str) -> None:
-        import docker
-
         try:
-            self.api.inspect_image(image)
+            self.engine.get(f"/images/{image}/json")
             return
-        except docker.errors.ImageNotFound:
-            pass
+        except EngineError as error:
+            if error.status != 404:
+                raise
         self.progress(f"pulling {image}")
+        name, tag = split_reference(image)
         try:
             shown = 0.0
-            for event in self.api.pull(image, stream=True, decode=True):
+            for event in self.engine.stream(
+                "/images/create", fromImage=name, tag=tag, timeout=PULL_IDLE_SECONDS
+            ):
                 if "error" in event:
                     raise StepFailed(f"cannot pull {image}: {event['error']}")
                 now = time.monotonic()
                 if now - shown > 5 and event.get("progress"):
                     self.progress(f"pulling {image}: {event.get('status', '')} {event['progress']}")
                     shown = now
-        except StepFailed:
-            raise
-        except Exception as error:
-            raise StepFailed(f"cannot pull {image}: {describe(error)}") from None
+        except FleetformError as error:
+            if isinstance(error, StepFailed):
+                raise
+            raise StepFailed(f"cannot pull {image}: {error.message}") from None
 
     def _create(self, spec: ContainerSpec, secrets: Secrets) -> str:
-        import docker
-
         env = {**spec.env, **secrets.env}
         labels = dict(spec.labels)
         if secrets.env:
             labels[f"{self.options.label_prefix}.secret-hash"] = secrets.hash
             # Which variables hold secrets: a later plan masks them, whatever the spec.
             labels[f"{self.options.label_prefix}.secret-vars"] = ",".join(sorted(secrets.env))
-        ports, bindings = _ports(spec.ports)
-        host_config = self.api.create_host_config(
-            network_mode=spec.network_mode,
-            shm_size=parse_size(spec.shm_size),
-            restart_policy={"Name": spec.restart} if spec.restart != "no" else None,
-            mounts=[
-                docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
-                for m in spec.mounts
-            ],
-            binds=list(spec.binds) or None,
-            devices=list(spec.devices) or None,
-            device_requests=(
-                [
-                    docker.types.DeviceRequest(
-                        driver=spec.gpu_driver,
-                        device_ids=list(spec.gpu_ids),
-                        capabilities=[["gpu"]],
-                    )
-                ]
-                if spec.gpu_driver
-                else None
-            ),
-            port_bindings=bindings or None,
-        )
         try:
-            created = self.api.create_container(
-                spec.image,
-                command=list(spec.command) or None,
-                entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
-                environment=[f"{key}={value}" for key, value in sorted(env.items())],
-                labels=labels,
-                name=spec.name,
-                host_config=host_config,
-                ports=ports or None,
+            created = self.engine.post(
+                "/containers/create", create_body(spec, env, labels), name=spec.name
             )
-        except Exception as error:
-            raise StepFailed(f"cannot create the container: {describe(error)}") from None
+        except EngineError as error:
+            raise StepFailed(f"cannot create the container: {error.message}") from None
         return str(created["Id"])
 
+    def _inspect(self, container: str) -> dict[str, Any]:
+        details: dict[str, Any] = self.engine.get(f"/containers/{container}/json")
+        return details
+
+    def _post(self, container: str, action: str, **query: Any) -> None:
+        self.engine.post(f"/containers/{container}/{action}", **query)
+
+    def _rename(self, container: str, name: str) -> None:
+        self._post(container, "rename", name=name)
+
     def _running(self, container: str) -> bool:
-        state = self.api.inspect_container(container)["State"]
-        return bool(state.get("Running"))
+        return bool(self._inspect(container)["State"].get("Running"))
 
     def _stop(self, container: str) -> None:
-        self.api.stop(container, timeout=self.options.stop_timeout)
+        # The engine answers once the container stopped: up to the grace time, then a kill.
+        seconds = self.options.stop_timeout
+        self.engine.post(
+            f"/containers/{container}/stop", t=seconds, timeout=seconds + self.engine.timeout
+        )
 
     def _remove(self, container: str) -> None:
-        import docker
+        try:
+            self.engine.delete(f"/containers/{container}", force=1)
+        except EngineError as error:
+            if error.status != 404:
+                raise
 
-        with contextlib.suppress(docker.errors.NotFound):
-            self.api.remove_container(container, force=True)
+
+DEVICE_KEYS = ("PathOnHost", "PathInContainer", "CgroupPermissions")
+
+
+def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+    """The Engine API's container config for ``spec`` (``POST /containers/create``)."""
+    exposed, bindings = _ports(spec.ports)
+    host_config: dict[str, Any] = {
+        "NetworkMode": spec.network_mode or "default",
+        "Mounts": [
+            {"Target": m.target, "Source": m.source, "Type": "bind", "ReadOnly": m.read_only}
+            for m in spec.mounts
+        ],
+    }
+    shm_size = parse_size(spec.shm_size)
+    if shm_size:
+        host_config["ShmSize"] = shm_size
+    if spec.restart != "no":
+        host_config["RestartPolicy"] = {"Name": spec.restart}
+    if spec.binds:
+        host_config["Binds"] = list(spec.binds)
+    if spec.devices:
+        host_config["Devices"] = [
+            dict(
+                zip(
+                    ("PathOnHost", "PathInContainer", "CgroupPermissions"),
+                    device_parts(d),
+                    strict=True,
+                )
+            )
+            for d in spec.devices
+        ]
+    if spec.gpu_driver:
+        host_config["DeviceRequests"] = [
+            {
+                "Driver": spec.gpu_driver,
+                "Count": 0,
+                "DeviceIDs": list(spec.gpu_ids),
+                "Capabilities": [["gpu"]],
+                "Options": {},
+            }
+        ]
+    if bindings:
+        host_config["PortBindings"] = bindings
+    body: dict[str, Any] = {
+        "Image": spec.image,
+        "Cmd": list(spec.command) or None,
+        "Entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
+        "Env": [f"{key}={value}" for key, value in sorted(env.items())],
+        "Labels": labels,
+        "HostConfig": host_config,
+    }
+    if exposed:
+        body["ExposedPorts"] = exposed
+    return body
+
+
+def split_reference(image: str) -> tuple[str, str]:
+    """``name[:tag][@digest]`` as the pull API takes it: a name and a tag or digest.
+
+    Without either, ``latest`` (as docker pulls): an empty tag would pull every tag."""
+    name, at, digest = image.partition("@")
+    if at:
+        return name, digest
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1 :]
+    return name, "latest"
 
 
 def wait_healthy(spec: ContainerSpec, running: Callable[[], bool], progress: Progress) -> None:
@@ -260,20 +317,17 @@ def wait_healthy(spec: ContainerSpec, running: Callable[[], bool], progress: Pro
     )
 
 
-def _ports(ports: tuple[str, ...]) -> tuple[list[Any], dict[Any, Any]]:
-    """compose's short port syntax ``[IP:]HOST:CONTAINER[/PROTO]`` → the SDK's form."""
-    exposed: list[Any] = []
-    bindings: dict[Any, Any] = {}
+def _ports(ports: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
+    """compose's short port syntax ``[IP:]HOST:CONTAINER[/PROTO]`` → the API's exposed
+    ports and port bindings."""
+    exposed: dict[str, Any] = {}
+    bindings: dict[str, list[dict[str, str]]] = {}
     for text in ports:
         spec, _, proto = text.partition("/")
         parts = spec.rsplit(":", 2)
-        container = parts[-1]
-        key: Any = f"{container}/{proto}" if proto else int(container)
-        exposed.append((int(container), proto) if proto else int(container))
-        if len(parts) == 3:
-            bindings[key] = (parts[0], int(parts[1]))
-        elif len(parts) == 2:
-            bindings[key] = int(parts[1]) if parts[1] else None
-        else:
-            bindings[key] = None
+        key = f"{parts[-1]}/{proto or 'tcp'}"
+        exposed[key] = {}
+        host_ip = parts[0] if len(parts) == 3 else ""
+        host_port = parts[-2] if len(parts) >= 2 else ""
+        bindings.setdefault(key, []).append({"HostIp": host_ip, "HostPort": host_port})
     return exposed, bindings

@@ -16,10 +16,10 @@ import socket
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from compiler.errors import FleetformError
-from compiler.observe.docker import LOCK_LABEL_SUFFIX, describe
+from compiler.observe.docker import LOCK_LABEL_SUFFIX
+from compiler.observe.engine import Engine, EngineError
 
 LOCK_IMAGE = "fleetform/lock:1"
 
@@ -55,44 +55,43 @@ def owner() -> str:
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"
 
 
-def acquire(api: Any, host: str, project: str, prefix: str) -> str:
+def acquire(engine: Engine, host: str, project: str, prefix: str) -> str:
     """Take the lock; its container id. Raises HostLocked naming the holder."""
-    import docker
-
-    _ensure_lock_image(api)
+    _ensure_lock_image(engine)
     labels = {
         f"{prefix}.{LOCK_LABEL_SUFFIX}": project,
         f"{prefix}.lock-owner": owner(),
         f"{prefix}.lock-since": f"{time.time():.0f}",
     }
+    body = {
+        "Image": LOCK_IMAGE,
+        "Cmd": ["fleetform-lock"],
+        "Labels": labels,
+        "NetworkDisabled": True,
+    }
     try:
-        created = api.create_container(
-            LOCK_IMAGE,
-            command=["fleetform-lock"],
-            name=lock_name(project),
-            labels=labels,
-            network_disabled=True,
-        )
-    except docker.errors.APIError as error:
-        if error.status_code == 409:
-            held = holder(api, project, prefix)
+        created = engine.post("/containers/create", body, name=lock_name(project))
+    except EngineError as error:
+        if error.status == 409:
+            held = holder(engine, project, prefix)
             if held is not None:
                 raise HostLocked(held.describe(host)) from None
-        raise FleetformError(f"cannot lock host '{host}': {describe(error)}") from None
+        raise FleetformError(f"cannot lock host '{host}': {error.message}") from None
     return str(created["Id"])
 
 
-def release(api: Any, lock_id: str) -> None:
-    api.remove_container(lock_id, force=True)
+def release(engine: Engine, lock_id: str) -> None:
+    engine.delete(f"/containers/{lock_id}", force=1)
 
 
-def holder(api: Any, project: str, prefix: str) -> LockInfo | None:
-    import docker
-
+def holder(engine: Engine, project: str, prefix: str) -> LockInfo | None:
     try:
-        labels = api.inspect_container(lock_name(project))["Config"].get("Labels") or {}
-    except docker.errors.NotFound:
-        return None
+        details = engine.get(f"/containers/{lock_name(project)}/json")
+    except EngineError as error:
+        if error.status == 404:
+            return None
+        raise
+    labels = details["Config"].get("Labels") or {}
     since = labels.get(f"{prefix}.lock-since", "0")
     return LockInfo(
         owner=labels.get(f"{prefix}.lock-owner", "unknown"),
@@ -100,30 +99,33 @@ def holder(api: Any, project: str, prefix: str) -> LockInfo | None:
     )
 
 
-def break_lock(api: Any, project: str) -> bool:
+def break_lock(engine: Engine, project: str) -> bool:
     """Remove the lock, whoever holds it; False when there was none."""
-    import docker
-
     try:
-        api.remove_container(lock_name(project), force=True)
-    except docker.errors.NotFound:
-        return False
+        engine.delete(f"/containers/{lock_name(project)}", force=1)
+    except EngineError as error:
+        if error.status == 404:
+            return False
+        raise
     return True
 
 
-def _ensure_lock_image(api: Any) -> None:
+def _ensure_lock_image(engine: Engine) -> None:
     """An empty image to make the lock container from (imported, never pulled)."""
-    import docker
-
     try:
-        api.inspect_image(LOCK_IMAGE)
+        engine.get(f"/images/{LOCK_IMAGE}/json")
         return
-    except docker.errors.ImageNotFound:
-        pass
+    except EngineError as error:
+        if error.status != 404:
+            raise
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         info = tarfile.TarInfo("fleetform-lock")
         info.size = 0
         archive.addfile(info, io.BytesIO(b""))
     repository, tag = LOCK_IMAGE.split(":")
-    api.import_image_from_data(buffer.getvalue(), repository=repository, tag=tag)
+    for event in engine.stream(
+        "/images/create", data=buffer.getvalue(), fromSrc="-", repo=repository, tag=tag
+    ):
+        if "error" in event:
+            raise FleetformError(f"cannot import the lock image {LOCK_IMAGE}: {event['error']}")

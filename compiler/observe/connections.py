@@ -1,9 +1,10 @@
 """Engine connections opened early, in the background.
 
-Over SSH a host takes a few tenths of a second to answer its first request (a session,
-then a remote ``docker system dial-stdio``). Reading the hosts' addresses needs only
-the YAML loader, so ``plan`` opens every connection before it imports and compiles
-the rest; the hosts' answer time then overlaps with that work.
+Over SSH a host takes a few tenths of a second to answer its first request (a
+handshake, then a remote ``docker system dial-stdio``). Reading the hosts' addresses
+needs only the YAML loader, so ``plan`` opens every connection and sends each host's
+first request before it imports and compiles the rest; the hosts' answer time then
+overlaps with that work.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from compiler.errors import FleetformError
 from compiler.load import FOLDERS, load_file, yaml_files
 
+if TYPE_CHECKING:
+    from compiler.observe.engine import Engine
+
 
 class Connections:
-    """Engine connections opened in the background as soon as the hosts' addresses are
-    read, so that the hosts' answer time (over SSH, a session and a remote
-    ``docker system dial-stdio`` per host) overlaps with compiling the repository."""
+    """Engine connections opened as soon as the hosts' addresses are read, each with its
+    first request sent (see the module's docstring)."""
 
     def __init__(self, root: Path, hosts: Sequence[str]) -> None:
         urls: set[str] = set()
@@ -33,28 +36,36 @@ class Connections:
                 url = doc.value.get("docker_host")
                 if isinstance(url, str) and (not hosts or doc.value.get("name") in hosts):
                     urls.add(url)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(urls), 8)))
-        self._opened: dict[str, Future[Any]] = {
-            url: self._pool.submit(self._open, url) for url in sorted(urls)
-        }
+        # ssh:// and unix:// open without blocking (a process started, a local socket),
+        # so they open here: a thread would wait for the GIL while the caller imports.
+        # tcp:// connects (and shakes hands for TLS) at once, so it opens in a thread.
+        self._pool = ThreadPoolExecutor(max_workers=4)
+        self._opened: dict[str, Future[Engine | None]] = {}
+        for url in sorted(urls):
+            if url.startswith("tcp://"):
+                self._opened[url] = self._pool.submit(self._open, url)
+            else:
+                opened: Future[Engine | None] = Future()
+                opened.set_result(self._open(url))
+                self._opened[url] = opened
 
     @staticmethod
-    def _open(url: str) -> Any:
-        from compiler.observe.docker import connect
+    def _open(url: str) -> Engine | None:
+        from compiler.observe.docker import open_engine
 
         try:
-            return connect(url)
+            return open_engine(url)
         except FleetformError:
             return None  # observing connects again and reports the error
 
-    def take(self, url: str) -> Any:
+    def take(self, url: str) -> Engine | None:
         opened = self._opened.pop(url, None)
         return opened.result() if opened is not None else None
 
     def close(self) -> None:
         for opened in self._opened.values():
-            client = opened.result()
-            if client is not None:
-                client.close()
+            engine = opened.result()
+            if engine is not None:
+                engine.close()
         self._opened.clear()
         self._pool.shutdown(wait=False)

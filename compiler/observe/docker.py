@@ -11,70 +11,30 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compiler.errors import FleetformError
 from compiler.observe import ObservedContainer, ObservedHost
-from compiler.render.container import ContainerSpec
+from compiler.observe.engine import Engine, EngineError
+
+if TYPE_CHECKING:
+    from compiler.render.container import ContainerSpec
 
 LOCK_LABEL_SUFFIX = "lock"
-CONNECT_TIMEOUT = 20
+CONTAINER_LIST = "/containers/json"
 
 
-class HostUnreachable(FleetformError):
-    """The host's engine could not be reached or answered with an error."""
-
-
-def connect(base_url: str, timeout: int = CONNECT_TIMEOUT) -> Any:
-    """A docker SDK client for ``base_url`` (``unix://``, ``ssh://``, ``tcp://``).
-
-    ``ssh://`` goes through paramiko (the SDK's own SSH mode, about twice as fast as
-    shelling out to ``ssh`` here), honouring ``~/.ssh/config`` and known_hosts.
-    ``tcp://`` uses TLS from ``DOCKER_CERT_PATH``/``DOCKER_TLS_VERIFY`` as docker does.
-    """
-    import docker
-
-    try:
-        if base_url.startswith("tcp://"):
-            kwargs = docker.utils.kwargs_from_env()
-            kwargs.pop("base_url", None)
-            return docker.DockerClient(base_url=base_url, timeout=timeout, **kwargs)
-        client = docker.DockerClient(
-            base_url=base_url, timeout=timeout, use_ssh_client=False, max_pool_size=4
-        )
-    except Exception as error:  # the SDK raises many kinds for a host it cannot reach
-        raise HostUnreachable(f"cannot reach {base_url}: {describe(error)}") from None
-    if base_url.startswith("ssh://"):
-        _one_pool_per_host(client.api)
-    return client
-
-
-def _one_pool_per_host(api: Any) -> None:
-    """Reuse the SSH channels across every Engine API path.
-
-    The SDK's SSH adapter keys its connection pools by the full request URL, so each
-    new path (every container inspected) opened a new SSH channel, which runs a new
-    ``docker system dial-stdio`` on the host: ~0.2-0.3 s per request instead of ~2 ms,
-    and up to 9 sessions open at once (sshd's default MaxSessions is 10).
-    """
-    adapter: Any = getattr(api, "_custom_adapter", None)
-    get_connection = getattr(adapter, "get_connection", None)
-    if get_connection is None:
-        return
-    # The pool (and channel) the client's API version check already opened.
-    key = next(iter(getattr(adapter, "pools", {}).keys()), api.base_url)
-
-    def one_pool(url: str, proxies: Any = None) -> Any:
-        return get_connection(key, proxies)
-
-    adapter.get_connection = one_pool
+def open_engine(base_url: str) -> Engine:
+    """A connection to ``base_url`` with the container list already asked for."""
+    engine = Engine(base_url)
+    engine.send(CONTAINER_LIST, all=1)
+    return engine
 
 
 def describe(error: BaseException) -> str:
-    """One line for an SDK, requests or paramiko error."""
-    explanation = getattr(error, "explanation", None)
-    text = str(explanation or error) or type(error).__name__
-    return " ".join(text.split())[:400]
+    """One line for an unexpected error: its message, else its kind."""
+    message = error.message if isinstance(error, FleetformError) else str(error)
+    return " ".join((message or type(error).__name__).split())[:400]
 
 
 def observe_docker_host(
@@ -83,27 +43,30 @@ def observe_docker_host(
     project: str,
     label_prefix: str,
     names: Iterable[str],
-    client: Any = None,
+    engine: Engine | None = None,
 ) -> ObservedHost:
     """Everything a plan needs of one Docker host; an unreachable host is a result.
 
-    ``client``: a connection already opened to ``base_url`` (it is closed here)."""
+    ``engine``: a connection already opened to ``base_url`` (it is closed here)."""
     try:
-        client = client or connect(base_url)
+        engine = engine or open_engine(base_url)
         try:
-            return _observe(client.api, host, project, label_prefix, set(names))
+            return observe_engine(engine, host, project, label_prefix, names)
         finally:
-            client.close()
-    except HostUnreachable as error:
+            engine.close()
+    except FleetformError as error:  # unreachable, or the engine answered with an error
         return ObservedHost(host=host, target="compose", error=error.message)
-    except Exception as error:  # engine or transport errors: this host's, not a crash
-        return ObservedHost(host=host, target="compose", error=describe(error))
 
 
-def _observe(api: Any, host: str, project: str, prefix: str, names: set[str]) -> ObservedHost:
+def observe_engine(
+    engine: Engine, host: str, project: str, prefix: str, names: Iterable[str]
+) -> ObservedHost:
+    """What :func:`observe_docker_host` returns, over a connection the caller keeps;
+    an unreachable host or an engine error is raised."""
+    wanted = set(names)
     containers: list[ObservedContainer] = []
     image_env: dict[str, dict[str, str]] = {}
-    for summary in api.containers(all=True):
+    for summary in engine.get(CONTAINER_LIST, all=1):
         labels = summary.get("Labels") or {}
         name = (summary.get("Names") or ["/"])[0].lstrip("/")
         owned = labels.get(f"{prefix}.managed-by") == "fleetform" and (
@@ -111,25 +74,31 @@ def _observe(api: Any, host: str, project: str, prefix: str, names: set[str]) ->
         )
         if labels.get(f"{prefix}.{LOCK_LABEL_SUFFIX}"):
             continue
-        if not owned and name not in names:
+        if not owned and name not in wanted:
             continue
-        details = api.inspect_container(summary["Id"])
+        try:
+            details = engine.get(f"/containers/{summary['Id']}/json")
+        except EngineError as error:
+            if error.status == 404:
+                continue  # removed since it was listed
+            raise
         image = details["Config"].get("Image", "")
         if image not in image_env:
-            image_env[image] = _image_env(api, image)
+            image_env[image] = _image_env(engine, image)
         containers.append(_container(details, prefix, owned, image_env[image]))
     containers.sort(key=lambda c: (c.name, c.id))
     return ObservedHost(host=host, target="compose", containers=tuple(containers))
 
 
-def _image_env(api: Any, image: str) -> dict[str, str]:
+def _image_env(engine: Engine, image: str) -> dict[str, str]:
     """The image's own env, so that only what was set on the container is compared."""
-    import docker
-
     try:
-        return _env_map(api.inspect_image(image)["Config"].get("Env") or [])
-    except docker.errors.ImageNotFound:
-        return {}
+        details = engine.get(f"/images/{image}/json")
+    except EngineError as error:
+        if error.status == 404:
+            return {}
+        raise
+    return _env_map((details.get("Config") or {}).get("Env") or [])
 
 
 def _container(
@@ -216,7 +185,7 @@ def desired_view(spec: ContainerSpec, secret_env: dict[str, str]) -> dict[str, A
             [_bind(m.source, m.target, m.read_only) for m in spec.mounts]
             + [_normal_bind(b) for b in spec.binds]
         ),
-        "devices": sorted(_device(*_device_parts(d)) for d in spec.devices),
+        "devices": sorted(_device(*device_parts(d)) for d in spec.devices),
         "network_mode": spec.network_mode,
         "shm_size": parse_size(spec.shm_size),
         "restart": spec.restart,
@@ -236,7 +205,7 @@ def _normal_bind(text: str) -> str:
     return ":".join(parts)
 
 
-def _device_parts(text: str) -> tuple[str, str, str]:
+def device_parts(text: str) -> tuple[str, str, str]:
     parts = text.split(":")
     host = parts[0]
     container = parts[1] if len(parts) > 1 and parts[1] else host

@@ -83,9 +83,7 @@ def _observe(
             continue
         text = contents.get(path, "")
         match = _HASH_KEY.search(text)
-        drop_ins = tuple(
-            (p, contents.get(p, "")) for p in state.get("DropInPaths", "").split()
-        )
+        drop_ins = tuple((p, contents.get(p, "")) for p in state.get("DropInPaths", "").split())
         container, container_hash = containers.get(name.removesuffix(".service"), ("missing", ""))
         units.append(
             ObservedUnit(

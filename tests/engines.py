@@ -684,8 +684,15 @@ class EngineFactory:
         self.engines: list[Engine] = []
         self.hosts: list[SshHost] = []
 
-    def __call__(self, name: str, *, gpu_hook: bool = True, image: bool = True) -> Engine:
-        engine = start_engine(self.root, name, gpu_hook=gpu_hook)
+    def __call__(
+        self,
+        name: str,
+        *,
+        gpu_hook: bool = True,
+        image: bool = True,
+        extra_args: Sequence[str] = (),
+    ) -> Engine:
+        engine = start_engine(self.root, name, gpu_hook=gpu_hook, extra_args=extra_args)
         self.engines.append(engine)
         if image:
             load_test_image(engine)

@@ -842,6 +842,113 @@ def test_ssh_master_connection_outlives_a_command(engines: EngineFactory, fleet:
     ), wrong.stdout + wrong.stderr
 
 
+def _certificates(folder: Path, address: str) -> None:
+    """A CA, a server certificate for ``address`` and a client certificate, as
+    ``DOCKER_CERT_PATH`` holds them (ca.pem, cert.pem, key.pem; server-*.pem)."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+    )
+    for who, extension in (
+        ("server", f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (folder / f"{who}.ext").write_text(extension + "\n")
+        openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            f"{who}-key.pem",
+            "-out",
+            f"{who}.csr",
+            "-subj",
+            f"/CN={who}",
+        )
+        openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{who}.ext",
+                "-out", f"{who}-cert.pem")  # fmt: skip
+    (folder / "cert.pem").write_bytes((folder / "client-cert.pem").read_bytes())
+    (folder / "key.pem").write_bytes((folder / "client-key.pem").read_bytes())
+
+
+def test_tcp_host_with_tls_from_the_environment(
+    engines: EngineFactory, fleet: Fleet, tmp_path: Path
+) -> None:
+    """``tcp://`` with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH`` as the docker CLI reads
+    them: plan and apply over mutual TLS; a client without the CA's trust, or without a
+    certificate, fails that host in one line and changes nothing."""
+    address = "127.0.0.1"
+    port = free_port(address, 23760, 23860)
+    certs = tmp_path / "certs"
+    _certificates(certs, address)  # fmt: skip
+    engine = engines(
+        "tls",
+        extra_args=[
+            "--host", f"tcp://{address}:{port}",
+            "--tlsverify",
+            "--tlscacert", str(certs / "ca.pem"),
+            "--tlscert", str(certs / "server-cert.pem"),
+            "--tlskey", str(certs / "server-key.pem"),
+        ],
+    )  # fmt: skip
+    url = f"tcp://{address}:{port}"
+    fleet.env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
+    fleet.write(
+        [HostSpec("h1", url, port_block(4))],
+        {"web1": {"env": {"V": "a"}, "worker_selector": {"pool": "h1"}}},
+    )
+    first = fleet.run("plan", "--detailed-exitcode")
+    assert first.returncode == 2, first.stdout + first.stderr
+    assert planned_steps(first.stdout) == [f"create {PROJECT}-web1-0"]
+    applied = fleet.run("apply", "--auto-approve", "--stop-timeout", "0")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    again = fleet.run("plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert states(engine) == {f"{PROJECT}-web1-0": ("running", "a")}
+
+    stranger = tmp_path / "stranger"
+    _certificates(stranger, address)  # another CA: the server's certificate is not trusted
+    no_certificate = tmp_path / "no-certificate"
+    no_certificate.mkdir()
+    (no_certificate / "ca.pem").write_bytes((certs / "ca.pem").read_bytes())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, reason in (
+        (stranger, "certificate verify failed"),
+        (no_certificate, f"(no client certificate (cert.pem, key.pem) in {no_certificate})"),
+        (empty, f"the TLS files in {empty}: [Errno 2] No such file or directory"),
+    ):
+        env = {**fleet.environ(), "DOCKER_CERT_PATH": str(folder)}
+        refused = fleet.run("plan", env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused
+        (line,) = [ln for ln in refused.stdout.splitlines() if ln.startswith("h1 (compose)")]
+        assert line.startswith(f"h1 (compose): error: cannot reach {url}: "), line
+        assert reason in line, line
+    assert states(engine) == {f"{PROJECT}-web1-0": ("running", "a")}
+
+
 # --- 4. pulling images from a registry on loopback ---------------------------------------
 
 

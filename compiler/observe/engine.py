@@ -174,7 +174,11 @@ class Engine:
         reason = getattr(self._connection, "failure", lambda: None)()
         if reason is None and isinstance(error, TimeoutError):
             reason = f"no answer within {self._connection.timeout:.0f} s"
-        return HostUnreachable(f"cannot reach {self.base_url}: {reason or _describe(error)}")
+        hint = getattr(self._connection, "hint", "")
+        return HostUnreachable(
+            f"cannot reach {self.base_url}: {reason or _describe(error)}"
+            + (f" ({hint})" if hint else "")
+        )
 
 
 def _json(body: bytes, base_url: str) -> Any:
@@ -326,12 +330,22 @@ def _tcp_connection(address: str, timeout: float) -> http.client.HTTPConnection:
     import ssl
 
     folder = cert_path or os.path.join(os.path.expanduser("~"), ".docker")
-    ca = os.path.join(folder, "ca.pem")
-    context = ssl.create_default_context(cafile=ca if verify else None)
-    if not verify:  # as docker: certificates given, server not verified
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-    if os.path.exists(cert) and os.path.exists(key):
-        context.load_cert_chain(cert, key)
-    return http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+    try:
+        context = ssl.create_default_context(
+            cafile=os.path.join(folder, "ca.pem") if verify else None
+        )
+        if not verify:  # as docker: certificates given, server not verified
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        has_cert = os.path.exists(cert) and os.path.exists(key)
+        if has_cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise HostUnreachable(
+            f"cannot reach tcp://{address}: the TLS files in {folder}: {_describe(error)}"
+        ) from None
+    connection = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+    if not has_cert:
+        connection.hint = f"no client certificate (cert.pem, key.pem) in {folder}"  # type: ignore[attr-defined]
+    return connection

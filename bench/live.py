@@ -842,7 +842,7 @@ def run_bench(bench: Bench, args: argparse.Namespace, out: Outcome) -> None:
         " (compose-farm stacks h1–h3 on hosts h1–h3; plain compose runs in the same stack"
         " folders with `DOCKER_HOST=ssh://…`, the hosts one after another). Every start is"
         " checked (30 running, each `/health` answers). The no-op runs alternate round by"
-        " round (plan, probes, `up --all`, `up -d` ×3, no-op `apply`).",
+        " round (plan, cold plan, probe, `up --all`, `up -d` ×3, no-op `apply`).",
         f"fleetform compile (not in the apply times): {compile_first:.2f} s for the first,"
         f" {compile_change:.2f} s after the env change (changed artifacts: "
         f"{', '.join(f'output/{h}/compose.yaml' for h in changed_files)}).",

@@ -1077,6 +1077,13 @@ def test_secrets_reach_the_container_through_a_0600_env_file_and_are_never_shown
         for value in (first, second, third, "hf_first", "hf_second", "hf_third"):
             assert value not in run.stdout + run.stderr, str(run)
 
+    # The secret dropped from the deployment: its value leaves the host's disk too.
+    fleet.deploy(on("s1", "web", env={"A": "2"}))
+    fleet.apply()
+    assert environ(running(host, name)) == {"A": "2"}
+    assert host.exec(["ls", "-A", f"/etc/fleetform/{PROJECT}"]).stdout == ""
+    assert fleet.check() == (0, [])
+
 
 # --- 8. locks ----------------------------------------------------------------------------
 
@@ -1142,6 +1149,17 @@ def test_a_second_apply_is_refused_and_a_killed_apply_is_unlocked_and_finished(
     assert host.exec(["test", "-e", LOCK_DIR], check=False).returncode == 1
     unlocked = fleet.ff("unlock", "s1")
     assert (unlocked.returncode, unlocked.stdout) == (0, "s1: was not locked\n"), str(unlocked)
+    # A lock folder without its owner (an apply killed between mkdir and writing it).
+    host.exec(["mkdir", LOCK_DIR])
+    blocked = fleet.apply(expect=1)
+    assert (
+        f"  s1: FAILED after 0 step(s): host 's1' is locked by an apply that left no owner"
+        f" in {LOCK_DIR} (it died taking the lock, or is taking it now); if no apply is"
+        " running, `fleetform unlock s1` breaks the lock"
+    ) in blocked.stdout, str(blocked)
+    assert snapshot(host) == before
+    unlocked = fleet.ff("unlock", "s1")
+    assert (unlocked.returncode, unlocked.stdout) == (0, "s1: lock removed\n"), str(unlocked)
     fleet.apply()
     assert fleet.check() == (0, [])
     for unit in units:

@@ -51,6 +51,13 @@ def acquire(shell: Shell, host: str, project: str, owner: str) -> None:
                 f" {age % 60} s ago); if that apply is gone, `fleetform unlock {host}`"
                 " breaks the lock"
             )
+        if shell.run(["test", "-d", path]).code == 0:
+            # mkdir succeeded for another apply that died (or is) before writing its name.
+            raise HostLocked(
+                f"host '{host}' is locked by an apply that left no owner in {path} (it died"
+                f" taking the lock, or is taking it now); if no apply is running,"
+                f" `fleetform unlock {host}` breaks the lock"
+            )
         raise HostLocked(f"cannot lock host '{host}': {made.error}")
     _write(shell, f"{path}/owner", f"{owner} since {time.time():.0f}\n".encode(), "0644")
 
@@ -145,6 +152,10 @@ class SystemdExecutor:
                 raise StepFailed(f"{error.message}; {undone}") from None
             if secrets:
                 self.shell.run(["rm", "-f", "--", _previous(env_file(self.project, step.name))])
+            elif step in writes and (unit := observed.get(step.name)) and unit.env_hash:
+                # Its secrets are gone from the repository: so are their values, from disk.
+                env = env_file(self.project, step.name)
+                check(self.shell.run(["rm", "-f", "--", env, _previous(env)]), f"removing {env}")
             done.append(step)
             self.say(
                 f"[{number}/{total}] {step.action} {step.name}: done"

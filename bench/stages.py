@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Where a compile spends its time and memory, stage by stage (no profiler overhead).
 
-Usage: python bench/stages.py REPO [--tracemalloc]
+Usage: python bench/stages.py REPO [--fresh] [--tracemalloc]
 
 Runs the stages of ``compiler.api.compile_repo`` one by one (load, validate, read the
 prior index, resolve, render, diff against output/) and prints wall time and the
-process's peak RSS after each. With --tracemalloc, also the top allocation sites live
-at the end of resolve and render (slower). Writes nothing to output/.
+process's peak RSS after each, with the garbage collector tuned as the CLI tunes it.
+With --fresh, resolves as a compile into an empty output/ does: no placement is kept
+from the previous compile (every replica is placed anew). With --tracemalloc, also the
+top allocation sites live at the end of resolve and render (slower). Writes nothing to
+output/.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ def peak_mb() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("repo", type=Path)
+    parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--tracemalloc", action="store_true")
     args = parser.parse_args()
+    gc.set_threshold(50_000, 20, 20)  # as compiler.cli does for every command
     if args.tracemalloc:
         tracemalloc.start(1)
 
@@ -66,7 +71,7 @@ def main() -> int:
     repo = validate_repo(raw)
     stage("validate (pydantic)")
     out = api.output_dir(args.repo, repo)
-    prior = read_prior(out)
+    prior = {} if args.fresh else read_prior(out)
     stage("read prior index.json")
     fleet = resolve_fleet(repo, prior)
     stage("resolve + place")

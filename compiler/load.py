@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,20 +37,34 @@ _STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """The safe loader, with a fast answer for the most common scalar: plain text whose
-    first character no implicit type (number, bool, null, timestamp, ...) starts with."""
+    """The safe loader, with yaml's tag resolution cut down to what it can meet.
 
-    _typed_starts = frozenset(k for k in yaml.SafeLoader.yaml_implicit_resolvers if k)
+    ``resolve`` runs for every node of every file. The safe loader has no path and
+    no wildcard resolvers, so a node's tag depends only on its kind and, for a plain
+    scalar, on the implicit resolvers for its first character.
+    """
+
+    _implicit = yaml.SafeLoader.yaml_implicit_resolvers
+    assert None not in _implicit and not yaml.SafeLoader.yaml_path_resolvers
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if (
-            kind is yaml.ScalarNode
-            and implicit[0]
-            and value
-            and value[0] not in self._typed_starts
-        ):
+        if kind is yaml.ScalarNode:
+            if implicit[0] and value[:1] in self._implicit:
+                return _implicit_tag(value)
             return _STR_TAG
-        return super().resolve(kind, value, implicit)
+        return _MAP_TAG if kind is yaml.MappingNode else _SEQ_TAG
+
+
+@lru_cache(maxsize=4096)
+def _implicit_tag(value: str) -> str:
+    """The tag of a plain scalar whose first character some implicit type starts with.
+
+    Cached: such scalars are mostly a few words (keys such as ``name``, ``true``).
+    """
+    for tag, regexp in _Loader._implicit[value[:1]]:
+        if regexp.match(value):
+            return str(tag)
+    return _STR_TAG
 
 
 _CONSTRUCTOR: yaml.SafeLoader | None = None
@@ -61,6 +76,7 @@ def _constructor() -> yaml.SafeLoader:
     if _CONSTRUCTOR is None:
         _CONSTRUCTOR = yaml.SafeLoader("")
     return _CONSTRUCTOR
+
 
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
@@ -81,17 +97,29 @@ class SourceMap:
     """Where each node of one document sits in its file, by key path.
 
     Positions are kept packed in one int (``line << 20 | column``, both 1-based) and
-    made into a :class:`Mark` only when asked for: a large fleet has millions of nodes.
+    made into a :class:`Mark` only when asked for. A large fleet has millions of nodes
+    and a compile that succeeds asks for none but each document's root, so the tables
+    of the others are filled on the first question, from the file composed again.
     """
 
     file: str
-    values: dict[KeyPath, int] = field(default_factory=dict)
-    keys: dict[KeyPath, int] = field(default_factory=dict)
+    root: int = 1 << 20 | 1  # the document's own position, which every compile asks for
     # The text of scalars that YAML read as numbers or booleans, as written.
     raw: dict[KeyPath, str] = field(default_factory=dict)
+    # Each node's and each key's position; read them through mark().
+    values: dict[KeyPath, int] = field(default_factory=dict)
+    keys: dict[KeyPath, int] = field(default_factory=dict)
+    # Where to find the tables still to fill: the file, and the object's place in it.
+    pending: tuple[_FilePositions, int] | None = field(default=None, repr=False, compare=False)
 
     def mark(self, path: KeyPath, *, key: bool = False) -> Mark:
         """The position of ``path``, or of its nearest ancestor that has one."""
+        if not path:
+            return self._unpack(self.root)
+        if self.pending is not None:
+            positions, index = self.pending
+            found = positions.of_object(index)
+            self.values, self.keys, self.pending = found.values, found.keys, None
         table = self.keys if key else self.values
         probe = tuple(path)
         while probe:
@@ -184,8 +212,16 @@ def load_objects(path: Path, root: Path) -> Iterator[tuple[dict[str, Any], Sourc
 
 def parse_objects(text: str, name: str) -> Iterator[tuple[dict[str, Any], SourceMap]]:
     """Parse YAML ``text`` (reported as file ``name``) into mappings with source maps."""
+    positions = _FilePositions(text, name)
+    for index, node in enumerate(_objects(_compose(text, name))):
+        value, source = _object(node, name, positions.shared)
+        source.pending = (positions, index)
+        yield value, source
+
+
+def _compose(text: str, name: str) -> list[yaml.Node]:
     try:
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        return list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         position = _mark(name, mark) if mark is not None else Mark(name, 1, 1)
@@ -198,14 +234,17 @@ def parse_objects(text: str, name: str) -> Iterator[tuple[dict[str, Any], Source
         raise _too_deep(text, name) from None
     except yaml.YAMLError as error:
         raise LoadError(f"YAML syntax error: {error}", Mark(name, 1, 1)) from None
+
+
+def _objects(nodes: list[yaml.Node]) -> Iterator[yaml.Node]:
+    """The objects of a file's documents: each document, or each item of a list."""
     for node in nodes:
         if node is None:
             continue
         if isinstance(node, yaml.SequenceNode):
-            for item in node.value:
-                yield _object(item, name)
+            yield from node.value
         else:
-            yield _object(node, name)
+            yield node
 
 
 def _too_deep(text: str, name: str) -> LoadError:
@@ -223,33 +262,67 @@ def _too_deep(text: str, name: str) -> LoadError:
     return LoadError(f"YAML nesting is deeper than {MAX_DEPTH} levels", Mark(name, 1, 1))
 
 
-def _object(node: yaml.Node, name: str) -> tuple[dict[str, Any], SourceMap]:
-    source = SourceMap(name)
-    builder = _Builder(source)
-    value = builder.build(node, ())
+def _object(node: yaml.Node, name: str, shared: bool) -> tuple[dict[str, Any], SourceMap]:
+    source = SourceMap(name, _pack(node.start_mark))
+    try:
+        value = _Builder(source, shared).build(node, ())
+    except LoadError:
+        # Again with every position recorded, so that the error names its place.
+        _Builder(SourceMap(name, source.root), shared, record=True).build(node, ())
+        raise
     if not isinstance(value, dict):
         raise LoadError(f"expected a mapping, got {_describe(value)}", _mark(name, node.start_mark))
     return value, source
 
 
+class _FilePositions:
+    """A file's text, kept to find its objects' positions when first asked for."""
+
+    def __init__(self, text: str, name: str) -> None:
+        self.text = text
+        self.name = name
+        self.shared = "&" in text  # an alias needs an anchor
+        self._maps: list[SourceMap] | None = None
+
+    def of_object(self, index: int) -> SourceMap:
+        """The source map, every position recorded, of the file's object ``index``."""
+        if self._maps is None:
+            self._maps = []
+            for node in _objects(_compose(self.text, self.name)):
+                source = SourceMap(self.name, _pack(node.start_mark))
+                _Builder(source, self.shared, record=True).build(node, ())
+                self._maps.append(source)
+        return self._maps[index]
+
+
 class _Builder:
     """Turns a composed YAML node tree into plain values, filling the source map."""
 
-    def __init__(self, source: SourceMap) -> None:
+    def __init__(self, source: SourceMap, shared: bool, *, record: bool = False) -> None:
         self.source = source
+        # Only a file with anchors can reach a node twice (through aliases), so only
+        # there are expansions counted and recursion looked for.
+        self.shared = shared
+        self.record = record  # fill the source map's position tables
         self.seen: set[int] = set()
         self.active: set[int] = set()
         self.expanded = 0
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int = 0) -> Any:
         source = self.source
-        if path not in source.values:
+        if self.record and path not in source.values:
             source.values[path] = _pack(node.start_mark)
         if depth > MAX_DEPTH:
             top = path[:1]
             raise LoadError(
                 f"YAML nesting is deeper than {MAX_DEPTH} levels", source.mark(top), _dotted(top)
             )
+        if self.shared:
+            return self._visit(node, path, depth)
+        return self._value(node, path, depth)
+
+    def _visit(self, node: yaml.Node, path: KeyPath, depth: int) -> Any:
+        """:meth:`_value`, for a node that aliases may reach more than once."""
         node_id = id(node)
         if node_id in self.seen:
             self.expanded += 1
@@ -263,18 +336,20 @@ class _Builder:
             if node_id in self.active:
                 raise LoadError("recursive alias", self._mark(node), _dotted(path))
         self.seen.add(node_id)
-        node_type = type(node)
-        if node_type is yaml.ScalarNode:
-            return self._scalar(node, path)
         self.active.add(node_id)
         try:
-            if isinstance(node, yaml.MappingNode):
-                return self._mapping(node, path, depth)
-            if node.tag != _SEQ_TAG:
-                raise LoadError(_tag_message(node.tag), self._mark(node), _dotted(path))
-            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+            return self._value(node, path, depth)
         finally:
             self.active.discard(node_id)
+
+    def _value(self, node: yaml.Node, path: KeyPath, depth: int) -> Any:
+        if type(node) is yaml.ScalarNode:
+            return self._scalar(node, path)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if node.tag != _SEQ_TAG:
+            raise LoadError(_tag_message(node.tag), self._mark(node), _dotted(path))
+        return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
 
     def _mark(self, node: yaml.Node) -> Mark:
         return _mark(self.source.file, node.start_mark)
@@ -302,7 +377,8 @@ class _Builder:
                     self._mark(key_node),
                     _dotted(here),
                 )
-            keys[here] = _pack(key_node.start_mark)
+            if self.record:
+                keys[here] = _pack(key_node.start_mark)
             result[key] = self.build(value_node, here, depth + 1)
         for key, value in merged.items():
             result.setdefault(key, value)

@@ -17,7 +17,9 @@ The rule, in order (documented in the README):
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from compiler.errors import Mark, ResolveError
 
@@ -32,6 +34,14 @@ class HostSlots:
     port_range: tuple[int, int]
     mark: Mark
 
+    @cached_property
+    def gpus_of(self) -> dict[str, list[int]]:
+        """The host's GPU indices per framework, lowest first."""
+        found: dict[str, list[int]] = {}
+        for index, framework in sorted(self.gpus.items()):
+            found.setdefault(framework, []).append(index)
+        return found
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -45,11 +55,26 @@ class Request:
     worker_selector: dict[str, str]
     port: int | None
     mark: Mark
-    gpu_ids_mark: Mark
-    port_mark: Mark
-    selector_mark: Mark
-    per_mark: Mark
     per_explicit: bool
+    # Where a merged key (dotted) was written. Asked only to report an error, so the
+    # deployment's origin table is built for the few deployments that have one.
+    locate: Callable[[str], Mark]
+
+    @property
+    def gpu_ids_mark(self) -> Mark:
+        return self.locate("gpu_selector.gpu_ids")
+
+    @property
+    def port_mark(self) -> Mark:
+        return self.locate("port")
+
+    @property
+    def selector_mark(self) -> Mark:
+        return self.locate("worker_selector")
+
+    @property
+    def per_mark(self) -> Mark:
+        return self.locate("gpu_selector.gpus_per_replica")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,8 @@ class _State:
     # Candidate hosts per (selector, framework, GPUs needed), best first. Ranks only
     # ever get worse as GPUs are claimed, so a stale entry is re-ranked when it surfaces.
     heaps: dict[tuple[object, ...], list[_Rank]] = field(default_factory=dict)
+    # The hosts that carry each label (key, value), in host order.
+    labelled: dict[tuple[str, str], list[HostSlots]] = field(default_factory=dict)
 
 
 def place(
@@ -91,7 +118,7 @@ def place(
     prior: dict[tuple[str, int], Prior],
 ) -> list[Placed]:
     by_name = {host.name: host for host in hosts}
-    state = _State()
+    state = _State(labelled=_by_label(hosts))
     assigned: dict[tuple[str, int], tuple[str, tuple[int, ...], bool]] = {}
     requests = sorted(requests, key=lambda r: r.deployment)
 
@@ -117,6 +144,14 @@ def place(
             assigned[(request.deployment, replica)] = (host, gpus, False)
 
     return _ports(requests, assigned, by_name, prior, state)
+
+
+def _by_label(hosts: list[HostSlots]) -> dict[tuple[str, str], list[HostSlots]]:
+    labelled: dict[tuple[str, str], list[HostSlots]] = {}
+    for host in hosts:
+        for label in host.labels.items():
+            labelled.setdefault(label, []).append(host)
+    return labelled
 
 
 def _explicit(request: Request, hosts: dict[str, HostSlots]) -> list[tuple[str, tuple[int, ...]]]:
@@ -208,11 +243,12 @@ def _matches(request: Request, host: HostSlots) -> bool:
 
 
 def _free(request: Request, host: HostSlots, state: _State) -> list[int]:
-    return sorted(
+    owner = state.gpu_owner
+    return [
         index
-        for index, framework in host.gpus.items()
-        if framework == request.framework and (host.name, index) not in state.gpu_owner
-    )
+        for index in host.gpus_of.get(request.framework, ())
+        if (host.name, index) not in owner
+    ]
 
 
 def _prior_fits(request: Request, old: Prior, hosts: dict[str, HostSlots], state: _State) -> bool:
@@ -242,7 +278,7 @@ def _choose(
     key = (tuple(sorted(request.worker_selector.items())), request.framework, need)
     heap = state.heaps.get(key)
     if heap is None:
-        heap = [rank(host) for host in hosts if _matches(request, host)]
+        heap = [rank(host) for host in _matching(request, hosts, state)]
         heapq.heapify(heap)
         state.heaps[key] = heap
     while heap:
@@ -271,6 +307,17 @@ def _choose(
         request.per_mark,
         "gpu_selector.gpus_per_replica",
     )
+
+
+def _matching(request: Request, hosts: list[HostSlots], state: _State) -> list[HostSlots]:
+    """The hosts that match ``request``'s worker_selector, in host order."""
+    if not request.worker_selector:
+        return hosts
+    # Only hosts that carry the selector's rarest label can match all of it.
+    fewest = min(
+        (state.labelled.get(label, []) for label in request.worker_selector.items()), key=len
+    )
+    return [host for host in fewest if _matches(request, host)]
 
 
 def _selector_text(selector: dict[str, str]) -> str:

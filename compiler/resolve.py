@@ -11,7 +11,7 @@ import hashlib
 import json
 import posixpath
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -87,8 +87,11 @@ class Workload(BaseModel):
 
     @cached_property
     def _spec_hash(self) -> str:
-        canonical = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
+        canonical = _CANONICAL_JSON.encode(self.spec())
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,27 +160,19 @@ class _Layer:
 class Origins(Mapping[str, Origin]):
     """Where each merged key came from.
 
-    The table is large (a record per key of every layer) and a compile needs only a
-    few entries of it, so an :class:`Origin` is built only when asked for, and the
-    table can be dropped with :meth:`forget` and is then rebuilt from the layers on
-    the next look-up (for an error or ``explain``).
+    The table is large (a record per key of every layer) and a compile needs none of
+    it unless something fails or ``explain`` asks, so it is built from the layers on
+    the first look-up, and an :class:`Origin` only for the keys asked for.
     """
 
     def __init__(self, layers: list[_Layer]) -> None:
         self.layers = layers
-        self._sources: dict[str, tuple[_Layer, KeyPath]] | None = {}
-        self._fixed: dict[str, Origin] = {}
+        self._sources: dict[str, tuple[_Layer, KeyPath]] | None = None
+        self._fallbacks: dict[str, Origin] = {}
 
-    def record(self, key: str, layer: _Layer, path: KeyPath) -> None:
-        assert self._sources is not None
-        self._sources[key] = (layer, path)
-
-    def forget(self) -> None:
-        self._sources = None
-
-    def setdefault(self, key: str, origin: Origin) -> None:
-        if key not in self:
-            self._fixed[key] = origin
+    def fallback(self, key: str, origin: Origin) -> None:
+        """``origin`` stands for ``key`` when no layer writes it."""
+        self._fallbacks[key] = origin
 
     def below(self, key: str, *path: str | int) -> Origin:
         """Where ``path`` inside the merged value ``key`` was written (a list item)."""
@@ -189,60 +184,63 @@ class Origins(Mapping[str, Origin]):
 
     def _table(self) -> dict[str, tuple[_Layer, KeyPath]]:
         if self._sources is None:
-            self._sources = _merge(self.layers)[1]._table()
+            sources: dict[str, tuple[_Layer, KeyPath]] = {}
+            _merge(self.layers, sources=sources)
+            self._sources = sources
         return self._sources
 
     def __getitem__(self, key: str) -> Origin:
         source = self._table().get(key)
         if source is None:
-            return self._fixed[key]
+            return self._fallbacks[key]
         layer, path = source
         return layer.origin(path)
 
     def __iter__(self) -> Iterator[str]:
-        return iter({**dict.fromkeys(self._table()), **dict.fromkeys(self._fixed)})
+        return iter({**dict.fromkeys(self._table()), **dict.fromkeys(self._fallbacks)})
 
     def __len__(self) -> int:
-        return len(set(self._table()) | set(self._fixed))
+        return len(set(self._table()) | set(self._fallbacks))
 
 
 def _merge(
-    layers: list[_Layer], base: tuple[dict[str, Any], Origins] | None = None
-) -> tuple[dict[str, Any], Origins]:
+    layers: list[_Layer],
+    base: dict[str, Any] | None = None,
+    sources: dict[str, tuple[_Layer, KeyPath]] | None = None,
+) -> dict[str, Any]:
     """Merge layers, lowest precedence first: maps key by key, lists/scalars replaced.
 
-    ``base`` is an earlier merge to start from (it is not changed); its layers count
-    as the lowest ones.
+    ``base`` is an earlier merge to start from (it is not changed). ``sources``, when
+    given, is filled with where each merged key (dotted) was written: layer and path.
     """
-    if base is None:
-        merged: dict[str, Any] = {}
-        origins = Origins(layers)
-    else:
-        merged = _copy_maps(base[0])
-        origins = Origins(base[1].layers + layers)
-        origins._sources = dict(base[1]._table())
-
-    def into(
-        target: dict[str, Any], values: dict[str, Any], layer: _Layer, path: KeyPath, prefix: str
-    ) -> None:
-        # Layer values are shared between deployments: maps are copied as they merge,
-        # other values are never mutated and so are shared as they are.
-        for key, value in values.items():
-            here = path + (key,)
-            name = prefix + key
-            if type(value) is dict:
-                existing = target.get(key)
-                if type(existing) is not dict:
-                    existing = target[key] = {}
-                    origins.record(name, layer, here)
-                into(existing, value, layer, here, name + ".")
-            else:
-                target[key] = value
-                origins.record(name, layer, here)
-
+    merged = {} if base is None else _copy_maps(base)
     for layer in layers:
-        into(merged, layer.values, layer, (), "")
-    return merged, origins
+        _merge_layer(merged, layer.values, layer, (), sources)
+    return merged
+
+
+def _merge_layer(
+    target: dict[str, Any],
+    values: dict[str, Any],
+    layer: _Layer,
+    path: KeyPath,
+    sources: dict[str, tuple[_Layer, KeyPath]] | None,
+) -> None:
+    # Layer values are shared between deployments: maps are copied as they merge,
+    # other values are never mutated and so are shared as they are.
+    for key, value in values.items():
+        here = path + (key,)
+        if type(value) is dict:
+            existing = target.get(key)
+            if type(existing) is not dict:
+                existing = target[key] = {}
+                if sources is not None:
+                    sources[dotted(here)] = (layer, here)
+            _merge_layer(existing, value, layer, here, sources)
+        else:
+            target[key] = value
+            if sources is not None:
+                sources[dotted(here)] = (layer, here)
 
 
 def _copy_maps(value: dict[str, Any]) -> dict[str, Any]:
@@ -259,25 +257,28 @@ def _set_fields(model: BaseModel) -> dict[str, Any]:
 def _chain(
     name: str,
     parents_of: dict[str, list[str]],
-    marks: dict[str, Mark],
+    docs: Mapping[str, Document],
     what: str,
     stack: tuple[str, ...] = (),
 ) -> list[str]:
     """``name``'s ancestors, root first, each once (first occurrence kept), then ``name``.
 
-    ``marks`` holds, per name, where its ``extends`` is written.
+    ``docs`` holds each name's document, where its ``extends`` is written.
     """
     if name in stack:
         cycle = stack[stack.index(name) :] + (name,)
-        raise _CycleError(f"cycle {' -> '.join(cycle)}", marks[cycle[0]], "extends", cycle)
+        mark = docs[cycle[0]].source.mark(("extends",))
+        raise _CycleError(f"cycle {' -> '.join(cycle)}", mark, "extends", cycle)
     order: list[str] = []
     for parent in parents_of.get(name, []):
         if parent not in parents_of:
             known = ", ".join(sorted(parents_of)) or "none"
             raise ResolveError(
-                f"unknown {what} '{parent}' (known: {known})", marks[name], "extends"
+                f"unknown {what} '{parent}' (known: {known})",
+                docs[name].source.mark(("extends",)),
+                "extends",
             )
-        for ancestor in _chain(parent, parents_of, marks, what, stack + (name,)):
+        for ancestor in _chain(parent, parents_of, docs, what, stack + (name,)):
             if ancestor not in order:
                 order.append(ancestor)
     order.append(name)
@@ -293,7 +294,7 @@ class _CycleError(ResolveError):
 def _chains(
     names: list[str],
     parents_of: dict[str, list[str]],
-    marks: dict[str, Mark],
+    docs: Mapping[str, Document],
     what: str,
     errors: list[FleetformError],
 ) -> dict[str, list[str]]:
@@ -302,7 +303,7 @@ def _chains(
     cycles: set[frozenset[str]] = set()
     for name in names:
         try:
-            chains[name] = _chain(name, parents_of, marks, what)
+            chains[name] = _chain(name, parents_of, docs, what)
         except _CycleError as error:
             if error.members not in cycles:
                 cycles.add(error.members)
@@ -355,7 +356,7 @@ class _Backend:
     name: str
     layers: list[tuple[Backend, Document]]
     _version_layers: dict[str, list[_Layer]] = field(default_factory=dict)
-    _bases: dict[str, tuple[dict[str, Any], Origins]] = field(default_factory=dict)
+    _bases: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @cached_property
     def versions(self) -> dict[str, list[_Layer]]:
@@ -394,12 +395,15 @@ class _Backend:
             )
         return layers
 
-    def base(self, version: str) -> tuple[dict[str, Any], Origins]:
+    def base(self, version: str) -> dict[str, Any]:
         """The backend defaults and ``version`` merged: what every deployment of that
         version starts from (merged once, not once per deployment)."""
         if version not in self._bases:
-            self._bases[version] = _merge([*self.default_layers, *self.version_layers(version)])
+            self._bases[version] = _merge(self.base_layers(version))
         return self._bases[version]
+
+    def base_layers(self, version: str) -> list[_Layer]:
+        return [*self.default_layers, *self.version_layers(version)]
 
     def version_layers(self, version: str) -> list[_Layer]:
         """A version's layers with ``custom_framework`` renamed to ``framework``."""
@@ -421,13 +425,24 @@ class _Backend:
             self._version_layers[version] = layers
         return self._version_layers[version]
 
-    def field(self, name: str) -> tuple[Any, Origin | None]:
-        value, origin = None, None
+    def field(self, name: str) -> Any:
+        """A backend field's value: the last layer of the chain that sets it wins."""
+        setter = self._setter(name)
+        return None if setter is None else getattr(setter[0], name)
+
+    def field_origin(self, name: str) -> Origin | None:
+        setter = self._setter(name)
+        if setter is None:
+            return None
+        backend, doc = setter
+        return Origin(doc.source.mark((name,)), f"backend '{backend.backend_name}'", name)
+
+    def _setter(self, name: str) -> tuple[Backend, Document] | None:
+        found = None
         for backend, doc in self.layers:
             if name in backend.model_fields_set and getattr(backend, name) is not None:
-                value = getattr(backend, name)
-                origin = Origin(doc.source.mark((name,)), f"backend '{backend.backend_name}'", name)
-        return value, origin
+                found = (backend, doc)
+        return found
 
 
 def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None) -> Fleet:
@@ -437,19 +452,14 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     hosts = _resolve_hosts(repo, errors)
     backends = _resolve_backends(repo, errors)
     deployments = {d.name: (d, doc) for d, doc in repo.deployments}
-    _check_unique(
-        [(d.name, doc.source.mark(("name",))) for d, doc in repo.deployments],
-        "deployment",
-        "name",
-        errors,
-    )
+    _check_unique([(d.name, doc) for d, doc in repo.deployments], "deployment", "name", errors)
     if errors:
         raise ErrorList(errors)
 
     parents = {name: list(d.extends or []) for name, (d, _) in deployments.items()}
-    marks = {name: doc.source.mark(("extends",)) for name, (_, doc) in deployments.items()}
+    docs = {name: doc for name, (_, doc) in deployments.items()}
     concrete = sorted(name for name, (d, _) in deployments.items() if not d.abstract)
-    chains = _chains(concrete, parents, marks, "deployment", errors)
+    chains = _chains(concrete, parents, docs, "deployment", errors)
     own_layers = _LazyLayers(deployments)
     drafts: list[_Draft] = []
     for name, chain in chains.items():
@@ -517,18 +527,22 @@ class _Explanations(Mapping[str, Explanation]):
 
 
 def _check_unique(
-    items: list[tuple[str, Mark]], what: str, key: str, errors: list[FleetformError]
+    items: list[tuple[str, Document]], what: str, key: str, errors: list[FleetformError]
 ) -> None:
-    first: dict[str, Mark] = {}
-    for name, mark in items:
+    """Each name once; ``key`` is the field that holds it in each document."""
+    first: dict[str, Document] = {}
+    for name, doc in items:
         if name in first:
+            where = first[name].source.mark((key,))
             errors.append(
                 ResolveError(
-                    f"duplicate {what} '{name}' (first defined at {first[name]})", mark, key
+                    f"duplicate {what} '{name}' (first defined at {where})",
+                    doc.source.mark((key,)),
+                    key,
                 )
             )
         else:
-            first[name] = mark
+            first[name] = doc
 
 
 def _port_range(text: str) -> tuple[int, int]:
@@ -540,9 +554,7 @@ def _resolve_hosts(
     repo: Repo, errors: list[FleetformError]
 ) -> dict[str, tuple[ResolvedHost, Mark]]:
     defaults = repo.settings.defaults
-    _check_unique(
-        [(h.name, doc.source.mark(("name",))) for h, doc in repo.hosts], "host", "name", errors
-    )
+    _check_unique([(h.name, doc) for h, doc in repo.hosts], "host", "name", errors)
     hosts: dict[str, tuple[ResolvedHost, Mark]] = {}
     for host, doc in repo.hosts:
         gpus = host.gpu_list()
@@ -584,21 +596,19 @@ def _resolve_hosts(
 
 def _resolve_backends(repo: Repo, errors: list[FleetformError]) -> dict[str, _Backend]:
     _check_unique(
-        [(b.backend_name, doc.source.mark(("backend_name",))) for b, doc in repo.backends],
-        "backend",
-        "backend_name",
-        errors,
+        [(b.backend_name, doc) for b, doc in repo.backends], "backend", "backend_name", errors
     )
     by_name = {b.backend_name: (b, doc) for b, doc in repo.backends}
     parents = {name: [b.extends] if b.extends else [] for name, (b, _) in by_name.items()}
-    marks = {name: doc.source.mark(("extends",)) for name, (_, doc) in by_name.items()}
+    docs = {name: doc for name, (_, doc) in by_name.items()}
     resolved: dict[str, _Backend] = {}
-    chains = _chains(sorted(by_name), parents, marks, "backend", errors)
+    chains = _chains(sorted(by_name), parents, docs, "backend", errors)
     for name, chain in chains.items():
         backend = _Backend(name, [by_name[link] for link in chain])
         versions = backend.versions
-        default, origin = backend.field("default_version")
+        default = backend.field("default_version")
         if default is not None and default not in versions:
+            origin = backend.field_origin("default_version")
             assert origin is not None
             errors.append(
                 ResolveError(
@@ -695,9 +705,9 @@ class _Draft:
         def lookup(name: str) -> str | None:
             return builtins.get(name, env.get(name))
 
-        def render(words: list[str], key: str) -> tuple[str, ...]:
+        def render(words: Iterable[str], key: str) -> tuple[str, ...]:
             try:
-                return tuple(template.substitute(word, lookup, defined, secrets) for word in words)
+                return template.substitute_words(words, lookup, defined, secrets)
             except template.TemplateError as error:
                 raise failure(key, error) from None
 
@@ -716,10 +726,10 @@ class _Draft:
         style = values.get("parameter_format")
         for key in ("default_backend_param", "backend_parameters"):
             try:
-                params = template.flatten_parameters(values.get(key) or [])
+                params = template.parameter_words(tuple(values.get(key) or ()), style)
             except template.TemplateError as error:
                 raise failure(key, error) from None
-            command.extend(render(template.normalise_parameters(params, style), key))
+            command.extend(render(params, key))
 
         image = values.get("image_name")
         if not image:
@@ -896,14 +906,17 @@ def _draft(
 ) -> _Draft:
     deployment_layers = [own_layers[link] for link in chain]
     # backend and backend_version are scalars: the last link that sets one wins.
-    chosen = {
+    chosen: dict[str, _Layer] = {
         key: layer
         for layer in deployment_layers
         for key in ("backend", "backend_version")
         if key in layer.values
     }
     merged = {key: layer.values[key] for key, layer in chosen.items()}
-    merged_origins = {key: layer.origin((key,)) for key, layer in chosen.items()}
+
+    def written_at(key: str) -> Mark:
+        return chosen[key].origin((key,)).mark
+
     doc = deployments[name][1]
     backend_name = merged.get("backend")
     if not backend_name:
@@ -914,24 +927,24 @@ def _draft(
     if backend is None:
         raise ResolveError(
             f"unknown backend '{backend_name}' (known: {', '.join(sorted(backends)) or 'none'})",
-            merged_origins["backend"].mark,
+            written_at("backend"),
             "backend",
         )
     versions = backend.versions
     if not versions:
         raise ResolveError(
             f"backend '{backend.name}' has no version_configs",
-            merged_origins["backend"].mark,
+            written_at("backend"),
             "backend",
         )
     requested = merged.get("backend_version")
-    default, _ = backend.field("default_version")
+    default = backend.field("default_version")
     if requested is not None:
         if requested not in versions:
             raise ResolveError(
                 f"backend '{backend.name}' has no version '{requested}'"
                 f" (versions: {', '.join(versions)})",
-                merged_origins["backend_version"].mark,
+                written_at("backend_version"),
                 "backend_version",
             )
         version, reason = requested, "named by the deployment's backend_version"
@@ -941,7 +954,13 @@ def _draft(
         version = highest_version(list(versions))
         reason = "the highest version key (no backend_version or default_version)"
 
-    values, origins = _merge(deployment_layers, backend.base(version))
+    values = _merge(deployment_layers, backend.base(version))
+    origins = Origins([*backend.base_layers(version), *deployment_layers])
+    origins.fallback("framework", Origin(doc.mark, "default (no custom_framework)"))
+
+    def locate(key: str) -> Mark:
+        origin = origins.get(key)
+        return doc.mark if origin is None else origin.mark
 
     framework = values.get("framework") or "cuda"
     values["framework"] = framework
@@ -950,8 +969,8 @@ def _draft(
     selector = values.get("gpu_selector") or {}
     raw_ids = selector.get("gpu_ids")
     gpu_ids = None
-    ids_mark = origins.get("gpu_selector.gpu_ids", Origin(doc.mark, "")).mark
     if raw_ids is not None:
+        ids_mark = locate("gpu_selector.gpu_ids")
         gpu_ids = tuple(_parse_gpu_id(text, ids_mark) for text in raw_ids)
     per = selector.get("gpus_per_replica")
     if per is None:
@@ -962,10 +981,9 @@ def _draft(
     if framework == "cpu" and per and gpu_ids is None:
         raise ResolveError(
             "a cpu backend version takes no GPUs",
-            origins.get("gpu_selector.gpus_per_replica", Origin(doc.mark, "")).mark,
+            locate("gpu_selector.gpus_per_replica"),
             "gpu_selector.gpus_per_replica",
         )
-    port_origin = origins.get("port", Origin(doc.mark, ""))
     request = Request(
         deployment=name,
         replicas=replicas,
@@ -975,14 +993,9 @@ def _draft(
         worker_selector=dict(values.get("worker_selector") or {}),
         port=values.get("port"),
         mark=doc.mark,
-        gpu_ids_mark=ids_mark,
-        port_mark=port_origin.mark,
-        selector_mark=origins.get("worker_selector", Origin(doc.mark, "")).mark,
-        per_mark=origins.get("gpu_selector.gpus_per_replica", Origin(doc.mark, "")).mark,
         per_explicit=selector.get("gpus_per_replica") is not None,
+        locate=locate,
     )
-    origins.setdefault("framework", Origin(doc.mark, "default (no custom_framework)"))
-    origins.forget()  # rebuilt only for an error or explain
     return _Draft(
         name=name,
         doc=doc,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -75,23 +76,59 @@ def substitute(
     """
     if "{{" not in text:
         return text
-    missing = [name for name in dict.fromkeys(names_in(text)) if lookup(name) is None]
+    parsed = _parse(text)
+    values = {name: lookup(name) for name in parsed.names}
+    missing = [name for name, value in values.items() if value is None]
     secret = [name for name in missing if name in secrets]
     if secret:
         raise SecretPlaceholder(secret)
     if missing:
         raise UndefinedPlaceholder(missing, defined)
-    _reject_stray_braces(text)
-    return PLACEHOLDER.sub(lambda m: lookup(m.group(1)) or "", text)
+    if parsed.stray is not None:
+        raise TemplateError(parsed.stray)
+    pieces = list(parsed.pieces)
+    for i in range(1, len(pieces), 2):
+        pieces[i] = values[pieces[i]] or ""  # never None: a missing name raised above
+    return "".join(pieces)
+
+
+def substitute_words(
+    words: Iterable[str],
+    lookup: Callable[[str], str | None],
+    defined: list[str],
+    secrets: Collection[str] = (),
+) -> tuple[str, ...]:
+    """:func:`substitute` in each of ``words`` (most hold no placeholder)."""
+    return tuple(
+        word if "{{" not in word else substitute(word, lookup, defined, secrets) for word in words
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A text cut at its placeholders."""
+
+    pieces: tuple[str, ...]  # text, name, text, ..., name, text
+    names: tuple[str, ...]  # each name once, in order of first use
+    stray: str | None  # the error for a `{{` that opens no placeholder
+
+
+@lru_cache(maxsize=65_536)
+def _parse(text: str) -> _Parsed:
+    # Cached: a fleet's many workloads share few distinct templates.
+    pieces = tuple(PLACEHOLDER.split(text))
+    stray = _NEAR_MISS.search("".join(pieces[0::2]))
+    message = None
+    if stray:
+        message = f"'{stray.group(0)}' is not a placeholder; only {{{{name}}}} is supported"
+    return _Parsed(pieces, tuple(dict.fromkeys(pieces[1::2])), message)
 
 
 def _reject_stray_braces(text: str) -> None:
     """``{{`` that does not open a ``{{name}}`` placeholder is an error, never text."""
-    stray = _NEAR_MISS.search(PLACEHOLDER.sub("", text))
-    if stray:
-        raise TemplateError(
-            f"'{stray.group(0)}' is not a placeholder; only {{{{name}}}} is supported"
-        )
+    stray = _parse(text).stray
+    if stray is not None:
+        raise TemplateError(stray)
 
 
 def render_env(
@@ -105,7 +142,6 @@ def render_env(
     secret). A reference to a secret is reported only at the values that write it, not
     at those that reach it through other variables.
     """
-    rendered: dict[str, str] = {}
     errors: dict[str, TemplateError] = {}
     if secrets:
         for name in sorted(env):
@@ -117,29 +153,48 @@ def render_env(
             if named:
                 errors[name] = SecretPlaceholder(named)
         if errors:
-            return rendered, errors
+            return {}, errors
     defined = sorted(builtins) + sorted(name for name in env if name not in builtins)
+    values = _EnvValues(env, builtins, defined)
+    for name in sorted(env):
+        try:
+            values.value_of(name)
+        except TemplateError as error:
+            errors[name] = error
+    return values.rendered, errors
 
-    def value_of(name: str, stack: tuple[str, ...]) -> str | None:
-        if name in builtins:
-            return builtins[name]
-        if name not in env:
+
+class _EnvValues:
+    """Env values, each rendered once, when first needed: a value may use another.
+
+    A class, not a closure that calls itself: that would be a reference cycle, left to
+    the garbage collector, for every workload of a fleet.
+    """
+
+    def __init__(
+        self, env: Mapping[str, str], builtins: Mapping[str, str], defined: list[str]
+    ) -> None:
+        self.env = env
+        self.builtins = builtins
+        self.defined = defined
+        self.rendered: dict[str, str] = {}
+
+    def value_of(self, name: str, stack: tuple[str, ...] = ()) -> str | None:
+        if name in self.builtins:
+            return self.builtins[name]
+        if name not in self.env:
             return None
-        if name in rendered:
-            return rendered[name]
+        if name in self.rendered:
+            return self.rendered[name]
         if name in stack:
             cycle = " -> ".join(stack[stack.index(name) :] + (name,))
             raise TemplateError(f"placeholder cycle in env: {cycle}")
-        result = substitute(env[name], lambda other: value_of(other, stack + (name,)), defined)
-        rendered[name] = result
+        within = stack + (name,)
+        result = substitute(
+            self.env[name], lambda other: self.value_of(other, within), self.defined
+        )
+        self.rendered[name] = result
         return result
-
-    for name in sorted(env):
-        try:
-            value_of(name, ())
-        except TemplateError as error:
-            errors[name] = error
-    return rendered, errors
 
 
 def is_parameter_key(word: str) -> bool:
@@ -151,6 +206,15 @@ def is_parameter_key(word: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+@lru_cache(maxsize=4096)
+def parameter_words(entries: tuple[str, ...], style: str | None) -> tuple[str, ...]:
+    """A parameter list as argv words, before substitution: flattened, then normalised.
+
+    Cached: a backend's default parameters recur in each of its deployments.
+    """
+    return tuple(normalise_parameters(flatten_parameters(list(entries)), style))
 
 
 def flatten_parameters(entries: list[str]) -> list[str]:

@@ -825,8 +825,6 @@ def _cgroup_mounts() -> list[str]:
     return options
 
 
-
-
 def _trust_host_key(home: Path, address: str, port: int, public_key: Path) -> None:
     trust_host_key(home, address, port, public_key)
 

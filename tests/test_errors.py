@@ -241,6 +241,18 @@ SCENARIOS: list[Scenario] = [
         " (did you mean 'health_check_path'?)",
     ),
     scenario(
+        # A document's positions are looked up again only for an error: the third object.
+        "unknown-key-in-third-object-of-a-list",
+        {
+            "deployments.d/more.yaml": (
+                "- name: one\n  backend: vllm\n  local_path: /models/one\n"
+                "- name: two\n  backend: vllm\n  local_path: /models/two\n"
+                "- name: three\n  backend: vllm\n  local_path: /models/three\n  replicsa: 2\n"
+            )
+        },
+        "deployments.d/more.yaml:10:3: replicsa: unknown key 'replicsa' (did you mean 'replicas'?)",
+    ),
+    scenario(
         "backend-unknown-key-without-hint",
         {B: BACKEND + "gpu_vendor: nvidia\n"},
         f"{B}:8:1: gpu_vendor: unknown key 'gpu_vendor'",
@@ -448,6 +460,20 @@ SCENARIOS: list[Scenario] = [
         "undefined-placeholder-in-run-command",
         {D: DEPLOYMENT + "run_command: vllm serve {{model_path}} --port {{prot}}\n"},
         f"{D}:5:14: run_command: undefined placeholder {{{{prot}}}} (defined: {BUILTINS_DEFINED})",
+    ),
+    scenario(
+        # In the second object of a file with anchors, its env merged from the first's.
+        "undefined-placeholder-in-env-merged-from-an-alias",
+        {
+            "deployments.d/more.yaml": (
+                "- name: one\n  backend: vllm\n  local_path: /models/one\n"
+                "  env: &env\n    A: '1'\n"
+                "- name: two\n  backend: vllm\n  local_path: /models/two\n"
+                "  env:\n    <<: *env\n    B: '{{nope}}'\n"
+            )
+        },
+        "deployments.d/more.yaml:11:8: env.B: undefined placeholder {{nope}}"
+        f" (defined: {BUILTINS_DEFINED}, A, B)",
     ),
     scenario(
         "undefined-placeholder-in-backend-default-run-command",

@@ -65,6 +65,4 @@ def test_lookalikes_round_trip_through_compose(tmp_path: Path) -> None:
     assert [compose_value(word) for word in read["command"]] == values
     env = {key: compose_value(value) for key, value in read["environment"].items()}
     assert env == service["environment"]
-    assert {key: compose_value(value) for key, value in read["labels"].items()} == service[
-        "labels"
-    ]
+    assert {key: compose_value(value) for key, value in read["labels"].items()} == service["labels"]

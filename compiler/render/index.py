@@ -53,4 +53,7 @@ def render_index(host: ResolvedHost, workloads: list[Workload], settings: Settin
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return _ENCODER.encode(value)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps(value, ensure_ascii=False)

@@ -33,6 +33,8 @@ _NUMBER_LIKE = re.compile(
 _RESERVED = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})
 _SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 _RESOLVER = yaml.resolver.Resolver()
+# The first characters of the text the resolver may take for another type than str.
+_TYPED_STARTS = frozenset(start for start in _RESOLVER.yaml_implicit_resolvers if start)
 _STR_TAG = "tag:yaml.org,2002:str"
 # Characters a single-quoted scalar can hold as written.
 _SINGLE_SAFE = re.compile(
@@ -63,6 +65,8 @@ def _is_plain(value: str) -> bool:
         return False
     if value.lower() in _RESERVED or _NUMBER_LIKE.fullmatch(value):
         return False
+    if value[0] not in _TYPED_STARTS:
+        return True  # the resolver has no implicit type for it
     tag: str = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
     return tag == _STR_TAG
 

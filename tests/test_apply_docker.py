@@ -719,7 +719,8 @@ def test_failed_update_rolls_back_to_the_previous_container(fleet: Fleet) -> Non
     # run it again before the check saw it exit).
     assert re.search(
         r"^  h1: FAILED after 0 step\(s\): update fleetform-web-0: container exited at once"
-        r" \(exit code 3\): broken( \| broken)*; rolled back to the previous container$",
+        r" \((exit code 3|restarted \d+× by its restart policy)\): broken( \| broken)*;"
+        r" rolled back to the previous container$",
         failed.stdout,
         re.MULTILINE,
     ), failed
@@ -744,6 +745,35 @@ def test_failed_update_rolls_back_to_the_previous_container(fleet: Fleet) -> Non
     assert fleet.env("fleetform-web-0") == {"A": "2"}
     assert fleet.inspect("fleetform-web-0")["Id"] != old["Id"]
     assert get(f"http://{fleet.address}:{port}/health") == 200
+    assert fleet.check() == (0, [])
+
+
+def test_new_containers_start_together_and_a_failed_one_stops_the_rest(fleet: Fleet) -> None:
+    names = ["fleetform-a-0", "fleetform-b-0", "fleetform-c-0"]
+    broken = "sh -c 'echo broken; exit 3'"
+    a, b, c = (deployment(n, backend_version="cpu") for n in "abc")
+    fleet.deploy(a, {**b, "run_command": broken}, c)
+    failed = fleet.apply(expect=1)
+    progress = [line for line in failed.stderr.splitlines() if line.startswith("h1: [")]
+    # All three were started before the first was watched; a passed, b exited: c is not done.
+    assert progress[:3] == [f"h1: [{n}/3] create {x} ..." for n, x in enumerate(names, 1)], failed
+    assert len(progress) == 4, failed
+    assert progress[3].startswith("h1: [1/3] create fleetform-a-0: done ("), failed
+    assert re.search(
+        r"^  h1: FAILED after 1 step\(s\): create fleetform-b-0: container exited at once"
+        r" \((exit code 3|restarted \d+× by its restart policy)\): broken( \| broken)*$",
+        failed.stdout,
+        re.MULTILINE,
+    ), failed
+    assert fleet.names() == {"fleetform-a-0"}  # b removed, c (started after b) removed again
+    assert fleet.check() == (2, [H1 + "create fleetform-b-0", H1 + "create fleetform-c-0"])
+
+    fleet.deploy(a, b, c)
+    done = fleet.apply()
+    assert done_steps(done.stderr) == [H1 + "create fleetform-b-0", H1 + "create fleetform-c-0"]
+    assert {name: fleet.inspect(name)["State"]["Status"] for name in names} == dict.fromkeys(
+        names, "running"
+    )
     assert fleet.check() == (0, [])
 
 

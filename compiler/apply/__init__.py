@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from compiler.apply.docker import NO_SECRETS, DockerExecutor, Options, Secrets, StepFailed
+from compiler.apply.docker import (
+    NO_SECRETS,
+    DockerExecutor,
+    Options,
+    Secrets,
+    Started,
+    StepFailed,
+)
 from compiler.errors import FleetformError
 from compiler.plan import DesiredHost, HostPlan, Plan, Step, plan_host, secret_hash
 
@@ -155,18 +162,47 @@ def _apply_host(
             executor = DockerExecutor(engine, options, lambda m: say(host, m))
             specs = {spec.name: spec for spec in target.desired.specs}
             total = len(host_plan.steps)
+            # New containers in a row are started, then settled together (in order).
+            launched: list[tuple[int, Step, Started, float]] = []
+
+            def done(number: int, step: Step, began: float) -> None:
+                result.done.append(step)
+                seconds = time.monotonic() - began
+                say(host, f"[{number}/{total}] {step.action} {step.name}: done ({seconds:.1f} s)")
+
+            def settle_launched() -> None:
+                nonlocal current
+                while launched:
+                    number, step, started, began = launched.pop(0)
+                    current = f"{step.action} {step.name}: "
+                    try:
+                        executor.settle(started)
+                    except BaseException:
+                        # The steps after a failed one are not done: their containers go.
+                        for *_, later, _ in launched:
+                            executor.discard(later)
+                        launched.clear()
+                        raise
+                    done(number, step, began)
+
             for number, step in enumerate(host_plan.steps, 1):
-                current = f"{step.action} {step.name}: "
                 say(host, f"[{number}/{total}] {step.action} {step.name} ...")
                 began = time.monotonic()
                 spec = specs.get(step.name) if step.action != "delete" else None
+                if step.action == "create" and not step.displace and spec is not None:
+                    try:
+                        started = executor.launch(spec, secrets.get(step.name, NO_SECRETS))
+                    except BaseException:
+                        settle_launched()  # the ones before it, so `done` stays in order
+                        current = f"{step.action} {step.name}: "
+                        raise
+                    launched.append((number, step, started, began))
+                    continue
+                settle_launched()
+                current = f"{step.action} {step.name}: "
                 executor.run(step, spec, secrets.get(step.name, NO_SECRETS))
-                result.done.append(step)
-                say(
-                    host,
-                    f"[{number}/{total}] {step.action} {step.name}: done"
-                    f" ({time.monotonic() - began:.1f} s)",
-                )
+                done(number, step, began)
+            settle_launched()
             current = ""
         except BaseException:
             # Report what failed, not the release that fails after it (an engine that

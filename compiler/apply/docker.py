@@ -6,10 +6,14 @@ and renamed aside, the new one created and started; if it does not start, exits 
 once, or (``--wait``) fails its health check, it is removed and the old one renamed
 back and started again, and the step fails. An interrupted apply leaves at most a
 stopped ``<name>--fleetform-previous`` container, which the next plan deletes.
+
+A new container (create) is ``launch``-ed and later ``settle``-d: the host's loop starts
+a row of them, then watches them together (``compiler.apply``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +57,15 @@ class Secrets:
 NO_SECRETS = Secrets({}, "")
 
 
+@dataclass(frozen=True)
+class Started:
+    """A new container, started at ``at`` (monotonic) and not yet settled."""
+
+    spec: ContainerSpec
+    container: str
+    at: float
+
+
 PULL_IDLE_SECONDS = 600  # a pull may say nothing for this long (a big layer unpacking)
 
 
@@ -74,7 +87,7 @@ class DockerExecutor:
                 self._post(step.current, "unpause")  # the engine refuses to start a paused one
             else:
                 self._post(step.current, "start")
-            self._check_started(spec, step.current)
+            self._check_started(spec, step.current, time.monotonic())
             return
         if step.action == "create":
             self._create_step(step, spec, secrets)
@@ -116,30 +129,60 @@ class DockerExecutor:
             raise StepFailed(f"{error.message}; rolled back to the previous container") from None
         self._remove(old)
 
-    def _start_new(self, spec: ContainerSpec, secrets: Secrets) -> None:
+    def launch(self, spec: ContainerSpec, secrets: Secrets) -> Started:
+        """Create and start a new container; ``settle`` then watches it.
+
+        Several new containers of a host are launched one after another and settled
+        together, so a first deploy waits SETTLE_SECONDS once, not once per container.
+        """
         self._ensure_image(spec.image)
         created = self._create(spec, secrets)
         try:
-            try:
-                self._post(created, "start")
-            except EngineError as error:
-                raise StepFailed(f"container did not start: {error.message}") from None
-            self._check_started(spec, created)
-        except StepFailed:
+            self._post(created, "start")
+        except EngineError as error:
             self._remove(created)
+            raise StepFailed(f"container did not start: {error.message}") from None
+        return Started(spec, created, time.monotonic())
+
+    def settle(self, started: Started) -> None:
+        """Fail (and remove it) unless the container stays up SETTLE_SECONDS after its start."""
+        try:
+            self._check_started(started.spec, started.container, started.at, new=True)
+        except StepFailed:
+            self._remove(started.container)
             raise
 
-    def _check_started(self, spec: ContainerSpec, container: str) -> None:
-        deadline = time.monotonic() + SETTLE_SECONDS
+    def discard(self, started: Started) -> None:
+        """Remove a launched container whose step is not to be done after all."""
+        with contextlib.suppress(FleetformError):
+            self._remove(started.container)
+
+    def _start_new(self, spec: ContainerSpec, secrets: Secrets) -> None:
+        self.settle(self.launch(spec, secrets))
+
+    def _check_started(
+        self, spec: ContainerSpec, container: str, since: float, *, new: bool = False
+    ) -> None:
+        deadline = since + SETTLE_SECONDS
         while True:
-            state = self._inspect(container)["State"]
-            if state.get("Status") not in ("running", "restarting") or state.get("Restarting"):
+            details = self._inspect(container)
+            state = details["State"]
+            # A new container restarted by its policy has exited, however it looks now.
+            restarted = new and details.get("RestartCount", 0) > 0
+            if (
+                state.get("Status") not in ("running", "restarting")
+                or state.get("Restarting")
+                or restarted
+            ):
                 raw = self.engine.read(f"/containers/{container}/logs", stdout=1, stderr=1, tail=5)
                 logs = demultiplex(raw).decode("utf-8", "replace").strip()
                 tail = f": {' | '.join(logs.splitlines()[-3:])}" if logs else ""
-                raise StepFailed(
-                    f"container exited at once (exit code {state.get('ExitCode')}){tail}"
+                how = (
+                    f"restarted {details['RestartCount']}× by its restart policy"
+                    if restarted and state.get("Running")
+                    else f"exit code {state.get('ExitCode')}"
                 )
+                raise StepFailed(f"container exited at once ({how}){tail}")
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.2)

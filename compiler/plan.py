@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from compiler.observe import ObservedContainer, ObservedHost, Target
@@ -51,6 +51,9 @@ class Step:
     current: str = ""  # the id of the container acted on ("" for a create)
     displace: str = ""  # the id of a foreign container squatting the name
     diff: tuple[str, ...] = ()  # systemd: the unit file's unified diff
+    # Containers of later updates to stop before this one starts: they hold a port or
+    # GPU it needs, and wait for one this step frees (a swap), so no order alone works.
+    frees: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class Step:
             "current": self.current,
             "displace": self.displace,
             "diff": list(self.diff),
+            "frees": list(self.frees),
         }
 
     @classmethod
@@ -85,6 +89,7 @@ class Step:
             current=data["current"],
             displace=data["displace"],
             diff=tuple(data.get("diff", ())),
+            frees=tuple(data.get("frees", ())),
         )
 
 
@@ -326,6 +331,8 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
             unchanged.append(spec.name)
 
     steps.sort(key=lambda s: (ACTION_ORDER[s.action], s.name))
+    if desired.target == "compose":
+        steps = _resource_order(steps, desired, owned, prefix)
     deletes = sum(1 for s in steps if s.action == "delete")
     return HostPlan(
         desired.host,
@@ -338,6 +345,63 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
         secrets_unknown=desired.secret_hashes is None
         and any(spec.secrets for spec in desired.specs),
     )
+
+
+def _resource_order(
+    steps: list[Step], desired: DesiredHost, owned: dict[str, ObservedContainer], prefix: str
+) -> list[Step]:
+    """Steps in an order where no new container starts while an old one still holds its
+    port or GPU: deletes first, then each update or create after the updates whose old
+    containers hold what it needs (else by action and name), then starts. In a cycle (two
+    deployments swapping ports), the first step stops the others' old containers first.
+    """
+    specs = {spec.name: spec for spec in desired.specs}
+    movers = [s for s in steps if s.action in ("update", "create")]
+    held = {s.name: holds(owned[s.name], prefix) for s in movers if s.action == "update"}
+    if not any(held.values()):
+        return steps
+    blockers = {
+        step.name: {
+            name: sorted(set(specs[step.name].holds) & held[name])
+            for name in held
+            if name != step.name and set(specs[step.name].holds) & held[name]
+        }
+        for step in movers
+    }
+    ordered: list[Step] = [s for s in steps if s.action == "delete"]
+    pending = list(movers)  # in (action, name) order
+    released: set[str] = set()  # updates done or whose old container is stopped first
+    while pending:
+        ready = next((s for s in pending if not set(blockers[s.name]) - released), None)
+        if ready is None:  # every one left waits on another: a cycle
+            ready = pending[0]
+            frees = sorted(set(blockers[ready.name]) - released)
+            why = "; ".join(f"{n} holds {', '.join(blockers[ready.name][n])}" for n in frees)
+            ready = replace(
+                ready,
+                frees=tuple(frees),
+                reasons=(*ready.reasons, f"stops {', '.join(frees)} first ({why})"),
+            )
+            released.update(frees)
+        ordered.append(ready)
+        pending = [s for s in pending if s.name != ready.name]
+        released.add(ready.name)
+    return ordered + [s for s in steps if s.action == "start"]
+
+
+def holds(container: ObservedContainer, prefix: str) -> set[str]:
+    """The ports and GPUs a container holds: what apply stamped on it, else the GPU ids
+    of its device request (a container made by ``docker compose up`` from output/)."""
+    labels = container.view.get("labels", {})
+    stamped = labels.get(f"{prefix}.holds")
+    if stamped is not None:
+        return set(filter(None, stamped.split(",")))
+    return {
+        f"cuda GPU {index}"
+        for request in container.view.get("gpus", [])
+        if request.startswith("nvidia:")
+        for index in filter(None, request.removeprefix("nvidia:").split(","))
+    }
 
 
 def _step(
@@ -373,7 +437,12 @@ def diff_container(
         if k not in secret_names and (k in wanted_env or container.image_env.get(k) != v)
     }
     wanted["env"] = wanted_env
-    own_labels = {f"{prefix}.spec-hash", f"{prefix}.secret-hash", f"{prefix}.secret-vars"}
+    own_labels = {
+        f"{prefix}.spec-hash",
+        f"{prefix}.secret-hash",
+        f"{prefix}.secret-vars",
+        f"{prefix}.holds",
+    }
     wanted["labels"] = {k: v for k, v in wanted["labels"].items() if k not in own_labels}
     seen["labels"] = {
         k: v

@@ -777,6 +777,55 @@ def test_new_containers_start_together_and_a_failed_one_stops_the_rest(fleet: Fl
     assert fleet.check() == (0, [])
 
 
+def test_ports_that_move_between_deployments_are_freed_before_they_are_taken(
+    fleet: Fleet,
+) -> None:
+    def serving(name: str, port: int) -> None:
+        assert fleet.inspect(name)["State"]["Status"] == "running"
+        assert f"{fleet.address}:{port}" in " ".join(fleet.inspect(name)["Config"]["Cmd"])
+        wait_for(f"http://{fleet.address}:{port}/health")
+
+    a, b = (deployment(n, backend_version="cpu") for n in "ab")
+    fleet.deploy({**a, "port": 41130}, {**b, "port": 41131})
+    fleet.apply()
+    assert fleet.inspect("fleetform-a-0")["Config"]["Labels"]["io.fleetform.holds"] == "port 41130"
+
+    # A chain: a moves onto b's port, b moves on. By name, a's new server would find its
+    # port taken (and roll back); b's update goes first.
+    fleet.deploy({**a, "port": 41131}, {**b, "port": 41132})
+    chain = fleet.apply()
+    assert done_steps(chain.stderr) == [H1 + "update fleetform-b-0", H1 + "update fleetform-a-0"]
+    serving("fleetform-a-0", 41131)
+    serving("fleetform-b-0", 41132)
+    assert fleet.check() == (0, [])
+
+    # A swap: no order works; a's step stops b's old container before a's new one starts.
+    fleet.deploy({**a, "port": 41132}, {**b, "port": 41131})
+    plan = fleet.ff("plan")
+    assert (
+        "update fleetform-a-0  (spec changed (hash" in plan.stdout
+        and "; stops fleetform-b-0 first (fleetform-b-0 holds port 41132))" in plan.stdout
+    ), plan
+    swap = fleet.apply()
+    assert done_steps(swap.stderr) == [H1 + "update fleetform-a-0", H1 + "update fleetform-b-0"]
+    assert "h1: stopped fleetform-b-0 first: it holds what fleetform-a-0 needs" in swap.stderr
+    serving("fleetform-a-0", 41132)
+    serving("fleetform-b-0", 41131)
+    assert fleet.check() == (0, [])
+
+    # A swap whose first new container fails: both old ones run again, as they were.
+    fleet.deploy({**a, "port": 41131, "run_command": "sh -c 'exit 3'"}, {**b, "port": 41132})
+    failed = fleet.apply(expect=1)
+    assert re.search(
+        r"^  h1: FAILED after 0 step\(s\): update fleetform-a-0: container exited at once .*;"
+        r" rolled back to the previous container; started fleetform-b-0 again$",
+        failed.stdout,
+        re.MULTILINE,
+    ), failed
+    serving("fleetform-a-0", 41132)
+    serving("fleetform-b-0", 41131)
+
+
 # --- 6. replace order -------------------------------------------------------------------------
 
 

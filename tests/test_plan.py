@@ -491,3 +491,97 @@ def test_json_format(update_goldens: bool) -> None:
     again = Plan.from_json(document)
     assert report.plan_json(again) == actual
     assert again.fingerprint() == combined().fingerprint() == document["fingerprint"]
+
+
+# --- ports and GPUs that move between deployments ------------------------------------------
+
+
+def running_as(old: ContainerSpec, *, stamped: bool = True) -> ObservedContainer:
+    """A container apply made from ``old``: its view, and the holds label apply stamps."""
+    from compiler.observe.docker import desired_view
+
+    view = desired_view(old, {})
+    if stamped:
+        view["labels"] = {**view["labels"], f"{PREFIX}.holds": ",".join(old.holds)}
+    return ObservedContainer(
+        id=f"id-{old.name}",
+        name=old.name,
+        state="running",
+        owned=True,
+        deployment=old.deployment,
+        replica=old.replica,
+        spec_hash=old.spec_hash,
+        secret_hash="",
+        view=view,
+    )
+
+
+def on_port(deployment: str, port: int) -> ContainerSpec:
+    return specs.spec(
+        deployment, 0, f"{deployment}{port}".ljust(16, "0"), port=port, holds=(f"port {port}",)
+    )
+
+
+def test_an_update_waits_for_the_update_that_frees_its_port() -> None:
+    # a moves onto b's port, b moves on: by name a would start first and find it taken.
+    a, b = on_port("a", 41101), on_port("b", 41102)
+    a2, b2 = on_port("a", 41102), on_port("b", 41103)
+    seen = ObservedHost("h1", "compose", (running_as(a), running_as(b)))
+    host = plan_of(a2, b2, seen=seen)
+    assert [(s.action, s.name, s.frees) for s in host.steps] == [
+        ("update", "fleetform-b-0", ()),
+        ("update", "fleetform-a-0", ()),
+    ]
+    # Unrelated steps keep their order: deletes first, starts last.
+    gone = on_port("gone", 41150)
+    c, c2 = on_port("c", 41104), dataclasses.replace(on_port("c", 41104), spec_hash="c" * 16)
+    stopped = dataclasses.replace(running_as(on_port("z", 41160)), state="exited")
+    seen = ObservedHost(
+        "h1", "compose", (running_as(a), running_as(b), running_as(gone), stopped, running_as(c))
+    )
+    host = plan_of(a2, b2, c2, on_port("z", 41160), on_port("new", 41101), seen=seen)
+    assert [(s.action, s.name) for s in host.steps] == [
+        ("delete", "fleetform-gone-0"),
+        ("update", "fleetform-b-0"),
+        ("update", "fleetform-a-0"),
+        ("update", "fleetform-c-0"),
+        ("create", "fleetform-new-0"),  # a's old port: after a's update, as by name anyway
+        ("start", "fleetform-z-0"),
+    ]
+
+
+def test_an_update_waits_for_the_update_that_frees_its_gpu() -> None:
+    def on_gpu(deployment: str, index: int, spec_hash: str) -> ContainerSpec:
+        return specs.spec(
+            deployment,
+            0,
+            spec_hash,
+            gpu_driver="nvidia",
+            gpu_ids=(str(index),),
+            holds=(f"cuda GPU {index}",),
+        )
+
+    # a moves onto b's GPU 1, b moves on to GPU 2. b was made by `docker compose up`
+    # (no holds label): its device request tells which GPU it holds.
+    a, b = on_gpu("a", 0, "a" * 16), on_gpu("b", 1, "b" * 16)
+    seen = ObservedHost("h1", "compose", (running_as(a), running_as(b, stamped=False)))
+    host = plan_of(on_gpu("a", 1, "c" * 16), on_gpu("b", 2, "d" * 16), seen=seen)
+    assert [(s.action, s.name, s.frees) for s in host.steps] == [
+        ("update", "fleetform-b-0", ()),
+        ("update", "fleetform-a-0", ()),
+    ]
+
+
+def test_a_swap_stops_the_other_old_container_first() -> None:
+    a, b = on_port("a", 41101), on_port("b", 41102)
+    a2, b2 = on_port("a", 41102), on_port("b", 41101)
+    seen = ObservedHost("h1", "compose", (running_as(a), running_as(b)))
+    host = plan_of(b2, a2, seen=seen)
+    assert [(s.action, s.name, s.frees) for s in host.steps] == [
+        ("update", "fleetform-a-0", ("fleetform-b-0",)),
+        ("update", "fleetform-b-0", ()),
+    ]
+    assert host.steps[0].reasons[-1] == "stops fleetform-b-0 first (fleetform-b-0 holds port 41102)"
+    assert "stops fleetform-b-0 first (fleetform-b-0 holds port 41102)" in text(host)
+    saved = Plan.from_json(json.loads(json.dumps(Plan(PROJECT, (host,)).to_json())))
+    assert saved.hosts[0].steps == host.steps

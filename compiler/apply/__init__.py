@@ -189,7 +189,11 @@ def _apply_host(
                 say(host, f"[{number}/{total}] {step.action} {step.name} ...")
                 began = time.monotonic()
                 spec = specs.get(step.name) if step.action != "delete" else None
-                if step.action == "create" and not step.displace and spec is not None:
+                if (
+                    step.action == "create"
+                    and not (step.displace or step.frees)
+                    and spec is not None
+                ):
                     try:
                         started = executor.launch(spec, secrets.get(step.name, NO_SECRETS))
                     except BaseException:

@@ -89,10 +89,29 @@ class DockerExecutor:
                 self._post(step.current, "start")
             self._check_started(spec, step.current, time.monotonic())
             return
-        if step.action == "create":
-            self._create_step(step, spec, secrets)
-            return
-        self._replace(step, spec, secrets)
+        stopped = self._stop_first(step)
+        try:
+            if step.action == "create":
+                self._create_step(step, spec, secrets)
+            else:
+                self._replace(step, spec, secrets)
+        except StepFailed as error:
+            for name in stopped:
+                self._post(name, "start")
+            if stopped:
+                raise StepFailed(f"{error.message}; started {', '.join(stopped)} again") from None
+            raise
+
+    def _stop_first(self, step: Step) -> list[str]:
+        """Stop the old containers this step's new one needs the port or GPUs of (a swap:
+        their own updates come later); returns those that were running."""
+        stopped = []
+        for name in step.frees:
+            if self._running(name):
+                self._stop(name)
+                stopped.append(name)
+                self.progress(f"stopped {name} first: it holds what {step.name} needs")
+        return stopped
 
     # --- the actions ---------------------------------------------------------------
 
@@ -225,6 +244,8 @@ class DockerExecutor:
     def _create(self, spec: ContainerSpec, secrets: Secrets) -> str:
         env = {**spec.env, **secrets.env}
         labels = dict(spec.labels)
+        if spec.holds:  # what the next plan orders by (``plan.holds``)
+            labels[f"{self.options.label_prefix}.holds"] = ",".join(spec.holds)
         if secrets.env:
             labels[f"{self.options.label_prefix}.secret-hash"] = secrets.hash
             # Which variables hold secrets: a later plan masks them, whatever the spec.

@@ -46,6 +46,9 @@ class ContainerSpec:
     port: int
     health_check_path: str | None
     health_timeout: float
+    # What only one container on the host can have: "port N" (a host port), "<framework>
+    # GPU i". Apply stamps it on the container, so that a plan knows what an old one holds.
+    holds: tuple[str, ...] = ()
 
 
 def container_spec(workload: Workload, settings: Settings, address: str) -> ContainerSpec:
@@ -77,4 +80,20 @@ def container_spec(workload: Workload, settings: Settings, address: str) -> Cont
         port=workload.port,
         health_check_path=workload.health_check_path,
         health_timeout=float(workload.health_timeout),
+        holds=_holds(workload),
     )
+
+
+def _holds(workload: Workload) -> tuple[str, ...]:
+    ports = {workload.port} if workload.network_mode == "host" and workload.port else set()
+    ports.update(port for port in map(_host_port, workload.ports) if port)
+    gpus = [f"{workload.framework} GPU {index}" for index in workload.gpus]
+    return tuple(f"port {port}" for port in sorted(ports)) + tuple(gpus)
+
+
+def _host_port(published: str) -> int | None:
+    """The host port of ``[IP:]HOST:CONTAINER[/proto]``; None when the engine picks it."""
+    parts = published.split("/", 1)[0].rsplit(":", 2)
+    if len(parts) < 2 or not parts[-2].isdigit():
+        return None
+    return int(parts[-2])

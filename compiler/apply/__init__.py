@@ -19,14 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from compiler.apply.docker import (
-    NO_SECRETS,
-    DockerExecutor,
-    Options,
-    Secrets,
-    Started,
-    StepFailed,
-)
+from compiler.apply.docker import DockerExecutor, Options, Secrets, StepFailed, run_steps
 from compiler.errors import FleetformError
 from compiler.plan import DesiredHost, HostPlan, Plan, Step, plan_host, secret_hash
 
@@ -147,7 +140,7 @@ def _apply_host(
     except FleetformError as error:
         return HostResult(host, "failed", error=error.message)
     result = HostResult(host, "converged")
-    current = ""  # the step under way, to name in an engine or transport error
+    in_steps = False  # an engine or transport error then names the step under way
     try:
         lock_id = host_lock.acquire(engine, host, project, options.label_prefix)
         try:
@@ -161,53 +154,9 @@ def _apply_host(
                 )
             executor = DockerExecutor(engine, options, lambda m: say(host, m))
             specs = {spec.name: spec for spec in target.desired.specs}
-            total = len(host_plan.steps)
-            # New containers in a row are started, then settled together (in order).
-            launched: list[tuple[int, Step, Started, float]] = []
-
-            def done(number: int, step: Step, began: float) -> None:
-                result.done.append(step)
-                seconds = time.monotonic() - began
-                say(host, f"[{number}/{total}] {step.action} {step.name}: done ({seconds:.1f} s)")
-
-            def settle_launched() -> None:
-                nonlocal current
-                while launched:
-                    number, step, started, began = launched.pop(0)
-                    current = f"{step.action} {step.name}: "
-                    try:
-                        executor.settle(started)
-                    except BaseException:
-                        # The steps after a failed one are not done: their containers go.
-                        for *_, later, _ in launched:
-                            executor.discard(later)
-                        launched.clear()
-                        raise
-                    done(number, step, began)
-
-            for number, step in enumerate(host_plan.steps, 1):
-                say(host, f"[{number}/{total}] {step.action} {step.name} ...")
-                began = time.monotonic()
-                spec = specs.get(step.name) if step.action != "delete" else None
-                if (
-                    step.action == "create"
-                    and not (step.displace or step.frees)
-                    and spec is not None
-                ):
-                    try:
-                        started = executor.launch(spec, secrets.get(step.name, NO_SECRETS))
-                    except BaseException:
-                        settle_launched()  # the ones before it, so `done` stays in order
-                        current = f"{step.action} {step.name}: "
-                        raise
-                    launched.append((number, step, started, began))
-                    continue
-                settle_launched()
-                current = f"{step.action} {step.name}: "
-                executor.run(step, spec, secrets.get(step.name, NO_SECRETS))
-                done(number, step, began)
-            settle_launched()
-            current = ""
+            in_steps = True
+            run_steps(executor, host_plan.steps, specs, secrets, result.done)
+            in_steps = False
         except BaseException:
             # Report what failed, not the release that fails after it (an engine that
             # went away); a lock left behind is reported by the next apply, with owner.
@@ -218,11 +167,13 @@ def _apply_host(
     except StepFailed as error:
         result.status, result.error = "failed", f"{_current(host_plan, result)}: {error.message}"
     except (EngineError, HostUnreachable) as error:  # this host's failure, in that step
-        result.status, result.error = "failed", current + error.message
+        where = _where(in_steps, host_plan, result)
+        result.status, result.error = "failed", where + error.message
     except FleetformError as error:
         result.status, result.error = "failed", error.message
     except Exception as error:  # a bug's, or the transport's: this host's failure
-        result.status, result.error = "failed", current + describe(error)
+        where = _where(in_steps, host_plan, result)
+        result.status, result.error = "failed", where + describe(error)
     finally:
         engine.close()
     return result
@@ -287,8 +238,12 @@ def _apply_systemd_host(
 
 
 def _current(host_plan: HostPlan, result: HostResult) -> str:
-    step = host_plan.steps[len(result.done)]
+    step = host_plan.steps[len(result.done)]  # the steps done are always the plan's first N
     return f"{step.action} {step.name}"
+
+
+def _where(in_steps: bool, host_plan: HostPlan, result: HostResult) -> str:
+    return f"{_current(host_plan, result)}: " if in_steps else ""
 
 
 def _secrets_for(host_plan: HostPlan, desired: DesiredHost) -> dict[str, Secrets] | str:

@@ -7,8 +7,8 @@ once, or (``--wait``) fails its health check, it is removed and the old one rena
 back and started again, and the step fails. An interrupted apply leaves at most a
 stopped ``<name>--fleetform-previous`` container, which the next plan deletes.
 
-A new container (create) is ``launch``-ed and later ``settle``-d: the host's loop starts
-a row of them, then watches them together (``compiler.apply``).
+A new container (create) is ``launch``-ed and later ``settle``-d: ``run_steps`` starts a
+row of them, then watches them together.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,6 +284,59 @@ class DockerExecutor:
         except EngineError as error:
             if error.status != 404:
                 raise
+
+
+def run_steps(
+    executor: DockerExecutor,
+    steps: Sequence[Step],
+    specs: dict[str, ContainerSpec],
+    secrets: dict[str, Secrets],
+    done: list[Step],
+) -> None:
+    """Carry out ``steps`` in order, adding each to ``done`` once it is done.
+
+    New containers in a row (create steps that displace and free nothing) are launched
+    one after another, then settled together, so a first deploy waits SETTLE_SECONDS
+    once. When one of them fails, those launched after it are removed again: ``done``
+    is always the plan's first N steps, and the step that failed is the next one.
+    """
+    total = len(steps)
+    say = executor.progress
+    launched: list[tuple[int, Step, Started, float]] = []
+
+    def finish(number: int, step: Step, began: float) -> None:
+        done.append(step)
+        seconds = time.monotonic() - began
+        say(f"[{number}/{total}] {step.action} {step.name}: done ({seconds:.1f} s)")
+
+    def settle() -> None:
+        while launched:
+            number, step, started, began = launched.pop(0)
+            try:
+                executor.settle(started)
+            except BaseException:
+                for *_, later, _ in launched:
+                    executor.discard(later)
+                launched.clear()
+                raise
+            finish(number, step, began)
+
+    for number, step in enumerate(steps, 1):
+        say(f"[{number}/{total}] {step.action} {step.name} ...")
+        began = time.monotonic()
+        spec = specs.get(step.name) if step.action != "delete" else None
+        secret = secrets.get(step.name, NO_SECRETS)
+        if step.action == "create" and not (step.displace or step.frees) and spec is not None:
+            try:
+                launched.append((number, step, executor.launch(spec, secret), began))
+            except BaseException:
+                settle()  # the ones before it, so that `done` stays in order
+                raise
+            continue
+        settle()
+        executor.run(step, spec, secret)
+        finish(number, step, began)
+    settle()
 
 
 DEVICE_KEYS = ("PathOnHost", "PathInContainer", "CgroupPermissions")

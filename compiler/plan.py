@@ -331,8 +331,7 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
             unchanged.append(spec.name)
 
     steps.sort(key=lambda s: (ACTION_ORDER[s.action], s.name))
-    if desired.target == "compose":
-        steps = _resource_order(steps, desired, owned, prefix)
+    steps = _resource_order(steps, desired, owned, prefix)
     deletes = sum(1 for s in steps if s.action == "delete")
     return HostPlan(
         desired.host,

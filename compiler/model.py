@@ -24,6 +24,22 @@ from pydantic import (
 )
 
 from compiler.errors import ErrorList, FleetformError, ValidationError
+from compiler.fields import (
+    Address,
+    Device,
+    DockerHost,
+    HostFolder,
+    HttpPath,
+    ImageRef,
+    LabelKey,
+    ModelId,
+    Name,
+    NetworkMode,
+    PortSpec,
+    Size,
+    SshTarget,
+    Volume,
+)
 from compiler.load import Document, KeyPath, RawRepo, dotted
 
 Framework = Literal[
@@ -33,7 +49,7 @@ FRAMEWORKS: tuple[str, ...] = Framework.__args__  # type: ignore[attr-defined]
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PORT_RANGE = re.compile(r"^(\d+)-(\d+)$")
+PORT_RANGE = re.compile(r"^([0-9]{1,5})-([0-9]{1,5})$")
 
 # GPUStack's read-only and UI keys: accepted on import, with no meaning here.
 GPUSTACK_IGNORED_KEYS = (
@@ -49,6 +65,9 @@ GPUSTACK_IGNORED_KEYS = (
 )
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# How many deployments one deployment may name in extends, and a GPU's highest index.
+MAX_EXTENDS = 64
+MAX_GPU_INDEX = 65_535
 
 
 def _env_name(name: str) -> str:
@@ -105,7 +124,7 @@ DeploymentEnvMap = dict[EnvName, EnvValue]
 
 
 class VersionConfig(_Model):
-    image_name: str | None = None
+    image_name: ImageRef | None = None
     run_command: str | None = None
     entrypoint: str | None = None
     env: EnvMap | None = None
@@ -114,17 +133,17 @@ class VersionConfig(_Model):
 
 
 class Backend(_Model):
-    backend_name: str = Field(min_length=1)
+    backend_name: Name
     description: str | None = None
-    health_check_path: str | None = None
-    default_version: str | None = None
+    health_check_path: HttpPath | None = None
+    default_version: Name | None = None
     default_env: EnvMap | None = None
     default_entrypoint: str | None = None
     default_run_command: str | None = None
     default_backend_param: list[str] | None = None
     parameter_format: Literal["space", "equal"] | None = None
-    version_configs: dict[str, VersionConfig] | None = None
-    extends: str | None = None
+    version_configs: dict[Name, VersionConfig] | None = None
+    extends: Name | None = None
 
     is_built_in: Any = Field(default=None, exclude=True)
     icon: Any = Field(default=None, exclude=True)
@@ -138,8 +157,8 @@ class Backend(_Model):
 
 
 class GpuSelector(_Model):
-    gpu_ids: list[str] | None = None
-    gpus_per_replica: int | None = Field(default=None, ge=0)
+    gpu_ids: list[str] | None = Field(default=None, min_length=1, max_length=4096)
+    gpus_per_replica: int | None = Field(default=None, ge=0, le=1024)
 
 
 class Deployment(_Model):
@@ -147,30 +166,30 @@ class Deployment(_Model):
 
     name: str
     abstract: bool = False
-    extends: list[str] | None = None
+    extends: list[str] | None = Field(default=None, max_length=MAX_EXTENDS)
     source: Literal["local_path", "huggingface", "model_scope"] | None = None
-    local_path: str | None = None
-    huggingface_repo_id: str | None = None
-    model_scope_model_id: str | None = None
-    backend: str | None = None
-    backend_version: str | None = None
+    local_path: HostFolder | None = None
+    huggingface_repo_id: ModelId | None = None
+    model_scope_model_id: ModelId | None = None
+    backend: Name | None = None
+    backend_version: Name | None = None
     backend_parameters: list[str] | None = None
-    image_name: str | None = None
+    image_name: ImageRef | None = None
     run_command: str | None = None
     entrypoint: str | None = None
     env: DeploymentEnvMap | None = None
     replicas: int | None = Field(default=None, ge=0, le=1000)
     gpu_selector: GpuSelector | None = None
-    worker_selector: dict[str, str] | None = None
+    worker_selector: dict[LabelKey, str] | None = None
     port: Port | None = None
-    volumes: list[str] | None = None
-    devices: list[str] | None = None
-    ports: list[str] | None = None
-    shm_size: str | None = None
-    labels: dict[str, str] | None = None
-    network_mode: str | None = None
+    volumes: list[Volume] | None = None
+    devices: list[Device] | None = None
+    ports: list[PortSpec] | None = None
+    shm_size: Size | None = None
+    labels: dict[LabelKey, str] | None = None
+    network_mode: NetworkMode | None = None
     restart: Literal["no", "always", "on-failure", "unless-stopped"] | None = None
-    health_check_path: str | None = None
+    health_check_path: HttpPath | None = None
     health_timeout: int | None = Field(default=None, ge=1, le=86_400)
 
     @field_validator("name")
@@ -183,13 +202,6 @@ class Deployment(_Model):
             )
         return name
 
-    @field_validator("local_path")
-    @classmethod
-    def _absolute(cls, path: str | None) -> str | None:
-        if path is not None and not path.startswith("/"):
-            raise ValueError(f"'{path}' must be an absolute path on the host")
-        return path
-
     @field_validator("extends", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
@@ -197,9 +209,9 @@ class Deployment(_Model):
 
 
 class GpuSpec(_Model):
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
     framework: Framework
-    uuid: str | None = None
+    uuid: Name | None = None
     memory_mib: int | None = Field(default=None, ge=0)
 
 
@@ -236,15 +248,15 @@ Gpus = Annotated[
 
 class Host(_Model):
     name: str
-    address: str
+    address: Address
     target: Literal["compose", "systemd"] | None = None
-    docker_host: str | None = None
-    ssh: str | None = None
+    docker_host: DockerHost | None = None
+    ssh: SshTarget | None = None
     gpus: Gpus | None = None
-    labels: dict[str, str] | None = None
+    labels: dict[LabelKey, str] | None = None
     port_range: str | None = None
-    model_dir: str | None = None
-    unit_dir: str | None = None
+    model_dir: HostFolder | None = None
+    unit_dir: HostFolder | None = None
 
     @field_validator("name")
     @classmethod
@@ -264,13 +276,6 @@ class Host(_Model):
         low, high = int(match.group(1)), int(match.group(2))
         if not 1 <= low <= high <= 65535:
             raise ValueError(f"'{value}' is not a port range within 1-65535, low to high")
-        return value
-
-    @field_validator("docker_host")
-    @classmethod
-    def _docker_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("unix://", "ssh://", "tcp://")):
-            raise ValueError(f"'{value}' must start with unix://, ssh:// or tcp://")
         return value
 
     def gpu_list(self) -> list[GpuSpec]:
@@ -296,14 +301,14 @@ class Host(_Model):
 
 class Defaults(_Model):
     target: Literal["compose", "systemd"] = "compose"
-    model_dir: str = "/var/lib/fleetform/models"
+    model_dir: HostFolder = "/var/lib/fleetform/models"
     port_range: str = "40000-40063"
 
     _range = field_validator("port_range")(Host._range.__func__)  # type: ignore[attr-defined]
-    shm_size: str = "10g"
+    shm_size: Size = "10g"
     restart: Literal["no", "always", "on-failure", "unless-stopped"] = "unless-stopped"
-    network_mode: str = "host"
-    unit_dir: str = "/etc/systemd/system"
+    network_mode: NetworkMode = "host"
+    unit_dir: HostFolder = "/etc/systemd/system"
 
 
 class Settings(_Model):
@@ -315,8 +320,10 @@ class Settings(_Model):
     @field_validator("project")
     @classmethod
     def _project(cls, name: str) -> str:
-        if not DNS_LABEL.match(name):
-            raise ValueError(f"'{name}' is not a valid project name (lowercase, digits, '-')")
+        if len(name) > 63 or not DNS_LABEL.match(name):
+            raise ValueError(
+                f"'{name}' is not a valid project name (lowercase, digits, '-', at most 63)"
+            )
         return name
 
     @field_validator("output_dir")
@@ -383,9 +390,30 @@ def validate_repo(raw: RawRepo) -> Repo:
     backends = each(Backend, "backend")
     deployments = each(Deployment, "deployment")
     hosts = each(Host, "host")
+    errors.extend(_impersonating_labels(settings, deployments))
     if errors:
         raise ErrorList(errors)
     return Repo(settings=settings, backends=backends, deployments=deployments, hosts=hosts)
+
+
+def _impersonating_labels(
+    settings: Settings, deployments: list[tuple[Deployment, Document]]
+) -> list[FleetformError]:
+    """A user label under the ownership prefix would let a container pass for another
+    (fleetform's own labels win on the container, but a reader of the artifact or a
+    tool filtering by label would be misled): refused."""
+    prefix = settings.label_prefix + "."
+    return [
+        ValidationError(
+            f"label key '{key}' is under '{prefix}', which fleetform keeps for its own"
+            " ownership labels",
+            doc.source.mark(("labels", key), key=True),
+            f"labels.{key}",
+        )
+        for deployment, doc in deployments
+        for key in (deployment.labels or {})
+        if key.startswith(prefix) or key == settings.label_prefix
+    ]
 
 
 def validate_document(model: type[M], doc: Document) -> M:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from compiler import template
+from compiler import inheritance, template
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
 from compiler.load import Document, KeyPath, dotted
 from compiler.model import Backend, Deployment, Repo, SecretRef, Settings
@@ -251,69 +251,6 @@ def _set_fields(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(exclude_unset=True, exclude_none=False, exclude={"extends", "abstract"})
 
 
-# --- inheritance chains -------------------------------------------------------------
-
-
-def _chain(
-    name: str,
-    parents_of: dict[str, list[str]],
-    docs: Mapping[str, Document],
-    what: str,
-    stack: tuple[str, ...] = (),
-) -> list[str]:
-    """``name``'s ancestors, root first, each once (first occurrence kept), then ``name``.
-
-    ``docs`` holds each name's document, where its ``extends`` is written.
-    """
-    if name in stack:
-        cycle = stack[stack.index(name) :] + (name,)
-        mark = docs[cycle[0]].source.mark(("extends",))
-        raise _CycleError(f"cycle {' -> '.join(cycle)}", mark, "extends", cycle)
-    order: list[str] = []
-    for parent in parents_of.get(name, []):
-        if parent not in parents_of:
-            known = ", ".join(sorted(parents_of)) or "none"
-            raise ResolveError(
-                f"unknown {what} '{parent}' (known: {known})",
-                docs[name].source.mark(("extends",)),
-                "extends",
-            )
-        for ancestor in _chain(parent, parents_of, docs, what, stack + (name,)):
-            if ancestor not in order:
-                order.append(ancestor)
-    order.append(name)
-    return order
-
-
-class _CycleError(ResolveError):
-    def __init__(self, message: str, mark: Mark, key: str, cycle: tuple[str, ...]) -> None:
-        super().__init__(message, mark, key)
-        self.members = frozenset(cycle)
-
-
-def _chains(
-    names: list[str],
-    parents_of: dict[str, list[str]],
-    docs: Mapping[str, Document],
-    what: str,
-    errors: list[FleetformError],
-) -> dict[str, list[str]]:
-    """The chain of every name; each broken chain reported once (a cycle, once in all)."""
-    chains: dict[str, list[str]] = {}
-    cycles: set[frozenset[str]] = set()
-    for name in names:
-        try:
-            chains[name] = _chain(name, parents_of, docs, what)
-        except _CycleError as error:
-            if error.members not in cycles:
-                cycles.add(error.members)
-                errors.append(error)
-        except ResolveError as error:
-            if not any(str(error) == str(seen) for seen in errors):
-                errors.append(error)
-    return chains
-
-
 # --- version choice -----------------------------------------------------------------
 
 
@@ -459,7 +396,7 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     parents = {name: list(d.extends or []) for name, (d, _) in deployments.items()}
     docs = {name: doc for name, (_, doc) in deployments.items()}
     concrete = sorted(name for name, (d, _) in deployments.items() if not d.abstract)
-    chains = _chains(concrete, parents, docs, "deployment", errors)
+    chains = inheritance.chains(concrete, parents, docs, "deployment", errors)
     own_layers = _LazyLayers(deployments)
     drafts: list[_Draft] = []
     for name, chain in chains.items():
@@ -602,7 +539,7 @@ def _resolve_backends(repo: Repo, errors: list[FleetformError]) -> dict[str, _Ba
     parents = {name: [b.extends] if b.extends else [] for name, (b, _) in by_name.items()}
     docs = {name: doc for name, (_, doc) in by_name.items()}
     resolved: dict[str, _Backend] = {}
-    chains = _chains(sorted(by_name), parents, docs, "backend", errors)
+    chains = inheritance.chains(sorted(by_name), parents, docs, "backend", errors)
     for name, chain in chains.items():
         backend = _Backend(name, [by_name[link] for link in chain])
         versions = backend.versions
@@ -1022,7 +959,7 @@ _BACKEND_DEFAULTS = (
 
 def _parse_gpu_id(text: str, mark: Mark) -> tuple[str, str, int]:
     parts = text.split(":")
-    if len(parts) != 3 or not parts[2].isdigit():
+    if len(parts) != 3 or not re.fullmatch(r"[0-9]{1,5}", parts[2], re.ASCII):
         raise ResolveError(
             f"'{text}' is not a GPU id of the form <host>:<framework>:<index>",
             mark,

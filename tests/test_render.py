@@ -72,7 +72,8 @@ def test_relative_local_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FleetformError) as caught:
         api.build(tmp_path)
     assert str(caught.value) == (
-        "deployments.d/d.yaml:1:39: local_path: 'm.gguf' must be an absolute path on the host"
+        "deployments.d/d.yaml:1:39: local_path: 'm.gguf' must be an absolute, normalised path"
+        " on the host (starting with '/', no '.', '..', '//' or trailing '/')"
     )
 
 

@@ -1,0 +1,361 @@
+"""The value types of the schema: what a field may hold, checked where values enter.
+
+A repository is untrusted input (a pull request reaches ``validate`` and ``compile``),
+and its values end up as arguments of ``docker run``, keys of ``compose.yaml`` and
+paths on hosts. Each type here accepts what Docker, compose and systemd themselves
+accept for that field (the grammars are theirs, cited per type) and refuses the rest,
+so that no value can turn into an option of another program, a path outside what it
+names, or an artifact that compose or systemd reject. Control characters never get
+this far: the loader refuses them in every scalar.
+
+Each check raises ``ValueError`` with a user-facing message; pydantic reports it at
+the value's position as ``file:line:col: key.path: message``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+# Docker's distribution/reference grammar (reference/regexp.go), ASCII only.
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?",
+    re.ASCII,
+)
+_IMAGE_NAME_MAX = 255  # the repository name's limit in the same package
+
+
+def _image(value: str) -> str:
+    name = value.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    if not IMAGE_REFERENCE.fullmatch(value) or len(name) > _IMAGE_NAME_MAX:
+        raise ValueError(
+            f"{value!r} is not an image reference"
+            " ([registry/]name[:tag][@digest], lowercase name, as docker reads it)"
+        )
+    return value
+
+
+ImageRef = Annotated[str, AfterValidator(_image)]
+
+# A label key: reverse-DNS style words. No '=' (docker reads --label k=v up to the
+# first '='), no '$' (compose interpolates values, never keys), no spaces or quotes.
+_LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,253}[A-Za-z0-9])?", re.ASCII)
+
+
+def _label_key(key: str) -> str:
+    if not _LABEL_KEY.fullmatch(key):
+        raise ValueError(
+            f"invalid label key {key!r} (letters, digits, '.', '-', '_' and '/',"
+            " starting and ending with a letter or digit, at most 255)"
+        )
+    return key
+
+
+LabelKey = Annotated[str, AfterValidator(_label_key)]
+
+# docker/go-units RAMInBytes, which both `docker run --shm-size` and compose use;
+# one decimal part at most (go-units' regexp allows more, its ParseFloat does not).
+_SIZE = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,15})? ?[kmgtp]?i?b?", re.ASCII | re.IGNORECASE)
+
+
+def _size(value: str) -> str:
+    if not _SIZE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a size like 10g, 512m or 1073741824 (bytes)")
+    return value
+
+
+Size = Annotated[str, AfterValidator(_size)]
+
+# A published port, compose's short syntax as docker's nat.ParsePortSpec reads it:
+# [[IP:][HOST_PORT]:]CONTAINER_PORT[/PROTOCOL], ports or ranges of ports.
+_PORT_SPEC = re.compile(
+    r"(?:(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:.]+\]):)?(?P<host>[0-9]{1,5}(?:-[0-9]{1,5})?)?:)?"
+    r"(?P<container>[0-9]{1,5}(?:-[0-9]{1,5})?)(?:/(?P<protocol>tcp|udp|sctp))?",
+    re.ASCII,
+)
+
+
+def _port_range_of(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
+
+
+def _port_spec(value: str) -> str:
+    bad = ValueError(
+        f"{value!r} is not a port mapping like 8080:80, 127.0.0.1:8080:80/tcp or 9000-9001:80"
+    )
+    match = _PORT_SPEC.fullmatch(value)
+    if match is None:
+        raise bad
+    ip = match.group("ip")
+    if ip is not None:
+        try:
+            ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            raise bad from None
+    low, high = _port_range_of(match.group("container"))
+    if not 1 <= low <= high <= 65535:
+        raise bad
+    if match.group("host"):
+        host_low, host_high = _port_range_of(match.group("host"))
+        if not 1 <= host_low <= host_high <= 65535:
+            raise bad
+        if high > low and host_high - host_low != high - low:
+            raise ValueError(f"{value!r}: the host and container port ranges differ in length")
+    return value
+
+
+PortSpec = Annotated[str, AfterValidator(_port_spec)]
+
+
+def _is_normal_absolute(path: str) -> bool:
+    return path.startswith("/") and not path.startswith("//") and posixpath.normpath(path) == path
+
+
+def _absolute_path(value: str) -> str:
+    if not _is_normal_absolute(value):
+        raise ValueError(
+            f"{value!r} must be an absolute, normalised path on the host"
+            " (starting with '/', no '.', '..', '//' or trailing '/')"
+        )
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+
+
+def _folder(value: str) -> str:
+    _absolute_path(value)
+    if value == "/":
+        raise ValueError("'/' is the host's root; name a folder below it")
+    return value
+
+
+# A folder on the host that fleetform mounts or writes into: never '/' itself.
+HostFolder = Annotated[str, AfterValidator(_folder)]
+
+_VOLUME_MODES = frozenset(
+    {"ro", "rw", "z", "Z", "shared", "rshared", "slave", "rslave", "private", "rprivate"}
+    | {"nocopy", "consistent", "cached", "delegated"}
+)
+
+
+def _volume(value: str) -> str:
+    """A bind mount in compose's short syntax, ``/host:/container[:mode,…]``.
+
+    Named volumes are refused: compose needs them declared at the top level (and
+    scopes their names by project), while ``docker run`` does not, so the same text
+    would mean two different volumes.
+    """
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(
+            f"{value!r} is not a volume like /host/path:/container/path[:ro]"
+            " (an absolute host path, an absolute container path, an optional mode)"
+        )
+    source, target = parts[0], parts[1]
+    if not _is_normal_absolute(source):
+        raise ValueError(
+            f"volume {value!r}: the source must be an absolute, normalised host path"
+            " (named and relative volumes are not supported)"
+        )
+    if not _is_normal_absolute(target) or target == "/":
+        raise ValueError(
+            f"volume {value!r}: the target must be an absolute, normalised path"
+            " in the container, not '/'"
+        )
+    if "," in source or "," in target:
+        raise ValueError(f"volume {value!r}: a path may not hold ','")
+    if len(parts) == 3:
+        modes = parts[2].split(",")
+        unknown = [mode for mode in modes if mode not in _VOLUME_MODES]
+        if unknown or len(set(modes)) != len(modes):
+            raise ValueError(
+                f"volume {value!r}: unknown mode {','.join(unknown or modes)!r}"
+                f" (modes: {', '.join(sorted(_VOLUME_MODES))})"
+            )
+    return value
+
+
+Volume = Annotated[str, AfterValidator(_volume)]
+
+def _is_device_permissions(text: str) -> bool:
+    return 1 <= len(text) <= 3 and set(text) <= set("rwm") and len(set(text)) == len(text)
+
+
+def _device(value: str) -> str:
+    """``/dev/host[:/dev/container][:rwm]``, as ``docker run --device`` reads it."""
+    parts = value.split(":")
+    bad = ValueError(f"{value!r} is not a device like /dev/foo, /dev/foo:/dev/bar or /dev/foo:rw")
+    if not 1 <= len(parts) <= 3 or not _is_normal_absolute(parts[0]) or parts[0] == "/":
+        raise bad
+    rest = parts[1:]
+    if rest and _is_device_permissions(rest[-1]):
+        rest = rest[:-1]
+    if len(rest) > 1 or (rest and (not _is_normal_absolute(rest[0]) or rest[0] == "/")):
+        raise bad
+    if "," in value:
+        raise bad
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device)]
+
+# host, bridge, none, container:<name> or a network's name (docker's name rule).
+_NETWORK_MODE = re.compile(r"(?:container:|service:)?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}", re.ASCII)
+
+
+def _network_mode(value: str) -> str:
+    if not _NETWORK_MODE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a network mode (host, bridge, none, container:NAME"
+            " or a network's name)"
+        )
+    return value
+
+
+NetworkMode = Annotated[str, AfterValidator(_network_mode)]
+
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,2047}", re.ASCII)
+
+
+def _http_path(value: str) -> str:
+    if not _URL_PATH.fullmatch(value):
+        raise ValueError(f"{value!r} is not an HTTP path like /health (no spaces)")
+    return value
+
+
+HttpPath = Annotated[str, AfterValidator(_http_path)]
+
+# Hugging Face's repo id rule (huggingface_hub validate_repo_id): [namespace/]name of
+# letters, digits, '-', '_' and '.', no '--' or '..', at most 96; ModelScope's ids are
+# of the same form. A model id becomes a folder below model_dir: it must stay below.
+_MODEL_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*", re.ASCII)
+
+
+def _model_id(value: str) -> str:
+    if (
+        not _MODEL_ID.fullmatch(value)
+        or ".." in value
+        or "--" in value
+        or value.endswith((".", "-", ".git"))
+        or len(value) > 96
+    ):
+        raise ValueError(
+            f"{value!r} is not a model id like Qwen/Qwen2.5-7B-Instruct (namespace/name:"
+            " letters, digits, '-', '_', '.'; no '..' or '--'; at most 96)"
+        )
+    return value
+
+
+ModelId = Annotated[str, AfterValidator(_model_id)]
+
+# RFC 1123 host names, and IP addresses.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?",
+    re.ASCII,
+)
+
+
+def is_host_name(value: str) -> bool:
+    """An IP address or a DNS host name; never something ssh could read as an option."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(value))
+    return True
+
+
+def _address(value: str) -> str:
+    if not is_host_name(value):
+        raise ValueError(f"{value!r} is not an IP address or a DNS host name")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+# A login name as useradd accepts it; it must not start with '-' (an ssh option).
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", re.ASCII)
+
+
+def split_ssh_target(value: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` (IPv6 in brackets) → parts, or ``ValueError``."""
+    user, at, rest = value.rpartition("@")
+    if at and not _USER.fullmatch(user):
+        raise ValueError(f"{value!r}: {user!r} is not a user name")
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else None
+        if tail and port_text is None:
+            raise ValueError(f"{value!r} is not [user@]host[:port]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, colon, port_text_or_empty = rest.partition(":")
+        port_text = port_text_or_empty if colon else None
+        if not is_host_name(host):
+            raise ValueError(f"{value!r}: {host!r} is not an IP address or a DNS host name")
+    port = None
+    if port_text is not None:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"{value!r}: {port_text!r} is not a port (1-65535)")
+        port = int(port_text)
+    return (user if at else None), host, port
+
+
+def _ssh_target(value: str) -> str:
+    user, _, _ = split_ssh_target(value)
+    if user is None:
+        raise ValueError(f"{value!r} is not user@host[:port]")
+    return value
+
+
+SshTarget = Annotated[str, AfterValidator(_ssh_target)]
+
+
+def _docker_host(value: str) -> str:
+    """``unix:///path``, ``ssh://[user@]host[:port]`` or ``tcp://host:port``."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("unix", "ssh", "tcp"):
+        raise ValueError(f"{value!r} must start with unix://, ssh:// or tcp://")
+    if scheme == "unix":
+        if not _is_normal_absolute(rest) or rest == "/":
+            raise ValueError(f"{value!r}: the socket must be an absolute, normalised path")
+        return value
+    target = rest[:-1] if rest.endswith("/") else rest
+    user, _, port = split_ssh_target(target)
+    if scheme == "tcp" and (user is not None or port is None):
+        raise ValueError(f"{value!r} is not tcp://host:port")
+    return value
+
+
+DockerHost = Annotated[str, AfterValidator(_docker_host)]
+
+# Names shown in messages and explain (backend names, version keys, GPU uuids):
+# printable, one line, no surrounding spaces.
+_NAME = re.compile(r"[^\s](?:[^\x00-\x1f\x7f]{0,253}[^\s])?")
+
+
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a name (1-255 characters, no surrounding spaces)")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]

@@ -42,7 +42,9 @@ class FleetformError(Exception):
         if self.key:
             parts.append(self.key)
         parts.append(self.message)
-        return ": ".join(parts)
+        # One line, whatever a file name or a quoted value holds: a line break or a
+        # terminal escape in it could otherwise forge further lines of output.
+        return printable(": ".join(parts))
 
 
 class LoadError(FleetformError):
@@ -59,6 +61,14 @@ class ResolveError(FleetformError):
 
 class OutputError(FleetformError):
     """The output folder cannot be written or read."""
+
+
+class FleetformWarning(UserWarning):
+    """Something fleetform set aside and went on without (an ignored index, a wait).
+
+    Raised through :mod:`warnings`, so a library user filters or records it as any other
+    warning; the CLI prints each as its one line on stderr.
+    """
 
 
 class HostError(FleetformError):
@@ -95,3 +105,26 @@ def flatten(error: FleetformError) -> list[FleetformError]:
     if isinstance(error, ErrorList):
         return list(error.errors)
     return [error]
+
+
+def printable(text: str) -> str:
+    """``text`` with each character a terminal would not print as itself (line breaks,
+    tabs, escapes, bidirectional controls) written as a backslash escape."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else escape(char) for char in text)
+
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def escape(char: str) -> str:
+    """One character as a C-style escape: ``\\n``, ``\\x1b``, ``\\u202e``."""
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

@@ -1,9 +1,18 @@
-"""``fleetform explain``: a resolved deployment and where each value came from."""
+"""``fleetform explain``: a resolved deployment and where each value came from.
+
+Values come from the repository and are shown one per line, so each is written so
+that it cannot break its line or drive the terminal: a value holding a line break,
+an escape or any other character a terminal would not print as itself is written in
+bash's ``$'…'`` quoting (which is also how to type it again), and every other line
+is escaped (:func:`compiler.errors.printable`). A value can never forge a line.
+"""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 
+from compiler.errors import escape, printable
 from compiler.resolve import Fleet, Origin
 
 
@@ -21,7 +30,7 @@ def explain_deployment(fleet: Fleet, name: str) -> str:
     def row(label: str, value: str, key: str) -> None:
         origin: Origin | None = info.origins.get(key)
         where = f"  <- {origin}" if origin else ""
-        lines.append(f"    {label}: {value}{where}")
+        lines.append(printable(f"    {label}: {value}{where}"))
 
     for workload in replicas:
         lines.append("")
@@ -35,19 +44,36 @@ def explain_deployment(fleet: Fleet, name: str) -> str:
         row("gpus", f"{workload.framework} {gpus}", "framework")
         row("image", workload.image, "image_name")
         if workload.entrypoint is not None:
-            row("entrypoint", shlex.join(workload.entrypoint), "entrypoint")
+            row("entrypoint", shell_words(workload.entrypoint), "entrypoint")
         else:
             lines.append("    entrypoint: (the image's own)")
-        row("command", shlex.join(workload.command), "run_command")
+        row("command", shell_words(workload.command), "run_command")
         for key in ("default_backend_param", "backend_parameters"):
             if key in info.origins:
                 row(f"  + {key}", "(appended)", key)
         shown = {**workload.env, **{k: f"(secret {v})" for k, v in workload.secrets.items()}}
         for key, value in sorted(shown.items()):
-            row(f"env {key}", value, f"env.{key}")
+            row(f"env {key}", value if value.isprintable() else shell_word(value), f"env.{key}")
         for volume in workload.volumes:
-            lines.append(f"    volume: {volume}")
+            lines.append(printable(f"    volume: {volume}"))
         for device in workload.devices:
-            lines.append(f"    device: {device}")
+            lines.append(printable(f"    device: {device}"))
         lines.append(f"    spec hash: {workload.spec_hash()}")
     return "\n".join(lines) + "\n"
+
+
+def shell_words(words: Iterable[str]) -> str:
+    """``words`` as one line a POSIX shell (bash, for ``$'…'``) reads back as them."""
+    return " ".join(shell_word(word) for word in words)
+
+
+_ANSI_C = {"\\": "\\\\", "'": "\\'"}
+
+
+def shell_word(word: str) -> str:
+    if word.isprintable():
+        return shlex.quote(word)
+    body = "".join(
+        _ANSI_C.get(char) or (char if char.isprintable() else escape(char)) for char in word
+    )
+    return f"$'{body}'"

@@ -192,6 +192,7 @@ def _volume(value: str) -> str:
 
 Volume = Annotated[str, AfterValidator(_volume)]
 
+
 def _is_device_permissions(text: str) -> bool:
     return 1 <= len(text) <= 3 and set(text) <= set("rwm") and len(set(text)) == len(text)
 

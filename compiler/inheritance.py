@@ -47,9 +47,7 @@ def chains(
         if isinstance(result, list):
             found[name] = result
             continue
-        identity = (
-            str(sorted(result.members)) if isinstance(result, _CycleError) else str(result)
-        )
+        identity = str(sorted(result.members)) if isinstance(result, _CycleError) else str(result)
         if identity not in reported:
             reported.add(identity)
             errors.append(result)

@@ -26,6 +26,14 @@ from compiler.placement import HostSlots, Placed, Prior, Request, place
 
 BUILTINS = ("model_path", "port", "model_name", "worker_ip", "gpu_count", "gpu_ids")
 
+# Linux refuses an execve() argument (with its NUL) over MAX_ARG_STRLEN, 128 KiB.
+MAX_ARGUMENT_BYTES = 131_071
+# All of one container's arguments, env and labels: a systemd unit holds them in one
+# ExecStart line, which systemd caps at 1 MiB; quoting can double their length.
+MAX_CONTAINER_BYTES = 262_144
+# Replicas in one fleet.
+MAX_WORKLOADS = 100_000
+
 
 class ResolvedHost(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -407,6 +415,7 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     if errors:
         raise ErrorList(errors)
 
+    _check_workload_count(drafts)
     slots = [
         HostSlots(
             host.name,
@@ -438,6 +447,18 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
         workloads=tuple(workloads),
         explanations=_Explanations({d.name: d for d in drafts}, by_deployment, hosts),
     )
+
+
+def _check_workload_count(drafts: list[_Draft]) -> None:
+    total = 0
+    for draft in drafts:
+        total += draft.request.replicas
+        if total > MAX_WORKLOADS:
+            raise ResolveError(
+                f"the fleet has more than {MAX_WORKLOADS} replicas in all",
+                draft.request.locate("replicas"),
+                "replicas",
+            )
 
 
 class _Explanations(Mapping[str, Explanation]):
@@ -680,6 +701,15 @@ class _Draft:
         # The deployment's env, secrets included, wins over the vendor's variables.
         env_final = {k: v for k, v in _vendor_env(framework, gpus) if k not in secrets}
         env_final.update(env)
+        labels = values.get("labels") or {}
+        self._check_sizes(
+            [
+                ("entrypoint", entrypoint or ()),
+                ("run_command", command),
+                *((f"env.{k}", (f"{k}={v}",)) for k, v in env.items()),
+                *((f"labels.{k}", (f"{k}={v}",)) for k, v in labels.items()),
+            ]
+        )
         devices = list(_vendor_devices(framework, gpus)) + list(values.get("devices") or [])
         model_mount = _model_mount(values, model_path, host) if model_path else None
         volumes = list(dict.fromkeys(values.get("volumes") or []))
@@ -703,11 +733,34 @@ class _Draft:
             volumes=tuple(volumes),
             devices=tuple(dict.fromkeys(devices)),
             ports=tuple(values.get("ports") or ()),
-            labels=dict(sorted((values.get("labels") or {}).items())),
+            labels=dict(sorted(labels.items())),
             health_check_path=values.get("health_check_path"),
             health_timeout=values.get("health_timeout") or 600,
             secrets=secrets,
         )
+
+    def _check_sizes(self, parts: list[tuple[str, Iterable[str]]]) -> None:
+        """Refuse a container that no kernel or systemd would start: an argument (an
+        env or label entry is one) over Linux's MAX_ARG_STRLEN, or all of them together
+        over what fits a unit's ExecStart line with room for quoting."""
+        total = 0
+        for key, words in parts:
+            for word in words:
+                size = len(word) if word.isascii() else len(word.encode())
+                total += size
+                if size > MAX_ARGUMENT_BYTES:
+                    raise self.fail(
+                        key,
+                        f"an argument of {size} bytes; the limit is {MAX_ARGUMENT_BYTES}"
+                        " (Linux's MAX_ARG_STRLEN)",
+                    )
+        if total > MAX_CONTAINER_BYTES:
+            raise ResolveError(
+                f"the container's arguments, environment and labels add up to {total} bytes;"
+                f" the limit is {MAX_CONTAINER_BYTES}",
+                self.doc.source.mark(("name",)),
+                "name",
+            )
 
     def _placeholder_origin(self, key: str, names: list[str]) -> Origin | None:
         """For a parameter list, the entry that writes one of ``names``."""

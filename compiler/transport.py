@@ -176,7 +176,8 @@ class SshShell:
             ]  # fmt: skip
         if port:
             self._base += ["-p", port]
-        self._base.append(user_host)
+        # The destination after "--": whatever it holds, ssh reads no option from it.
+        self._base += ["--", user_host]
 
     def run(
         self, argv: list[str], *, data: bytes | None = None, timeout: float = COMMAND_TIMEOUT
@@ -199,7 +200,7 @@ class SshShell:
         if self._control is None:
             return  # the shared master stays for the next command (FLEETFORM_SSH_PERSIST)
         subprocess.run(
-            [*self._base[:-1], "-O", "exit", self._base[-1]],
+            [*self._base[:-2], "-O", "exit", *self._base[-2:]],
             capture_output=True,
             timeout=10,
             check=False,

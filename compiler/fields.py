@@ -21,6 +21,12 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+
+def _q(value: str) -> str:
+    """A value quoted for a message, cut short: the message is one line to read."""
+    return repr(value) if len(value) <= 80 else f"{value[:60]!r}… ({len(value)} characters)"
+
+
 # Docker's distribution/reference grammar (reference/regexp.go), ASCII only.
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[._]|__|[-]+)"
@@ -42,7 +48,7 @@ def _image(value: str) -> str:
         name = name.rsplit(":", 1)[0]
     if not IMAGE_REFERENCE.fullmatch(value) or len(name) > _IMAGE_NAME_MAX:
         raise ValueError(
-            f"{value!r} is not an image reference"
+            f"{_q(value)} is not an image reference"
             " ([registry/]name[:tag][@digest], lowercase name, as docker reads it)"
         )
     return value
@@ -58,7 +64,7 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,253}[A-Za-z0-9])?", re
 def _label_key(key: str) -> str:
     if not _LABEL_KEY.fullmatch(key):
         raise ValueError(
-            f"invalid label key {key!r} (letters, digits, '.', '-', '_' and '/',"
+            f"invalid label key {_q(key)} (letters, digits, '.', '-', '_' and '/',"
             " starting and ending with a letter or digit, at most 255)"
         )
     return key
@@ -73,7 +79,7 @@ _SIZE = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,15})? ?[kmgtp]?i?b?", re.ASCII | re
 
 def _size(value: str) -> str:
     if not _SIZE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a size like 10g, 512m or 1073741824 (bytes)")
+        raise ValueError(f"{_q(value)} is not a size like 10g, 512m or 1073741824 (bytes)")
     return value
 
 
@@ -95,7 +101,7 @@ def _port_range_of(text: str) -> tuple[int, int]:
 
 def _port_spec(value: str) -> str:
     bad = ValueError(
-        f"{value!r} is not a port mapping like 8080:80, 127.0.0.1:8080:80/tcp or 9000-9001:80"
+        f"{_q(value)} is not a port mapping like 8080:80, 127.0.0.1:8080:80/tcp or 9000-9001:80"
     )
     match = _PORT_SPEC.fullmatch(value)
     if match is None:
@@ -114,7 +120,7 @@ def _port_spec(value: str) -> str:
         if not 1 <= host_low <= host_high <= 65535:
             raise bad
         if high > low and host_high - host_low != high - low:
-            raise ValueError(f"{value!r}: the host and container port ranges differ in length")
+            raise ValueError(f"{_q(value)}: the host and container port ranges differ in length")
     return value
 
 
@@ -128,7 +134,7 @@ def _is_normal_absolute(path: str) -> bool:
 def _absolute_path(value: str) -> str:
     if not _is_normal_absolute(value):
         raise ValueError(
-            f"{value!r} must be an absolute, normalised path on the host"
+            f"{_q(value)} must be an absolute, normalised path on the host"
             " (starting with '/', no '.', '..', '//' or trailing '/')"
         )
     return value
@@ -149,7 +155,7 @@ HostFolder = Annotated[str, AfterValidator(_folder)]
 
 _VOLUME_MODES = frozenset(
     {"ro", "rw", "z", "Z", "shared", "rshared", "slave", "rslave", "private", "rprivate"}
-    | {"nocopy", "consistent", "cached", "delegated"}
+    | {"consistent", "cached", "delegated"}
 )
 
 
@@ -163,28 +169,28 @@ def _volume(value: str) -> str:
     parts = value.split(":")
     if len(parts) not in (2, 3):
         raise ValueError(
-            f"{value!r} is not a volume like /host/path:/container/path[:ro]"
+            f"{_q(value)} is not a volume like /host/path:/container/path[:ro]"
             " (an absolute host path, an absolute container path, an optional mode)"
         )
     source, target = parts[0], parts[1]
     if not _is_normal_absolute(source):
         raise ValueError(
-            f"volume {value!r}: the source must be an absolute, normalised host path"
+            f"volume {_q(value)}: the source must be an absolute, normalised host path"
             " (named and relative volumes are not supported)"
         )
     if not _is_normal_absolute(target) or target == "/":
         raise ValueError(
-            f"volume {value!r}: the target must be an absolute, normalised path"
+            f"volume {_q(value)}: the target must be an absolute, normalised path"
             " in the container, not '/'"
         )
     if "," in source or "," in target:
-        raise ValueError(f"volume {value!r}: a path may not hold ','")
+        raise ValueError(f"volume {_q(value)}: a path may not hold ','")
     if len(parts) == 3:
         modes = parts[2].split(",")
         unknown = [mode for mode in modes if mode not in _VOLUME_MODES]
         if unknown or len(set(modes)) != len(modes):
             raise ValueError(
-                f"volume {value!r}: unknown mode {','.join(unknown or modes)!r}"
+                f"volume {_q(value)}: unknown mode {','.join(unknown or modes)!r}"
                 f" (modes: {', '.join(sorted(_VOLUME_MODES))})"
             )
     return value
@@ -200,7 +206,7 @@ def _is_device_permissions(text: str) -> bool:
 def _device(value: str) -> str:
     """``/dev/host[:/dev/container][:rwm]``, as ``docker run --device`` reads it."""
     parts = value.split(":")
-    bad = ValueError(f"{value!r} is not a device like /dev/foo, /dev/foo:/dev/bar or /dev/foo:rw")
+    bad = ValueError(f"{_q(value)} is not a device like /dev/foo, /dev/foo:/dev/bar or /dev/foo:rw")
     if not 1 <= len(parts) <= 3 or not _is_normal_absolute(parts[0]) or parts[0] == "/":
         raise bad
     rest = parts[1:]
@@ -216,13 +222,13 @@ def _device(value: str) -> str:
 Device = Annotated[str, AfterValidator(_device)]
 
 # host, bridge, none, container:<name> or a network's name (docker's name rule).
-_NETWORK_MODE = re.compile(r"(?:container:|service:)?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}", re.ASCII)
+_NETWORK_MODE = re.compile(r"(?:container:)?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}", re.ASCII)
 
 
 def _network_mode(value: str) -> str:
     if not _NETWORK_MODE.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a network mode (host, bridge, none, container:NAME"
+            f"{_q(value)} is not a network mode (host, bridge, none, container:NAME"
             " or a network's name)"
         )
     return value
@@ -235,7 +241,7 @@ _URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,2047}", re.ASCII)
 
 def _http_path(value: str) -> str:
     if not _URL_PATH.fullmatch(value):
-        raise ValueError(f"{value!r} is not an HTTP path like /health (no spaces)")
+        raise ValueError(f"{_q(value)} is not an HTTP path like /health (no spaces)")
     return value
 
 
@@ -256,7 +262,7 @@ def _model_id(value: str) -> str:
         or len(value) > 96
     ):
         raise ValueError(
-            f"{value!r} is not a model id like Qwen/Qwen2.5-7B-Instruct (namespace/name:"
+            f"{_q(value)} is not a model id like Qwen/Qwen2.5-7B-Instruct (namespace/name:"
             " letters, digits, '-', '_', '.'; no '..' or '--'; at most 96)"
         )
     return value
@@ -283,7 +289,7 @@ def is_host_name(value: str) -> bool:
 
 def _address(value: str) -> str:
     if not is_host_name(value):
-        raise ValueError(f"{value!r} is not an IP address or a DNS host name")
+        raise ValueError(f"{_q(value)} is not an IP address or a DNS host name")
     return value
 
 
@@ -297,25 +303,25 @@ def split_ssh_target(value: str) -> tuple[str | None, str, int | None]:
     """``[user@]host[:port]`` (IPv6 in brackets) → parts, or ``ValueError``."""
     user, at, rest = value.rpartition("@")
     if at and not _USER.fullmatch(user):
-        raise ValueError(f"{value!r}: {user!r} is not a user name")
+        raise ValueError(f"{_q(value)}: {_q(user)} is not a user name")
     if rest.startswith("["):
         host, _, tail = rest[1:].partition("]")
         port_text = tail[1:] if tail.startswith(":") else None
         if tail and port_text is None:
-            raise ValueError(f"{value!r} is not [user@]host[:port]")
+            raise ValueError(f"{_q(value)} is not [user@]host[:port]")
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"{value!r}: {host!r} is not an IPv6 address") from None
+            raise ValueError(f"{_q(value)}: {_q(host)} is not an IPv6 address") from None
     else:
         host, colon, port_text_or_empty = rest.partition(":")
         port_text = port_text_or_empty if colon else None
         if not is_host_name(host):
-            raise ValueError(f"{value!r}: {host!r} is not an IP address or a DNS host name")
+            raise ValueError(f"{_q(value)}: {_q(host)} is not an IP address or a DNS host name")
     port = None
     if port_text is not None:
         if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"{value!r}: {port_text!r} is not a port (1-65535)")
+            raise ValueError(f"{_q(value)}: {_q(port_text)} is not a port (1-65535)")
         port = int(port_text)
     return (user if at else None), host, port
 
@@ -323,7 +329,7 @@ def split_ssh_target(value: str) -> tuple[str | None, str, int | None]:
 def _ssh_target(value: str) -> str:
     user, _, _ = split_ssh_target(value)
     if user is None:
-        raise ValueError(f"{value!r} is not user@host[:port]")
+        raise ValueError(f"{_q(value)} is not user@host[:port]")
     return value
 
 
@@ -334,15 +340,15 @@ def _docker_host(value: str) -> str:
     """``unix:///path``, ``ssh://[user@]host[:port]`` or ``tcp://host:port``."""
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in ("unix", "ssh", "tcp"):
-        raise ValueError(f"{value!r} must start with unix://, ssh:// or tcp://")
+        raise ValueError(f"{_q(value)} must start with unix://, ssh:// or tcp://")
     if scheme == "unix":
         if not _is_normal_absolute(rest) or rest == "/":
-            raise ValueError(f"{value!r}: the socket must be an absolute, normalised path")
+            raise ValueError(f"{_q(value)}: the socket must be an absolute, normalised path")
         return value
     target = rest[:-1] if rest.endswith("/") else rest
     user, _, port = split_ssh_target(target)
     if scheme == "tcp" and (user is not None or port is None):
-        raise ValueError(f"{value!r} is not tcp://host:port")
+        raise ValueError(f"{_q(value)} is not tcp://host:port")
     return value
 
 
@@ -355,7 +361,7 @@ _NAME = re.compile(r"[^\s](?:[^\x00-\x1f\x7f]{0,253}[^\s])?")
 
 def _name(value: str) -> str:
     if not _NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a name (1-255 characters, no surrounding spaces)")
+        raise ValueError(f"{_q(value)} is not a name (1-255 characters, no surrounding spaces)")
     return value
 
 

@@ -332,6 +332,14 @@ class Settings(_Model):
         # compile prunes what it no longer produces here: it must never be a folder the
         # user keeps anything else in, so it stays a plain folder inside the repository.
         parts = PurePosixPath(value).parts
+        if not value.isprintable():
+            raise ValueError("must be a folder name without control characters or NUL")
+        if len(value.encode("utf-8", "surrogatepass")) > 1024 or any(
+            len(part.encode("utf-8", "surrogatepass")) > 255 for part in parts
+        ):
+            raise ValueError(
+                "is too long: at most 255 bytes per folder name and 1024 in all"
+            )
         if (
             not value
             or value.startswith(("/", "~"))
@@ -527,7 +535,10 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
-    return repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 def _allowed_keys(model: type[BaseModel], path: KeyPath) -> list[str]:

@@ -204,18 +204,23 @@ def _is_device_permissions(text: str) -> bool:
 
 
 def _device(value: str) -> str:
-    """``/dev/host[:/dev/container][:rwm]``, as ``docker run --device`` reads it."""
+    """``/dev/host[:/dev/container[:rwm]]``.
+
+    ``docker run --device`` also reads ``/dev/host:rwm``, but compose reads the same
+    text as a container path ``rwm``: that short form is refused, so that both mean
+    the same thing.
+    """
     parts = value.split(":")
-    bad = ValueError(f"{_q(value)} is not a device like /dev/foo, /dev/foo:/dev/bar or /dev/foo:rw")
-    if not 1 <= len(parts) <= 3 or not _is_normal_absolute(parts[0]) or parts[0] == "/":
-        raise bad
-    rest = parts[1:]
-    if rest and _is_device_permissions(rest[-1]):
-        rest = rest[:-1]
-    if len(rest) > 1 or (rest and (not _is_normal_absolute(rest[0]) or rest[0] == "/")):
-        raise bad
-    if "," in value:
-        raise bad
+    paths = parts[:2]
+    if (
+        len(parts) > 3
+        or "," in value
+        or any(not _is_normal_absolute(path) or path == "/" for path in paths)
+        or (len(parts) == 3 and not _is_device_permissions(parts[2]))
+    ):
+        raise ValueError(
+            f"{_q(value)} is not a device like /dev/foo, /dev/foo:/dev/bar or /dev/foo:/dev/foo:rw"
+        )
     return value
 
 
@@ -305,9 +310,9 @@ def split_ssh_target(value: str) -> tuple[str | None, str, int | None]:
     if at and not _USER.fullmatch(user):
         raise ValueError(f"{_q(value)}: {_q(user)} is not a user name")
     if rest.startswith("["):
-        host, _, tail = rest[1:].partition("]")
+        host, bracket, tail = rest[1:].partition("]")
         port_text = tail[1:] if tail.startswith(":") else None
-        if tail and port_text is None:
+        if not bracket or (tail and port_text is None):
             raise ValueError(f"{_q(value)} is not [user@]host[:port]")
         try:
             ipaddress.IPv6Address(host)

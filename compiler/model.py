@@ -68,6 +68,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 # How many deployments one deployment may name in extends, and a GPU's highest index.
 MAX_EXTENDS = 64
 MAX_GPU_INDEX = 65_535
+MAX_HOST_GPUS = 1024
 
 
 def _env_name(name: str) -> str:
@@ -277,6 +278,15 @@ class Host(_Model):
         if not 1 <= low <= high <= 65535:
             raise ValueError(f"'{value}' is not a port range within 1-65535, low to high")
         return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_count(cls, gpus: Any) -> Any:
+        items = [gpus] if isinstance(gpus, GpuCount) else list(gpus or ())
+        total = sum(item.count if isinstance(item, GpuCount) else 1 for item in items)
+        if total > MAX_HOST_GPUS:
+            raise ValueError(f"{total} GPUs; a host has at most {MAX_HOST_GPUS}")
+        return gpus
 
     def gpu_list(self) -> list[GpuSpec]:
         """The host's GPUs with the ``{framework, count}`` shorthand expanded."""

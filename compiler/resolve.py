@@ -31,8 +31,9 @@ MAX_ARGUMENT_BYTES = 131_071
 # All of one container's arguments, env and labels: a systemd unit holds them in one
 # ExecStart line, which systemd caps at 1 MiB; quoting can double their length.
 MAX_CONTAINER_BYTES = 262_144
-# Replicas in one fleet.
+# Replicas, and GPUs, in one fleet.
 MAX_WORKLOADS = 100_000
+MAX_FLEET_GPUS = 262_144
 
 
 class ResolvedHost(BaseModel):
@@ -514,8 +515,19 @@ def _resolve_hosts(
     defaults = repo.settings.defaults
     _check_unique([(h.name, doc) for h, doc in repo.hosts], "host", "name", errors)
     hosts: dict[str, tuple[ResolvedHost, Mark]] = {}
+    fleet_gpus = 0
     for host, doc in repo.hosts:
         gpus = host.gpu_list()
+        fleet_gpus += len(gpus)
+        if fleet_gpus > MAX_FLEET_GPUS:
+            errors.append(
+                ResolveError(
+                    f"the fleet has more than {MAX_FLEET_GPUS} GPUs in all",
+                    doc.source.mark(("gpus",)),
+                    "gpus",
+                )
+            )
+            break
         seen: set[int] = set()
         for gpu in gpus:
             if gpu.index in seen:
@@ -678,16 +690,22 @@ class _Draft:
             except template.TemplateError as error:
                 raise failure(key, error) from None
 
+        # Each part of the argv by the key that wrote it, for the size check.
+        argv_parts: list[tuple[str, Iterable[str]]] = []
         entry_words = words_of("entrypoint")
         entrypoint = render(entry_words, "entrypoint") if values.get("entrypoint") else None
+        argv_parts.append(("entrypoint", entrypoint or ()))
         command = list(render(words_of("run_command"), "run_command"))
+        argv_parts.append(("run_command", tuple(command)))
         style = values.get("parameter_format")
         for key in ("default_backend_param", "backend_parameters"):
             try:
                 params = template.parameter_words(tuple(values.get(key) or ()), style)
             except template.TemplateError as error:
                 raise failure(key, error) from None
-            command.extend(render(params, key))
+            rendered = render(params, key)
+            argv_parts.append((key, rendered))
+            command.extend(rendered)
 
         image = values.get("image_name")
         if not image:
@@ -704,8 +722,7 @@ class _Draft:
         labels = values.get("labels") or {}
         self._check_sizes(
             [
-                ("entrypoint", entrypoint or ()),
-                ("run_command", command),
+                *argv_parts,
                 *((f"env.{k}", (f"{k}={v}",)) for k, v in env.items()),
                 *((f"labels.{k}", (f"{k}={v}",)) for k, v in labels.items()),
             ]

@@ -347,9 +347,7 @@ class Settings(_Model):
         if len(value.encode("utf-8", "surrogatepass")) > 1024 or any(
             len(part.encode("utf-8", "surrogatepass")) > 255 for part in parts
         ):
-            raise ValueError(
-                "is too long: at most 255 bytes per folder name and 1024 in all"
-            )
+            raise ValueError("is too long: at most 255 bytes per folder name and 1024 in all")
         if (
             not value
             or value.startswith(("/", "~"))
@@ -367,8 +365,15 @@ class Settings(_Model):
     @field_validator("label_prefix")
     @classmethod
     def _prefix(cls, prefix: str) -> str:
-        if not re.match(r"^[a-z0-9]+([.-][a-z0-9]+)*$", prefix):
+        if len(prefix) > 128 or not re.match(r"^[a-z0-9]+([.-][a-z0-9]+)*$", prefix):
             raise ValueError(f"'{prefix}' is not a label prefix like io.fleetform")
+        # Docker's and compose's own labels: fleetform's would mix with theirs.
+        reserved = ("com.docker", "io.docker", "org.dockerproject", "org.opencontainers")
+        if any(prefix == word or prefix.startswith(word + ".") for word in reserved):
+            raise ValueError(
+                f"'{prefix}' is under {', '.join(reserved)}, which Docker keeps for its own"
+                " labels; use your own, like io.fleetform"
+            )
         return prefix
 
 
@@ -533,6 +538,11 @@ def _message(error: Any) -> str:
         return f"{error['msg']}, got {_show(value)}"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         return f"{_show(value)} is out of range ({error['msg'].lower()})"
+    if kind == "too_short":
+        return "must not be empty (leave the key out instead)"
+    if kind == "too_long":
+        context = error.get("ctx", {})
+        return f"{context.get('actual_length')} items; at most {context.get('max_length')}"
     if kind == "string_too_short":
         return "must not be empty"
     return f"{error['msg']}, got {_show(value)}"

@@ -529,11 +529,15 @@ def _resolve_hosts(
             )
             break
         seen: set[int] = set()
-        for gpu in gpus:
+        for position, gpu in enumerate(gpus):
             if gpu.index in seen:
+                # Only a list of {index, …} can repeat an index (a count continues
+                # after the highest), so the position is that list's item.
                 errors.append(
                     ResolveError(
-                        f"GPU index {gpu.index} is listed twice", doc.source.mark(("gpus",)), "gpus"
+                        f"GPU index {gpu.index} is listed twice",
+                        doc.source.mark(("gpus", position, "index")),
+                        f"gpus[{position}].index",
                     )
                 )
             seen.add(gpu.index)
@@ -730,6 +734,16 @@ class _Draft:
         devices = list(_vendor_devices(framework, gpus)) + list(values.get("devices") or [])
         model_mount = _model_mount(values, model_path, host) if model_path else None
         volumes = list(dict.fromkeys(values.get("volumes") or []))
+        targets = {model_mount: "the model's folder"} if model_mount else {}
+        for volume in volumes:
+            target = volume.split(":")[1]
+            if target in targets:
+                # docker refuses a container with two mounts on one path ("Duplicate
+                # mount point"), and compose would let the later one hide the model.
+                raise self.fail(
+                    "volumes", f"volume '{volume}' mounts onto {targets[target]} ({target})"
+                )
+            targets[target] = f"volume '{volume}'"
 
         return Workload(
             deployment=self.name,

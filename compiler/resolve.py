@@ -29,8 +29,9 @@ BUILTINS = ("model_path", "port", "model_name", "worker_ip", "gpu_count", "gpu_i
 # Linux refuses an execve() argument (with its NUL) over MAX_ARG_STRLEN, 128 KiB.
 MAX_ARGUMENT_BYTES = 131_071
 # All of one container's arguments, env and labels: a systemd unit holds them in one
-# ExecStart line, which systemd caps at 1 MiB; quoting can double their length.
-MAX_CONTAINER_BYTES = 262_144
+# ExecStart line, which systemd caps at 1 MiB; quoting makes a text at most four times
+# longer (a noncharacter's 3 bytes become 12 characters of escapes).
+MAX_CONTAINER_BYTES = 196_608
 # Replicas, and GPUs, in one fleet.
 MAX_WORKLOADS = 100_000
 MAX_FLEET_GPUS = 262_144

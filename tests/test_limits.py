@@ -106,3 +106,27 @@ def test_a_container_over_its_total_size(tmp_path: Path) -> None:
     )
     assert message.startswith("deployments.d/d.yaml:1:7: name: the container's arguments,")
     assert message.endswith(f"bytes; the limit is {MAX_CONTAINER_BYTES}")
+
+
+def test_the_largest_container_still_fits_systemd(tmp_path: Path) -> None:
+    """Just under the cap, in the characters quoting makes longest (a noncharacter's 3
+    bytes become 12 characters of escapes): real systemd reads the argv back whole."""
+    from tests.helpers import systemd_exec_start
+
+    value = "\ufdd0" * 31_000  # 93,000 bytes a variable, two of them
+    deployment = "name: d\nbackend: srv\nlocal_path: /m\nenv:\n" + "".join(
+        f"  A{i}: {value}\n" for i in range(2)
+    )
+    for relative, text in {
+        "backends.d/b.yaml": CPU_BACKEND,
+        "hosts.d/h.yaml": "name: h1\naddress: 10.9.0.1\ntarget: systemd\n",
+        "deployments.d/d.yaml": deployment,
+    }.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text, encoding="utf-8")
+    api.compile_repo(tmp_path)
+    (unit,) = (tmp_path / "output/h1/systemd").glob("*.service")
+    text = unit.read_text(encoding="utf-8")
+    assert len(max(text.split(" \\\n"), key=len)) > 4 * 93_000
+    argv = systemd_exec_start(unit.name, text)
+    assert [word for word in argv if word.startswith("A")] == [f"A0={value}", f"A1={value}"]

@@ -27,6 +27,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="Rewrite tests/golden/*/output from the current compiler instead of comparing.",
     )
+    parser.addoption(
+        "--update-hostile",
+        action="store_true",
+        default=False,
+        help="Rewrite tests/hostile/expected.json (the pinned error lines of test_hostile.py)"
+        " from the current compiler's output.",
+    )
 
 
 @pytest.fixture

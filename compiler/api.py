@@ -7,11 +7,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compiler.errors import FleetformError, Mark, OutputError
-from compiler.load import SETTINGS_FILE, load_repo
+from compiler.errors import FleetformError, Mark
+from compiler.load import load_repo
 from compiler.model import Repo, Settings, validate_repo
 from compiler.observe.connections import Connections
-from compiler.output import Changes, Writer, diff_output, read_prior
+from compiler.output import (
+    Changes,
+    OutputPlace,
+    OutputTree,
+    PriorState,
+    Writer,
+    check_not_interrupted,
+    confine,
+    diff_output,
+    locked,
+    read_state,
+    recover,
+    scan_output,
+)
 from compiler.render.fleet import render_fleet
 from compiler.resolve import Fleet, resolve_fleet
 
@@ -29,51 +42,74 @@ class Compiled:
 
 
 def load(root: Path) -> Repo:
-    return validate_repo(load_repo(root))
+    return _load(root)[0]
+
+
+def _load(root: Path) -> tuple[Repo, OutputPlace]:
+    """The validated repository, and where its output folder is (and is set)."""
+    raw = load_repo(root)
+    repo = validate_repo(raw)
+    setting: Mark | None = None
+    if raw.settings is not None and "output_dir" in raw.settings.value:
+        setting = raw.settings.source.mark(("output_dir",))
+    relative = repo.settings.output_dir
+    return repo, OutputPlace(root / relative, relative, setting)
 
 
 def output_dir(root: Path, repo: Repo) -> Path:
-    """The output folder, refused unless it really is inside the repository.
+    """The output folder, refused unless the path to it is plain folders (no link).
 
-    Settings validation already rejects absolute paths and '..'; this also catches a
-    symlink that leads out of the repository.
+    Settings validation already rejects absolute paths and '..'; without links on the
+    way, the folder is inside the repository.
     """
-    out = root / repo.settings.output_dir
-    real_root = root.resolve()
-    real_out = out.resolve()
-    if real_out == real_root or real_root not in real_out.parents:
-        raise OutputError(
-            f"output_dir '{repo.settings.output_dir}' leads to {real_out}, outside the"
-            " repository; refusing to write there",
-            Mark(SETTINGS_FILE, 1, 1),
-            "output_dir",
-        )
-    return out
+    place = OutputPlace(root / repo.settings.output_dir, repo.settings.output_dir, None)
+    confine(root, place)
+    return place.path
+
+
+def _read_output(root: Path, place: OutputPlace) -> tuple[OutputTree, PriorState]:
+    """``output/`` scanned and its indexes read (the caller holds the lock)."""
+    check_not_interrupted(place)
+    tree = scan_output(place)
+    return tree, read_state(tree)
 
 
 def build(root: Path) -> Compiled:
     """Load, validate, resolve and render, entirely in memory."""
-    repo = load(root)
-    out = output_dir(root, repo)
-    fleet = resolve_fleet(repo, read_prior(out))
-    return Compiled(repo, fleet, render_fleet(fleet), out)
+    repo, place = _load(root)
+    confine(root, place)
+    with locked(root, place, exclusive=False):
+        _, state = _read_output(root, place)
+    fleet = resolve_fleet(repo, state.prior)
+    return Compiled(repo, fleet, render_fleet(fleet), place.path)
 
 
 def compile_repo(root: Path, *, check: bool = False) -> Changes:
-    """Write ``output/`` (or, with ``check``, only report what would change)."""
+    """Write ``output/`` (or, with ``check``, only report what would change).
+
+    One compile of a repository at a time (a second one waits); the new ``output/``
+    replaces the old one in one step, or not at all (see :mod:`compiler.output`).
+    """
+    repo, place = _load(root)
+    confine(root, place)
     if check:
-        compiled = build(root)
-        return diff_output(compiled.output_dir, compiled.files)
-    repo = load(root)
-    out = output_dir(root, repo)
-    fleet = resolve_fleet(repo, read_prior(out))
-    writer = Writer(out)  # writes while the rest is rendered
-    try:
-        render_fleet(fleet, writer.add)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.commit()
+        with locked(root, place, exclusive=False):
+            tree, state = _read_output(root, place)
+            files = render_fleet(resolve_fleet(repo, state.prior))
+            return diff_output(tree, files)
+    with locked(root, place, exclusive=True) as parent_fd:
+        assert parent_fd is not None
+        recover(place)
+        tree = scan_output(place)
+        state = read_state(tree)
+        fleet = resolve_fleet(repo, state.prior)
+        writer = Writer(tree, state.managed, parent_fd)  # writes while the rest is rendered
+        try:
+            render_fleet(fleet, writer.add)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit()
 
 
 def explain(root: Path, deployment: str) -> str:

@@ -96,6 +96,28 @@ def cli() -> None:
     # the default thresholds the cyclic collector rescans them over and over (a third
     # of a large compile's time). mypy raises its thresholds for the same reason.
     gc.set_threshold(50_000, 20, 20)
+    _print_fleetform_warnings()
+
+
+def _print_fleetform_warnings() -> None:
+    """fleetform's own warnings (an ignored index, a wait for the lock): each its line."""
+    import warnings
+
+    from compiler.errors import FleetformWarning
+
+    default = warnings.showwarning
+    if getattr(default, "fleetform", False):
+        return
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(category, type) and issubclass(category, FleetformWarning):
+            click.echo(str(message), err=True)
+        else:
+            default(message, category, *args, **kwargs)
+
+    show.fleetform = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    warnings.simplefilter("always", FleetformWarning)
 
 
 @cli.command()

@@ -59,6 +59,7 @@ from hostile_repos import (
 )
 
 from compiler.cli import cli
+from compiler.render.index import INDEX_SCHEMA
 
 EXPECTED_FILE = Path(__file__).parent / "hostile" / "expected.json"
 
@@ -258,6 +259,37 @@ def output_like_base(repo: Path) -> None:
 
 
 BASE_OUTPUT: list[dict[str, tuple[str, object]]] = []  # filled by the base fixture
+LAST_STDOUT: list[str] = [""]  # the stdout of the scenario being checked
+
+
+def explain(id: str, files: Mapping[str, Content], *forged: str) -> Scenario:
+    """``explain chat`` on a value that tries to forge output: exit 0, no line of the
+    output starts with any of ``forged``, and no raw control character is printed."""
+
+    def check(repo: Path) -> None:
+        stdout = LAST_STDOUT[0]
+        assert stdout.startswith("deployment chat\n"), stdout[:300]
+        lines = stdout.split("\n")
+        for line in lines:
+            assert not any(line.lstrip().startswith(text) for text in forged), line
+        raw = [c for c in stdout if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F]
+        bidi = [c for c in stdout if c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"]
+        assert not raw and not bidi, (raw, bidi)
+        assert "\u2028" not in stdout and "\u2029" not in stdout
+
+    return Scenario(id, files, 0, (), check, args=("explain", "chat"))
+
+
+def kept(path: str) -> Callable[[Path], None]:
+    """A file compile did not write is still there, unchanged."""
+
+    def check(repo: Path) -> None:
+        assert (repo / path).read_text(encoding="utf-8") == USER_FILE
+
+    return check
+
+
+USER_FILE = "# written by a person, not by fleetform\n"
 
 
 # 41 env values, each twice the one before: 2**40 copies of "x" once expanded.
@@ -322,9 +354,37 @@ INDEX_ENTRY = (
 )
 
 
+def unit_index(**overrides: str) -> dict[str, Content]:
+    """``output/gpu-s/index.json`` as compile writes it, one workload's fields replaced:
+    an index lists artifacts, and a hand-edited one may name any path."""
+    workload = {
+        "name": "gone-0",
+        "deployment": "gone",
+        "replica": 0,
+        "spec_hash": "0000000000000000",
+        "container": "fleet-gone-0",
+        "artifact": "systemd/fleet-gone-0.service",
+        "image": "vllm/vllm-openai:v1",
+        "framework": "cuda",
+        "gpus": [1],
+        "port": 41001,
+    }
+    document = {
+        "schema": INDEX_SCHEMA,
+        "project": "fleet",
+        "host": "gpu-s",
+        "target": "systemd",
+        "address": "192.0.2.12",
+        "workloads": [workload],
+    }
+    for key, value in overrides.items():
+        (document if key == "host" else workload)[key] = value
+    return {"output/gpu-s/index.json": json.dumps(document, indent=2) + "\n"}
+
+
 def index_of_gpu_a(**overrides: str) -> dict[str, Content]:
     """A hand-edited ``output/gpu-a/index.json`` (placement reads it as the prior)."""
-    fields = {"schema": "SCHEMA", "host": '"gpu-a"', "gpus": "[]", "port": "8000"}
+    fields = {"schema": json.dumps(INDEX_SCHEMA), "host": '"gpu-a"', "gpus": "[]", "port": "8000"}
     fields.update(overrides)
     return {"output/gpu-a/index.json": INDEX_ENTRY.format(**fields)}
 
@@ -405,7 +465,7 @@ SCENARIOS: list[Scenario] = [
     bad(
         "label-key-newline",
         dep('labels: {"a\\nb": x}\n'),
-        at(D, 6, 10, "labels.a\\nb"),
+        at(D, 6, 10, "labels"),  # a key path never shows a raw line break
     ),
     bad("label-key-space", dep('labels: {"a b": x}\n'), at(D, 6, 10, "labels.a b")),
     bad("label-value-nul", dep('labels: {team: "a\\0b"}\n'), at(D, 6, 16, "labels.team")),
@@ -774,7 +834,7 @@ SCENARIOS: list[Scenario] = [
                 "gpus: [{index: 0, framework: cuda, memory_mib: " + "7" * 5000 + "}]",
             )
         },
-        at(S, 6, 47, "gpus[0].memory_mib"),
+        at(S, 6, 48, "gpus[0].memory_mib"),
     ),
     bad(
         "huge-int-port-range",
@@ -855,7 +915,7 @@ SCENARIOS: list[Scenario] = [
                 "gpus: [{index: 0, framework: cuda}, {index: 0, framework: cuda}]",
             )
         },
-        at(S, 6, 37, "gpus[1].index"),
+        at(S, 6, 45, "gpus[1].index"),
     ),
     bad(
         "deployment-extends-1000-deep",
@@ -929,11 +989,15 @@ SCENARIOS: list[Scenario] = [
     # === resource exhaustion ===========================================================
     bad("env-doubling-placeholders", dep(DOUBLING), at(D, 8, 7, "env.V1")),
     bad("env-value-10-mb", dep("env: {BIG: " + "x" * 10_000_000 + "}\n"), at(D, 6, 12, "env.BIG")),
-    bad("run-command-1-mb", dep("run_command: vllm " + "a " * 500_000 + "\n"), at(D, 1, 7, "name")),
+    bad(
+        "run-command-1-mb",
+        dep("run_command: vllm " + "a " * 500_000 + "\n"),
+        at(D, 6, 14, "run_command"),
+    ),
     bad(
         "alias-fanout-across-objects",
         {"deployments.d/fan.yaml": alias_fanout(3000, 5000)},
-        "deployments.d/fan.yaml",
+        "deployments.d/fan.yaml",  # the line depends on the budget chosen
     ),
     good("extends-diamond-30-levels", extends_diamond(30)),
     bad(
@@ -971,7 +1035,7 @@ SCENARIOS: list[Scenario] = [
         "late-obstruction-leaves-output-untouched",
         {
             D: DEPLOYMENT + "env: {A: changed}\n",
-            U: UNIT_DEPLOYMENT + "replicas: 2\nport: 8002\n",
+            U: UNIT_DEPLOYMENT.replace("port: 8001\n", "") + "replicas: 2\n",
             "output/gpu-s/systemd/fleet-unit-1.service/keep": "an obstruction\n",
         },
         at(F, 2, 13, "output_dir"),
@@ -1093,8 +1157,13 @@ SCENARIOS: list[Scenario] = [
     ),
     good(
         "env-value-unicode-systemd",
-        unit("env: {A: " + q("é中🙂 \u2028 \x85") + "}\n"),
-        unit_env_is("A", "é中🙂 \u2028 \x85"),
+        unit("env: {A: " + q("é中🙂 \u00a0ü \u2003x") + "}\n"),
+        unit_env_is("A", "é中🙂 \u00a0ü \u2003x"),
+    ),
+    bad(
+        "control-character-nel-in-env-value",
+        unit("env: {A: " + q("a\x85b") + "}\n"),
+        at(U, 6, 10, "env.A"),
     ),
     good("label-value-dollar", dep("labels: {team: 'a$b ${c}'}\n"), lambda r: None),
     good(
@@ -1150,6 +1219,190 @@ SCENARIOS: list[Scenario] = [
     ),
     good("index-stale-but-valid-prior", index_of_gpu_a(gpus="[3]"), None),
 ]
+
+SCENARIOS += [
+    # --- keys that look like pydantic's own location parts (found by test_fuzz.py) ---
+    bad("unknown-key-with-bracket", dep('"[": 1\n'), at(D, 6, 1, "[")),
+    bad("unknown-key-gpu-spec", dep("gpu-spec: 1\n"), at(D, 6, 1, "gpu-spec")),
+    bad("unknown-key-function-after", dep("function-after: 1\n"), at(D, 6, 1, "function-after")),
+    bad(
+        "unknown-host-key-list-of-str",
+        {S: SYSTEMD_HOST + '"list[str]": 1\n'},
+        at(S, 8, 1, "list[str]"),
+    ),
+    bad("env-name-with-brackets", dep('env: {"[x]": a}\n'), at(D, 6, 7, "env.[x]")),
+    bad("label-key-with-brackets", dep('labels: {"a[0]": b}\n'), at(D, 6, 10, "labels.a[0]")),
+    # --- more odd YAML and settings ---
+    bad("merge-of-a-scalar", dep("<<: 1\n"), at(D, 6, 5)),
+    bad("settings-two-documents", {F: "project: a\n---\nproject: b\n"}, at(F, 3, 1)),
+    bad("settings-defaults-null", {F: SETTINGS + "defaults: ~\n"}, at(F, 4, 11, "defaults")),
+    good("settings-as-a-one-item-list", {F: "- project: a\n"}, None),
+    bad(
+        "project-option",
+        {F: SETTINGS.replace("project: fleet", "project: --x")},
+        at(F, 1, 10, "project"),
+    ),
+    bad(
+        "label-prefix-trailing-dot",
+        {F: SETTINGS.replace("label_prefix: io.fleetform", "label_prefix: io.fleetform.")},
+        at(F, 3, 15, "label_prefix"),
+    ),
+    bad("undefined-alias", dep("labels: *nowhere\n"), at(D, 6, 9)),
+    good("empty-settings-file", {F: ""}, None),
+    # --- the output folder holds what it holds ---
+    bad("output-is-a-file", {"output": "not a folder\n"}, at(F, 2, 13, "output_dir")),
+    bad(
+        "host-folder-is-a-file",
+        {"output/gpu-a": "not a folder\n", D: DEPLOYMENT + "env: {A: changed}\n"},
+        at(F, 2, 13, "output_dir"),
+    ),
+    bad(
+        "obstruction-index-is-a-folder",
+        {
+            "output/gpu-s/index.json": None,
+            "output/gpu-s/index.json/keep": USER_FILE,
+            D: DEPLOYMENT + "env: {A: changed}\n",
+        },
+        at(F, 2, 13, "output_dir"),
+    ),
+    good(
+        "user-file-in-host-folder-is-kept",
+        {"output/gpu-a/README.md": USER_FILE, D: DEPLOYMENT + "env: {A: changed}\n"},
+        kept("output/gpu-a/README.md"),
+    ),
+    good(
+        "hand-written-unit-beside-ours-is-kept",
+        {"output/gpu-s/systemd/by-hand.service": USER_FILE, U: UNIT_DEPLOYMENT + "env: {A: b}\n"},
+        kept("output/gpu-s/systemd/by-hand.service"),
+    ),
+    good(
+        "dotfile-in-output-is-kept",
+        {"output/.keep": USER_FILE, "output/gpu-a/.notes": USER_FILE},
+        lambda repo: (kept("output/.keep")(repo), kept("output/gpu-a/.notes")(repo)),
+    ),
+    good(
+        "unit-of-removed-deployment-is-deleted",
+        {U: UNIT_DEPLOYMENT.replace("worker_selector: {gpu: l4}", "worker_selector: {gpu: h100}")},
+        lambda repo: None if not (repo / UNIT_FILE).exists() else pytest.fail("stale unit kept"),
+    ),
+    good(
+        "index-unknown-deployment",
+        {
+            "output/gpu-a/index.json": INDEX_ENTRY.format(
+                schema=json.dumps(INDEX_SCHEMA), host='"gpu-a"', gpus="[1]", port="8000"
+            ).replace('"chat"', '"gone"')
+        },
+        output_like_base,
+    ),
+    good(
+        "index-of-systemd-host-gpu-host-lacks",
+        {
+            "output/gpu-s/index.json": INDEX_ENTRY.format(
+                schema=json.dumps(INDEX_SCHEMA), host='"gpu-s"', gpus="[7]", port="8001"
+            ).replace('"chat"', '"unit"')
+        },
+        output_like_base,
+    ),
+    # --- an index that names artifacts elsewhere: compile deletes only what it wrote ---
+    good(
+        "index-artifact-escapes-to-outside",
+        unit_index(artifact="../../../outside/secret.txt"),
+        None,
+    ),
+    good("index-artifact-absolute", unit_index(artifact="/tmp/fleetform-never-this"), None),
+    good("index-artifact-other-host", unit_index(artifact="../gpu-a/compose.yaml"), None),
+    good("index-artifact-source-file", unit_index(artifact="../../hosts.d/gpu-s.yaml"), None),
+    good("index-container-name-option", unit_index(container="--privileged"), None),
+    good("index-host-path-escape", unit_index(host="../../outside/host"), None),
+    # --- legitimate values that look like options ---
+    good(
+        "entrypoint-option-like-word",
+        unit("entrypoint: --privileged\n"),
+        lambda repo: _entrypoint_is(repo, "--privileged"),
+    ),
+    good(
+        "backend-parameter-privileged-is-a-container-argument",
+        unit("backend_parameters: [--privileged]\n"),
+        lambda repo: _after_image(
+            repo,
+            [
+                "vllm",
+                "serve",
+                "/var/lib/fleetform/models/mistralai/Mistral-7B",
+                "--port",
+                "8001",
+                "--privileged",
+            ],
+        ),
+    ),
+    good(
+        "env-value-looks-like-env-option",
+        unit("env: {A: '--env=B=1 --privileged'}\n"),
+        unit_env_is("A", "--env=B=1 --privileged"),
+    ),
+    good(
+        "label-value-with-equals-and-newline",
+        unit('labels: {team: "a=b\\nio.fleetform.managed-by=x"}\n'),
+        lambda repo: _label_is(repo, "team", "a=b\nio.fleetform.managed-by=x"),
+    ),
+    # --- explain cannot be made to print forged lines or terminal controls ---
+    explain(
+        "explain-newline-in-env-value",
+        dep('env: {A: "x\\n    env B: forged  <- hosts.d/gpu-a.yaml:1:1"}\n'),
+        "env B:",
+    ),
+    bad(
+        "control-character-escape-in-env-value",
+        dep('env: {A: "\\e[2J\\e[1;1Hdeployment chat"}\n'),
+        at(D, 6, 10, "env.A"),
+    ),
+    explain("explain-carriage-return-in-env-value", dep('env: {A: "ok\\r    image: evil"}\n')),
+    explain("explain-bidi-in-env-value", dep('env: {A: "abc\\u202edcba"}\n')),
+    explain(
+        "explain-line-separator-in-env-value",
+        dep('env: {A: "x\\L  replica 9 on host evil"}\n'),
+        "replica 9",
+    ),
+    explain(
+        "explain-newline-in-backend-parameter",
+        dep('backend_parameters: ["--x=a\\n    image: forged"]\n'),
+        "image: forged",
+    ),
+    explain(
+        "explain-newline-in-run-command-argument",
+        dep("run_command: \"vllm serve {{model_path}} 'a\\n  replica 7 on host x'\"\n"),
+        "replica 7",
+    ),
+    explain(
+        "explain-newline-in-volume",
+        dep('volumes: ["/data/a:/data/b"]\nenv: {A: "\\n    volume: /:/host"}\n'),
+        "volume: /:/host",
+    ),
+]
+
+
+def _unit_docker_argv(repo: Path) -> list[str]:
+    return unit_argv(repo)
+
+
+def _entrypoint_is(repo: Path, entrypoint: str) -> None:
+    argv = _unit_docker_argv(repo)
+    at = argv.index("--entrypoint")
+    assert argv[at + 1] == entrypoint and argv[at + 2] == "vllm/vllm-openai:v1", argv
+    assert service(repo, "chat-0").get("entrypoint") is None
+
+
+def _after_image(repo: Path, words: list[str]) -> None:
+    argv = _unit_docker_argv(repo)
+    assert argv[argv.index("vllm/vllm-openai:v1") + 1 :] == words, argv
+
+
+def _label_is(repo: Path, key: str, value: str) -> None:
+    argv = _unit_docker_argv(repo)
+    labels = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--label"]
+    assert f"{key}={value}" in labels, labels
+    assert "io.fleetform.managed-by=fleetform" in labels
+
 
 # Run as a real child process (python -m compiler.cli), as CI and users do.
 SUBPROCESS = {
@@ -1216,10 +1469,10 @@ def copy_repo(compiled_base: Path, folder: Path) -> tuple[Path, Path]:
 
 
 def place(repo: Path, outside: Path, files: Mapping[str, Content]) -> None:
-    """Write a scenario's files; a symlink replaces a folder of the base."""
+    """Write a scenario's files; a file or symlink replaces a folder of the base."""
     for relative, content in files.items():
         path = repo / relative
-        if isinstance(content, Link) and path.is_dir() and not path.is_symlink():
+        if content is not None and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
     write_files(repo, files, outside)
 
@@ -1279,7 +1532,8 @@ def test_hostile_repository(
     if case.exit == 1:
         assert len(lines) == len(case.where), lines
         for line, where in zip(lines, case.where, strict=True):
-            assert line.startswith(where + ": "), (where, line)
+            # A bare file name pins the file only (a position that depends on a limit).
+            assert line.startswith(where + (": " if ":" in where else ":")), (where, line)
         if update_hostile:
             # Only once exit code and positions are right: a refresh pins wording only.
             UPDATED[case.id] = lines
@@ -1288,6 +1542,7 @@ def test_hostile_repository(
     else:
         assert not [line for line in lines if ERROR_LINE.match(line)], lines
         if case.check is not None:
+            LAST_STDOUT[:] = [run.stdout]
             case.check(repo)
         check_artifacts(repo)
 
@@ -1305,7 +1560,11 @@ def check_artifacts(repo: Path) -> None:
         assert not path.is_symlink(), path
     for compose_file in sorted(output.glob("*/compose.yaml")):
         compose_config(compose_file)
-    units = sorted(output.glob("*/systemd/*.service"))
+    units = [
+        unit
+        for unit in sorted(output.glob("*/systemd/*.service"))
+        if unit.read_bytes().startswith(b"# Generated by fleetform")
+    ]
     if units:
         assert systemd_verify(units) == []
 

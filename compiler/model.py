@@ -449,8 +449,8 @@ def validate_document(model: type[M], doc: Document) -> M:
         # A typo'd key also makes a required key "missing": report the typo, not that.
         unknown = [e for e in errors if e["type"] == "extra_forbidden"]
         if len(unknown) > 1:
-            raise ErrorList([_translate(model, doc, e) for e in unknown]) from None
-        raise _translate(model, doc, (unknown or errors)[0]) from None
+            raise ErrorList([_translate(model, doc, value, e) for e in unknown]) from None
+        raise _translate(model, doc, value, (unknown or errors)[0]) from None
 
 
 def _env_as_text(model: type[BaseModel], doc: Document) -> dict[str, Any]:
@@ -487,13 +487,11 @@ def _is_plain_scalar(item: Any) -> bool:
     return isinstance(item, (bool, int, float)) and not isinstance(item, str)
 
 
-def _translate(model: type[BaseModel], doc: Document, error: Any) -> ValidationError:
-    on_key = "[key]" in error["loc"]
-    loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
-    path: KeyPath = tuple(loc)
+def _translate(model: type[BaseModel], doc: Document, value: Any, error: Any) -> ValidationError:
+    path, on_key = _written_path(value, error["loc"])
     kind = error["type"]
     key = dotted(path)
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and path:
         name = str(path[-1])
         allowed = _allowed_keys(model, path[:-1])
         hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
@@ -508,11 +506,37 @@ def _translate(model: type[BaseModel], doc: Document, error: Any) -> ValidationE
     return ValidationError(_message(error), doc.source.mark(path, key=on_key), key)
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts union members and tags into loc: 'list[...]', 'spec', '[key]' …
-    return isinstance(part, str) and (
-        "[" in part or part in ("gpu-spec", "gpu-count", "gpu-list", "function-after")
-    )
+def _written_path(value: Any, loc: tuple[Any, ...]) -> tuple[KeyPath, bool]:
+    """pydantic's ``loc`` as the path of keys and list indices written in the document,
+    and whether the error is about a mapping key rather than its value.
+
+    ``loc`` mixes the written path with pydantic's own parts (union tags such as
+    ``gpu-spec``, ``function-after[…]``, ``[key]``). They are told apart by walking the
+    document itself, never by their text: a user's key may read ``[x]`` or ``gpu-spec``.
+    The last part may name a key that is not written (a missing one).
+    """
+    path: list[str | int] = []
+    current = value
+    on_key = False
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        written = (isinstance(current, dict) and isinstance(part, str) and part in current) or (
+            isinstance(current, list) and type(part) is int and 0 <= part < len(current)
+        )
+        if written:
+            path.append(part)
+            current = current[part]
+        elif last and part == "[key]":
+            on_key = True
+        elif last and isinstance(part, str) and not _is_union_tag(part):
+            path.append(part)
+            current = None
+    return tuple(path), on_key
+
+
+def _is_union_tag(part: str) -> bool:
+    # pydantic's names for union members and validators: 'list[...]', 'gpu-spec', …
+    return "[" in part or part in ("gpu-spec", "gpu-count", "gpu-list", "function-after")
 
 
 def _message(error: Any) -> str:

@@ -123,11 +123,20 @@ class OutputPlace:
         return OutputError(message, self.setting, "output_dir")
 
     def staging_pattern(self) -> re.Pattern[str]:
-        return re.compile(rf"\.fleetform-{re.escape(self.path.name)}-[a-z0-9_]{{8}}")
+        return re.compile(rf"{re.escape(self.prefix)}[a-z0-9_]{{8}}")
+
+    @property
+    def prefix(self) -> str:
+        """Names beside ``output/`` start so: ``.fleetform-<its name, cut to fit>-``.
+
+        Cut so that a 255-byte folder name still leaves room for the suffixes.
+        """
+        tag = os.fsencode(self.path.name)[:160]
+        return f".fleetform-{os.fsdecode(tag).encode('utf-8', 'ignore').decode()}-"
 
     @property
     def journal(self) -> Path:
-        return self.parent / f".fleetform-{self.path.name}-swap.json"
+        return self.parent / f"{self.prefix}swap.json"
 
 
 def shown(text: str) -> str:
@@ -183,17 +192,19 @@ def locked(root: Path, place: OutputPlace, *, exclusive: bool) -> Iterator[int |
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     if parent != root:
         flags |= os.O_NOFOLLOW
+    fd: int | None = None
     try:
         fd = os.open(parent, flags)
     except FileNotFoundError:
         if exclusive:
-            raise
-        yield None
-        return
+            raise place.error(f"{shown(place.shown)}: its folder vanished") from None
     except OSError as error:
         raise place.error(
             f"{shown(place.shown)}: its folder cannot be opened ({error.strerror})"
         ) from None
+    if fd is None:  # nothing to read, nothing to lock
+        yield None
+        return
     try:
         _lock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield fd
@@ -229,9 +240,7 @@ def _make_parents(root: Path, place: OutputPlace) -> None:
             raise place.error(
                 f"{shown('/'.join(parts[:depth]))}: cannot be created ({error.strerror})"
             ) from None
-        if not stat.S_ISDIR(os.lstat(path).st_mode):  # raced into a link: refuse
-            confine(root, place)
-            raise place.error(f"{shown('/'.join(parts[:depth]))}: is not a folder")
+        confine(root, place)  # what is there now is a folder, not a link
 
 
 # --- what output/ holds -----------------------------------------------------------------
@@ -623,12 +632,27 @@ class Writer:
             assert self.staging is not None
             _swap(self.tree, self.staging, self.parent_fd)
             self.staging = None
+        except OSError as error:  # one line naming the path; output/ is as it was
+            named = self._named(error.filename)
+            self._discard()
+            raise OutputError(f"{named}: cannot be written ({error.strerror})") from None
         except BaseException:
             self._discard()
             raise
         changes.created.sort()
         changes.updated.sort()
         return changes
+
+    def _named(self, filename: object) -> str:
+        """How a message names ``filename``: as the ``output/`` path it stands for."""
+        if not isinstance(filename, str):
+            return self.tree.display("")
+        path = Path(filename)
+        for base in (self.staging, self.tree.path):
+            if base is not None and (path == base or base in path.parents):
+                relative = path.relative_to(base).as_posix()
+                return self.tree.display("" if relative == "." else relative)
+        return shown(filename)
 
     def _keep_the_rest(self, dropped: set[str]) -> None:
         """Hard-link into the staging folder every old file that stays as it is."""
@@ -660,7 +684,7 @@ class Writer:
 
 
 def _make_staging(place: OutputPlace) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix=f".fleetform-{place.path.name}-", dir=place.parent))
+    staging = Path(tempfile.mkdtemp(prefix=place.prefix, dir=place.parent))
     if not place.staging_pattern().fullmatch(staging.name):  # mkdtemp's names: 8 of [a-z0-9_]
         os.rmdir(staging)
         raise OutputError(f"unexpected temporary folder name {shown(staging.name)}")
@@ -724,7 +748,7 @@ def _swap(tree: OutputTree, staging: Path, parent_fd: int) -> None:
 
 def _swap_by_journal(place: OutputPlace, staging: Path, parent_fd: int) -> None:
     """Two renames, with a journal that :func:`recover` uses to finish a killed swap."""
-    old = Path(tempfile.mkdtemp(prefix=f".fleetform-{place.path.name}-", dir=place.parent))
+    old = Path(tempfile.mkdtemp(prefix=place.prefix, dir=place.parent))
     os.rmdir(old)  # only the unused name is wanted
     journal = place.journal
     temp = journal.with_name(journal.name + ".tmp")

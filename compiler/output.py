@@ -337,9 +337,9 @@ class _IndexEntry(BaseModel):
     ]
     image: _Text
     framework: _Text
-    gpus: list[_Gpu]
+    gpus: tuple[_Gpu, ...]
     port: Annotated[int, Field(ge=1, le=65_535)]
-    secrets: list[_Text] = []
+    secrets: tuple[_Text, ...] = ()
 
 
 class _Index(BaseModel):
@@ -350,7 +350,7 @@ class _Index(BaseModel):
     host: _Text
     target: Literal["compose", "systemd"]
     address: _Text
-    workloads: list[_IndexEntry]
+    workloads: tuple[_IndexEntry, ...]
 
 
 assert INDEX_SCHEMA == "fleetform.index/v1"  # the Literal above
@@ -414,7 +414,7 @@ def read_state(tree: OutputTree) -> PriorState:
         for entry in index.workloads:
             key = (entry.deployment, entry.replica)
             owner[key] = relative
-            state.prior[key] = Prior(host=index.host, gpus=tuple(entry.gpus), port=entry.port)
+            state.prior[key] = Prior(host=index.host, gpus=entry.gpus, port=entry.port)
         owned = {relative, f"{host}/compose.yaml"}
         owned |= {f"{host}/{entry.artifact}" for entry in index.workloads}
         state.managed |= owned & tree.files
@@ -541,6 +541,7 @@ class Writer:
         self.changes = Changes()
         self.produced: set[str] = set()
         self.same: set[str] = set()
+        self.kept: set[str] = set()  # old files linked into the staging folder
         self.staging: Path | None = None
         self._made: set[str] = set()
         self.error: BaseException | None = None
@@ -567,15 +568,20 @@ class Writer:
         if problem is not None:
             raise OutputError(problem)
         try:
-            if path in tree.files:
-                if _same(tree, path, content):
-                    self.same.add(path)
-                    return
-                changed = self.changes.updated
-            else:
-                changed = self.changes.created
+            same = path in tree.files and _same(tree, path, content)
         except OSError as error:
             raise OutputError(f"{tree.display(path)}: cannot be read ({error.strerror})") from None
+        if same:
+            self.same.add(path)
+            if self.staging is not None:  # linked now, while rendering goes on
+                try:
+                    self._keep(path)
+                except OSError as error:
+                    raise OutputError(
+                        f"{tree.display(path)}: cannot be kept ({error.strerror})"
+                    ) from None
+            return
+        changed = self.changes.updated if path in tree.files else self.changes.created
         target = self._staged_path(path)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -643,6 +649,19 @@ class Writer:
         changes.updated.sort()
         return changes
 
+    def _keep(self, relative: str) -> None:
+        """The old file ``relative``, hard-linked into the staging folder as it is."""
+        source = self.tree.path / relative
+        target = self._staged_path(relative)
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.EACCES):
+                raise
+            # A file the kernel will not link (immutable, another user's): copied.
+            shutil.copy2(source, target, follow_symlinks=False)
+        self.kept.add(relative)
+
     def _named(self, filename: object) -> str:
         """How a message names ``filename``: as the ``output/`` path it stands for."""
         if not isinstance(filename, str):
@@ -658,22 +677,8 @@ class Writer:
         """Hard-link into the staging folder every old file that stays as it is."""
         tree = self.tree
         written = self.produced - self.same
-        for relative in sorted(tree.files - written - dropped):
-            source = tree.path / relative
-            target = self._staged_path(relative)
-            try:
-                os.link(source, target, follow_symlinks=False)
-            except OSError as error:
-                if error.errno not in (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.EACCES):
-                    raise OutputError(
-                        f"{tree.display(relative)}: cannot be kept ({error.strerror})"
-                    ) from None
-                try:  # a file the kernel will not link (immutable, another owner's): copy
-                    shutil.copy2(source, target, follow_symlinks=False)
-                except OSError as error2:
-                    raise OutputError(
-                        f"{tree.display(relative)}: cannot be kept ({error2.strerror})"
-                    ) from None
+        for relative in sorted(tree.files - written - dropped - self.kept):
+            self._keep(relative)
         assert self.staging is not None
         for relative in sorted(tree.empty_dirs - {""}):  # the user's empty folders stay
             os.makedirs(self.staging / relative, exist_ok=True)

@@ -3,18 +3,34 @@
 Only ``{{name}}`` (spaces inside the braces allowed) is template syntax. Nothing is
 evaluated: a placeholder is looked up in a dict and its value inserted as text, in one
 pass, so a value can never add, split or inject arguments, nor other placeholders.
+
+The templates are untrusted (a pull request): splitting is linear, every substituted
+value is bounded (MAX_EXPANDED), and env values that refer to each other are evaluated
+with an explicit stack, not recursion.
+
+Splitting is hand-written, not ``shlex.split``: shlex builds each word a character at a
+time and took 17 s for a 1 MB run command (quadratic). :func:`split` is one pass of one
+regular expression, and gives shlex's words (posix, no comments) for every command
+shlex accepts, but for a backslash-newline, which is a line continuation as in a POSIX
+shell (shlex made it a "\n" argument). tests/test_template.py holds it to shlex.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NEAR_MISS = re.compile(r"\{\{[^\n]*?(\}\}|$)", re.MULTILINE)
+
+# The longest text a substitution may produce: Linux's MAX_ARG_STRLEN (128 KiB), the
+# most one argument or environment entry can hold. Env values that double each other
+# (V1 = {{V0}}{{V0}}, ..., V40) reached ~1 GB without it.
+MAX_EXPANDED = 128 * 1024
+# Names shown in one message (the defined names, a cycle): a message stays one short line.
+_SHOWN_NAMES = 20
 
 
 class TemplateError(ValueError):
@@ -23,8 +39,8 @@ class TemplateError(ValueError):
 
 class UndefinedPlaceholder(TemplateError):
     def __init__(self, names: list[str], defined: list[str]) -> None:
-        shown = ", ".join("{{" + name + "}}" for name in names)
-        known = ", ".join(defined) if defined else "none"
+        shown = _some(["{{" + name + "}}" for name in names])
+        known = _some(defined) if defined else "none"
         noun = "placeholder" if len(names) == 1 else "placeholders"
         super().__init__(f"undefined {noun} {shown} (defined: {known})")
         self.names = names
@@ -35,12 +51,27 @@ class SecretPlaceholder(TemplateError):
     and must never be written into an argument or a plain env value."""
 
     def __init__(self, names: list[str]) -> None:
-        shown = ", ".join("{{" + name + "}}" for name in names)
+        shown = _some(["{{" + name + "}}" for name in names])
         verb = "names a secret" if len(names) == 1 else "name secrets"
         super().__init__(
             f"{shown} {verb}; secrets reach the container only as environment variables"
         )
         self.names = names
+
+
+class ExpansionTooLong(TemplateError):
+    def __init__(self) -> None:
+        super().__init__(
+            f"expands to more than {MAX_EXPANDED} characters (the most one argument or"
+            " environment variable can hold)"
+        )
+
+
+def _some(items: list[str]) -> str:
+    """``items`` joined for a message, the first _SHOWN_NAMES of them."""
+    if len(items) <= _SHOWN_NAMES:
+        return ", ".join(items)
+    return ", ".join(items[:_SHOWN_NAMES]) + f", ... ({len(items) - _SHOWN_NAMES} more)"
 
 
 def split(template: str) -> list[str]:
@@ -50,13 +81,79 @@ def split(template: str) -> list[str]:
 
 @lru_cache(maxsize=4096)
 def _split(template: str) -> tuple[str, ...]:
-    # Cached: a fleet has few distinct command templates and shlex is slow.
+    # Cached: a fleet has few distinct command templates.
     _reject_stray_braces(template)
     normalised = PLACEHOLDER.sub(lambda m: "{{" + m.group(1) + "}}", template)
-    try:
-        return tuple(shlex.split(normalised, posix=True))
-    except ValueError as error:
-        raise TemplateError(f"cannot split command: {error}") from None
+    return tuple(shell_words(normalised))
+
+
+# One token of a POSIX shell word list: a run of separators, of plain characters, a
+# single-quoted or double-quoted string, or a backslash and the character it escapes;
+# else a quote or backslash that opens nothing (unclosed). Each alternative is
+# possessive in effect (no two ways to match the same text), so matching is linear.
+_TOKEN = re.compile(
+    r"""
+      (?P<space>[ \t\r\n]+)
+    | (?P<plain>[^ \t\r\n'"\\]+)
+    | '(?P<single>[^']*)'
+    | "(?P<double>[^"\\]*(?:\\.[^"\\]*)*)"
+    | \\(?P<escaped>.)
+    | (?P<unclosed>['"\\])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+# Inside double quotes only a quote, a backslash (and a newline: a continuation) are
+# escaped; any other backslash stays, as in shlex and the shell.
+_DOUBLE_ESCAPE = re.compile(r'\\([\\"\n])')
+
+
+def shell_words(text: str) -> list[str]:
+    """``text`` split into words like ``shlex.split(text, posix=True)``, in linear time.
+
+    As in a POSIX shell, a backslash-newline outside single quotes is removed (a line
+    continuation). Raises :class:`TemplateError` for an unclosed quote or a trailing
+    backslash.
+    """
+    words: list[str] = []
+    pieces: list[str] = []
+    in_word = False  # a word has begun (an empty quoted string is a word)
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup or "unclosed"  # every alternative is a named group
+        if kind == "space":
+            if in_word:
+                words.append("".join(pieces))
+                pieces.clear()
+                in_word = False
+        elif kind == "plain" or kind == "single":
+            pieces.append(match.group(kind))
+            in_word = True
+        elif kind == "double":
+            inside = match.group(kind)
+            if "\\" in inside:
+                inside = _DOUBLE_ESCAPE.sub(_unescape_in_double_quotes, inside)
+            pieces.append(inside)
+            in_word = True
+        elif kind == "escaped":
+            character = match.group(kind)
+            if character != "\n":  # a continuation: nothing, not even a word break
+                pieces.append(character)
+                in_word = True
+        else:
+            where = match.start() + 1
+            if match.group(kind) == "\\":
+                raise TemplateError("cannot split command: it ends with a backslash")
+            raise TemplateError(
+                f"cannot split command: the {match.group(kind)} at character {where}"
+                " is never closed"
+            )
+    if in_word:
+        words.append("".join(pieces))
+    return words
+
+
+def _unescape_in_double_quotes(match: re.Match[str]) -> str:
+    character = match.group(1)
+    return "" if character == "\n" else character
 
 
 def names_in(text: str) -> list[str]:
@@ -87,8 +184,12 @@ def substitute(
     if parsed.stray is not None:
         raise TemplateError(parsed.stray)
     pieces = list(parsed.pieces)
+    size = parsed.text_size
     for i in range(1, len(pieces), 2):
         pieces[i] = values[pieces[i]] or ""  # never None: a missing name raised above
+        size += len(pieces[i])
+    if size > MAX_EXPANDED:  # before joining: V40 = {{V39}}{{V39}} would be 1 TB
+        raise ExpansionTooLong()
     return "".join(pieces)
 
 
@@ -111,17 +212,22 @@ class _Parsed:
     pieces: tuple[str, ...]  # text, name, text, ..., name, text
     names: tuple[str, ...]  # each name once, in order of first use
     stray: str | None  # the error for a `{{` that opens no placeholder
+    text_size: int  # the length of the text around the placeholders
 
 
 @lru_cache(maxsize=65_536)
 def _parse(text: str) -> _Parsed:
     # Cached: a fleet's many workloads share few distinct templates.
     pieces = tuple(PLACEHOLDER.split(text))
-    stray = _NEAR_MISS.search("".join(pieces[0::2]))
+    around = "".join(pieces[0::2])
+    stray = _NEAR_MISS.search(around)
     message = None
     if stray:
-        message = f"'{stray.group(0)}' is not a placeholder; only {{{{name}}}} is supported"
-    return _Parsed(pieces, tuple(dict.fromkeys(pieces[1::2])), message)
+        shown = stray.group(0)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        message = f"{shown!r} is not a placeholder; only {{{{name}}}} is supported"
+    return _Parsed(pieces, tuple(dict.fromkeys(pieces[1::2])), message, len(around))
 
 
 def _reject_stray_braces(text: str) -> None:
@@ -167,8 +273,9 @@ def render_env(
 class _EnvValues:
     """Env values, each rendered once, when first needed: a value may use another.
 
-    A class, not a closure that calls itself: that would be a reference cycle, left to
-    the garbage collector, for every workload of a fleet.
+    Evaluated depth first with an explicit stack (a chain of references is as deep as
+    the env is long: recursion failed at ~330). A failure is kept for every variable
+    that was waiting on it, so that a long chain is walked once, not once per variable.
     """
 
     def __init__(
@@ -178,23 +285,76 @@ class _EnvValues:
         self.builtins = builtins
         self.defined = defined
         self.rendered: dict[str, str] = {}
+        self.failed: dict[str, TemplateError] = {}
 
-    def value_of(self, name: str, stack: tuple[str, ...] = ()) -> str | None:
+    def value_of(self, name: str) -> str | None:
+        """The value of ``name`` with its placeholders resolved; None if not defined."""
         if name in self.builtins:
             return self.builtins[name]
-        if name not in self.env:
-            return None
         if name in self.rendered:
             return self.rendered[name]
-        if name in stack:
-            cycle = " -> ".join(stack[stack.index(name) :] + (name,))
-            raise TemplateError(f"placeholder cycle in env: {cycle}")
-        within = stack + (name,)
-        result = substitute(
-            self.env[name], lambda other: self.value_of(other, within), self.defined
-        )
-        self.rendered[name] = result
-        return result
+        if name not in self.env:
+            return None
+        if name in self.failed:
+            raise self.failed[name]
+        text = self.env[name]
+        if "{{" not in text:
+            self.rendered[name] = text
+            return text
+        return self._evaluate(name)
+
+    def _known(self, name: str) -> str | None:
+        # Only called once every name a value uses is rendered (or is not defined).
+        if name in self.builtins:
+            return self.builtins[name]
+        return self.rendered.get(name)
+
+    def _evaluate(self, root: str) -> str:
+        env, builtins, rendered = self.env, self.builtins, self.rendered
+        # The variables being rendered, each with the names its value has yet to visit.
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(_names(env[root])))]
+        depth_of = {root: 0}
+        try:
+            while stack:
+                name, pending = stack[-1]
+                for other in pending:
+                    if other in builtins or other in rendered or other not in env:
+                        continue  # an undefined name is for substitute() to report
+                    if other in self.failed:
+                        raise self.failed[other]
+                    if other in depth_of:
+                        raise self._cycle([entry for entry, _ in stack[depth_of[other] :]])
+                    depth_of[other] = len(stack)
+                    stack.append((other, iter(_names(env[other]))))
+                    break
+                else:
+                    rendered[name] = substitute(env[name], self._known, self.defined)
+                    stack.pop()
+                    del depth_of[name]
+        except TemplateError as error:
+            for name, _ in stack:
+                self.failed.setdefault(name, error)
+            raise
+        return rendered[root]
+
+    def _cycle(self, cycle: list[str]) -> TemplateError:
+        """The error of the first variable of ``cycle``; each other variable of it gets
+        the same cycle, told from itself (as it would be, were it rendered first)."""
+        for offset, name in enumerate(cycle[1:], 1):
+            self.failed[name] = _cycle_error(cycle, offset)
+        return _cycle_error(cycle, 0)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return _parse(text).names if "{{" in text else ()
+
+
+def _cycle_error(cycle: list[str], start: int) -> TemplateError:
+    count = len(cycle)
+    shown = [cycle[(start + i) % count] for i in range(min(count, _SHOWN_NAMES))]
+    if count > _SHOWN_NAMES:
+        shown.append(f"... ({count - _SHOWN_NAMES} more)")
+    return TemplateError(f"placeholder cycle in env: {' -> '.join(shown + [cycle[start]])}")
 
 
 def is_parameter_key(word: str) -> bool:

@@ -524,7 +524,7 @@ SCENARIOS: list[Scenario] = [
     scenario(
         "unbalanced-quote-in-run-command",
         {D: DEPLOYMENT + 'run_command: vllm serve "{{model_path}} --port {{port}}\n'},
-        f"{D}:5:14: run_command: cannot split command: No closing quotation",
+        f"{D}:5:14: run_command: cannot split command: the \" at character 12 is never closed",
     ),
     # --- secrets: never in argv nor in a plain value -------------------------------------
     scenario(

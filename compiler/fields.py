@@ -128,14 +128,19 @@ PortSpec = Annotated[str, AfterValidator(_port_spec)]
 
 
 def _is_normal_absolute(path: str) -> bool:
-    return path.startswith("/") and not path.startswith("//") and posixpath.normpath(path) == path
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and posixpath.normpath(path) == path
+        and path.isprintable()  # no line break, tab or invisible control in a path
+    )
 
 
 def _absolute_path(value: str) -> str:
     if not _is_normal_absolute(value):
         raise ValueError(
             f"{_q(value)} must be an absolute, normalised path on the host"
-            " (starting with '/', no '.', '..', '//' or trailing '/')"
+            " (starting with '/', no '.', '..', '//', trailing '/' or control characters)"
         )
     return value
 

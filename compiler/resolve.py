@@ -741,8 +741,12 @@ class _Draft:
             if target in targets:
                 # docker refuses a container with two mounts on one path ("Duplicate
                 # mount point"), and compose would let the later one hide the model.
-                raise self.fail(
-                    "volumes", f"volume '{volume}' mounts onto {targets[target]} ({target})"
+                index = values["volumes"].index(volume)
+                origin = self.origin_below("volumes", index)
+                raise ResolveError(
+                    f"volume '{volume}' mounts onto {targets[target]} ({target})",
+                    origin.mark,
+                    f"volumes[{index}]",
                 )
             targets[target] = f"volume '{volume}'"
 

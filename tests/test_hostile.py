@@ -195,6 +195,12 @@ def key_value(key: str, value: str, *, base: str = "", line: int = 6) -> tuple[s
 # --- artifact readers (for successes) ------------------------------------------------
 
 
+def _assert_model_mount(repo: Path, path: str) -> None:
+    service = compose_doc(repo)["services"]["chat-0"]
+    mounts = [v for v in service["volumes"] if isinstance(v, dict)]
+    assert mounts == [{"type": "bind", "source": path, "target": path, "read_only": True}]
+
+
 def compose_doc(repo: Path) -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load((repo / COMPOSE).read_text(encoding="utf-8"))
     return document
@@ -756,10 +762,11 @@ SCENARIOS: list[Scenario] = [
         {D: DEPLOYMENT.replace("/models/qwen", "/models/../etc/shadow")},
         at(D, 3, 13, "local_path"),
     ),
-    bad(
+    # A top-level local_path mounts itself (its parent would be '/'), read-only.
+    good(
         "local-path-top-level-file",
         {D: DEPLOYMENT.replace("/models/qwen", "/etc")},
-        at(D, 3, 13, "local_path"),
+        lambda repo: _assert_model_mount(repo, "/etc"),
     ),
     bad(
         "local-path-newline",

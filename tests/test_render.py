@@ -73,7 +73,7 @@ def test_relative_local_path_is_an_error(tmp_path: Path) -> None:
         api.build(tmp_path)
     assert str(caught.value) == (
         "deployments.d/d.yaml:1:39: local_path: 'm.gguf' must be an absolute, normalised path"
-        " on the host (starting with '/', no '.', '..', '//' or trailing '/')"
+        " on the host (starting with '/', no '.', '..', '//', trailing '/' or control characters)"
     )
 
 

@@ -756,10 +756,12 @@ def _swap_by_journal(place: OutputPlace, staging: Path, parent_fd: int) -> None:
     old = Path(tempfile.mkdtemp(prefix=place.prefix, dir=place.parent))
     os.rmdir(old)  # only the unused name is wanted
     journal = place.journal
-    temp = journal.with_name(journal.name + ".tmp")
+    fd, name = tempfile.mkstemp(prefix=f"{place.prefix}swap-", dir=place.parent)  # O_EXCL
+    temp = Path(name)
     try:
-        temp.write_text(json.dumps({"new": staging.name, "old": old.name}), encoding="utf-8")
-        os.rename(temp, journal)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps({"new": staging.name, "old": old.name}))
+        os.rename(temp, journal)  # replaces whatever had the name; never follows it
         os.rename(place.path.name, old.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
     except OSError as error:
         journal.unlink(missing_ok=True)
@@ -804,13 +806,25 @@ def recover(place: OutputPlace) -> None:
     complete new one not yet moved in: move it in. Then every staging or old tree of
     fleetform's own naming is deleted (never through a link).
     """
+    try:
+        _recover(place)
+    except OSError as error:
+        where = shown(str(error.filename)) if error.filename else shown(place.shown)
+        raise place.error(
+            f"{shown(place.shown)}: what a killed compile left beside it cannot be cleared"
+            f" ({where}: {error.strerror})"
+        ) from None
+
+
+def _recover(place: OutputPlace) -> None:
     pattern = place.staging_pattern()
     journal = place.journal
     if os.path.lexists(journal):
         names: dict[str, Any] = {}
         try:
             if journal.is_file() and not journal.is_symlink():
-                loaded = json.loads(journal.read_text(encoding="utf-8"))
+                with open(journal, "rb") as handle:
+                    loaded = json.loads(handle.read(4096))
                 names = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError, RecursionError):
             names = {}
@@ -822,19 +836,15 @@ def recover(place: OutputPlace) -> None:
                     if candidate.is_dir() and not candidate.is_symlink():
                         os.rename(candidate, place.path)
                         break
-        if not journal.is_dir():
+        if stat.S_ISREG(os.lstat(journal).st_mode):
             journal.unlink()
+    temps = re.compile(rf"{re.escape(place.prefix)}swap-[a-z0-9_]{{8}}")
     with os.scandir(place.parent) as entries:
-        leftovers = [
-            Path(entry.path)
-            for entry in entries
-            if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
-        ]
-    for leftover in leftovers:
-        _remove_tree(leftover)
-    temp = journal.with_name(journal.name + ".tmp")
-    if temp.is_file() and not temp.is_symlink():
-        temp.unlink()
+        for entry in list(entries):
+            if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                _remove_tree(Path(entry.path))
+            elif temps.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def check_not_interrupted(place: OutputPlace) -> None:

@@ -37,8 +37,11 @@ def test_no_change_recompile_writes_no_file(tmp_path: Path) -> None:
     make_repo(tmp_path, {"deployments.d/d.yaml": DEPLOYMENTS})
     api.compile_repo(tmp_path)
     before = _stat(tmp_path)
+    folders = [(tmp_path / p).stat().st_mtime_ns for p in (".", "output", "output/h1")]
     assert api.compile_repo(tmp_path).empty
     assert _stat(tmp_path) == before
+    # Not even a staging folder made and removed beside output/.
+    assert [(tmp_path / p).stat().st_mtime_ns for p in (".", "output", "output/h1")] == folders
 
 
 def test_only_changed_files_are_rewritten_and_stale_ones_removed(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def output_dir(root: Path, repo: Repo) -> Path:
     return place.path
 
 
-def _read_output(root: Path, place: OutputPlace) -> tuple[OutputTree, PriorState]:
+def _read_output(place: OutputPlace) -> tuple[OutputTree, PriorState]:
     """``output/`` scanned and its indexes read (the caller holds the lock)."""
     check_not_interrupted(place)
     tree = scan_output(place)
@@ -79,7 +79,7 @@ def build(root: Path) -> Compiled:
     repo, place = _load(root)
     confine(root, place)
     with locked(root, place, exclusive=False):
-        _, state = _read_output(root, place)
+        _, state = _read_output(place)
     fleet = resolve_fleet(repo, state.prior)
     return Compiled(repo, fleet, render_fleet(fleet), place.path)
 
@@ -94,7 +94,7 @@ def compile_repo(root: Path, *, check: bool = False) -> Changes:
     confine(root, place)
     if check:
         with locked(root, place, exclusive=False):
-            tree, state = _read_output(root, place)
+            tree, state = _read_output(place)
             files = render_fleet(resolve_fleet(repo, state.prior))
             return diff_output(tree, files)
     with locked(root, place, exclusive=True) as parent_fd:

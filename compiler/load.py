@@ -59,7 +59,7 @@ MAX_ALIAS_EXPANSION = 100_000
 MAX_ALIAS_TEXT = MAX_FILE_BYTES
 # Python's own limit for int(str) (sys.int_info.default_max_str_digits).
 MAX_INT_DIGITS = 4300
-_MAX_INT_BITS = 14_284  # 2**14284 < 10**4300: such an int prints in at most 4300 digits
+_INT_LIMIT = 10**MAX_INT_DIGITS
 
 KeyPath = tuple[str | int, ...]
 
@@ -419,11 +419,12 @@ def _compose(text: str, name: str, budget: _Budget | None = None) -> list[yaml.N
     return nodes
 
 
-def _too_many_in_repo(at: Mark) -> LoadError:
+def _too_many_in_repo(at: Mark, key: str = "") -> LoadError:
     return LoadError(
         f"the repository's YAML has more than {MAX_REPO_NODES} nodes"
         " (with the nodes aliases repeat)",
         at,
+        key,
     )
 
 
@@ -636,7 +637,7 @@ class _Builder:
         if expansion.text > MAX_ALIAS_TEXT:
             raise LoadError(f"aliases expand to more than {MAX_ALIAS_TEXT} characters", *where)
         if expansion.budget.nodes < 0:
-            raise _too_many_in_repo(where[0])
+            raise _too_many_in_repo(*where)
         if expansion.budget.bytes < 0:
             raise LoadError(
                 f"the repository's YAML files hold more than {MAX_REPO_BYTES} bytes"
@@ -768,7 +769,7 @@ class _Builder:
             except (ValueError, LookupError, yaml.YAMLError):
                 pass
             else:
-                if type(value) is int and value.bit_length() > _MAX_INT_BITS:
+                if type(value) is int and value.bit_length() > 14_000 and abs(value) >= _INT_LIMIT:
                     raise LoadError(_too_long_int(), self._mark(node), _dotted(path))
                 return value
             finally:

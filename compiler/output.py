@@ -542,6 +542,7 @@ class Writer:
         self.produced: set[str] = set()
         self.same: set[str] = set()
         self.kept: set[str] = set()  # old files linked into the staging folder
+        self._folder_mode = _usual_folder_mode()
         self.staging: Path | None = None
         self._made: set[str] = set()
         self.error: BaseException | None = None
@@ -596,7 +597,7 @@ class Writer:
     def _staged_path(self, relative: str) -> Path:
         """Where ``relative`` goes in the staging folder (made on first use), parents made."""
         if self.staging is None:
-            self.staging = _make_staging(self.tree.place)
+            self.staging = _make_staging(self.tree.place, self._folder_mode)
         folder = relative.rpartition("/")[0]
         if folder and folder not in self._made:
             try:
@@ -679,7 +680,8 @@ class Writer:
         written = self.produced - self.same
         for relative in sorted(tree.files - written - dropped - self.kept):
             self._keep(relative)
-        assert self.staging is not None
+        if self.staging is None:  # every file dropped: the new output/ is empty
+            self.staging = _make_staging(tree.place, self._folder_mode)
         for relative in sorted(tree.empty_dirs - {""}):  # the user's empty folders stay
             os.makedirs(self.staging / relative, exist_ok=True)
         for relative, mode in tree.dirs.items():  # folders keep their permissions
@@ -688,15 +690,20 @@ class Writer:
                 os.chmod(folder, mode)
 
 
-def _make_staging(place: OutputPlace) -> Path:
+def _make_staging(place: OutputPlace, mode: int) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=place.prefix, dir=place.parent))
     if not place.staging_pattern().fullmatch(staging.name):  # mkdtemp's names: 8 of [a-z0-9_]
         os.rmdir(staging)
         raise OutputError(f"unexpected temporary folder name {shown(staging.name)}")
+    os.chmod(staging, mode)  # mkdtemp makes it 0700; a new output/ gets a folder's usual mode
+    return staging
+
+
+def _usual_folder_mode() -> int:
+    """0777 less the umask (read by setting it, so only from the main thread)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
-    return staging
+    return 0o777 & ~umask
 
 
 # --- swapping ----------------------------------------------------------------------------

@@ -592,3 +592,13 @@ def test_an_output_dir_of_255_bytes_is_written_and_replaced(tmp_path: Path) -> N
     (repo / "deployments.d" / "d.yaml").write_text(DEPLOYMENTS.replace("/m/", "/models/"))
     assert api.compile_repo(repo).updated == ["h1/compose.yaml", "h1/index.json"]
     assert sorted(p.name for p in repo.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_last_host_removed_leaves_an_empty_output(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"deployments.d/d.yaml": DEPLOYMENTS})
+    api.compile_repo(repo)
+    (repo / "deployments.d" / "d.yaml").write_text("")
+    (repo / "hosts.d" / "h.yaml").write_text("")
+    assert api.compile_repo(repo).deleted == ["h1/compose.yaml", "h1/index.json"]
+    assert list((repo / "output").iterdir()) == []
+    assert _tree(repo / "output") == {}

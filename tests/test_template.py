@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+import shlex
+import time
+import tracemalloc
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compiler import template
 
@@ -89,3 +96,187 @@ def test_builtins_win_over_env_of_the_same_name() -> None:
 def test_parameters(entries: list[str], style: str | None, expected: list[str]) -> None:
     words = template.flatten_parameters(entries)
     assert template.normalise_parameters(words, style) == expected
+
+
+# --- hostile templates: the splitter is shlex's, in linear time -----------------------
+
+_PIECES = st.sampled_from(
+    [" ", "  ", "\t", "\n", "'", '"', "\\", "\\\\", "\\'", '\\"', "a", "b c", "--port", "=",
+     "{{port}}", "{{ model_path }}", "{{", "}}", "é", "🙂", "$x", ";", "#", "\x0b", "\r"]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, derandomize=True)
+@given(st.lists(_PIECES, max_size=14).map("".join))
+def test_shell_words_are_shlex_words(text: str) -> None:
+    try:
+        expected: list[str] | None = shlex.split(text, posix=True)
+    except ValueError:
+        expected = None
+    if "\\\n" in text:
+        return  # a line continuation: the one deliberate difference, tested below
+    if expected is None:
+        with pytest.raises(template.TemplateError, match="^cannot split command: "):
+            template.shell_words(text)
+    else:
+        assert template.shell_words(text) == expected
+
+
+@given(st.text(max_size=30))
+def test_shell_words_match_shlex_on_any_text(text: str) -> None:
+    if "\\\n" in text:
+        return
+    try:
+        expected = shlex.split(text, posix=True)
+    except ValueError:
+        with pytest.raises(template.TemplateError):
+            template.shell_words(text)
+        return
+    assert template.shell_words(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("serve \\\n  --x 1", ["serve", "--x", "1"]),
+        ("serve\\\n--x", ["serve--x"]),
+        ("a \\\n", ["a"]),
+        ("\\\n", []),
+        ('"a\\\nb"', ["ab"]),
+        ("'a\\\nb'", ["a\\\nb"]),  # single quotes keep everything
+        ("a\\\\\nb", ["a\\", "b"]),  # an escaped backslash, then a newline
+    ],
+)
+def test_backslash_newline_is_a_line_continuation(text: str, words: list[str]) -> None:
+    assert template.split(text) == words
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("serve 'x", "cannot split command: the ' at character 7 is never closed"),
+        ('a "b\\"', 'cannot split command: the " at character 3 is never closed'),
+        ("serve \\", "cannot split command: it ends with a backslash"),
+    ],
+)
+def test_split_errors(text: str, message: str) -> None:
+    with pytest.raises(template.TemplateError) as caught:
+        template.split(text)
+    assert str(caught.value) == message
+
+
+def test_a_placeholder_stays_one_word() -> None:
+    assert template.split("x {{ model_path }}y '{{port}} z'") == [
+        "x",
+        "{{model_path}}y",
+        "{{port}} z",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "serve " + "x" * 1_000_000,  # one word: shlex took 17 s
+        "serve " + "'a b' " * 150_000,
+        "serve " + '"a\\"b" ' * 150_000,
+        "serve " + "a\\ b " * 200_000,
+        "serve '" + "x" * 1_000_000,  # unclosed: the error is found in one pass too
+    ],
+)
+def test_splitting_a_megabyte_is_fast(text: str) -> None:
+    start = time.perf_counter()
+    with contextlib.suppress(template.TemplateError):
+        template.shell_words(text)
+    assert time.perf_counter() - start < 5  # ~0.2 s
+
+
+# --- bounded substitution and env evaluation ------------------------------------------
+
+
+def test_doubling_env_values_stop_at_the_size_limit() -> None:
+    env = {"V0": "x" * 100}
+    env.update({f"V{i}": f"{{{{V{i - 1}}}}}{{{{V{i - 1}}}}}" for i in range(1, 41)})
+    tracemalloc.start()
+    try:
+        rendered, errors = template.render_env(env, {"port": "80"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20  # ~1 GB before the limit
+    assert len(rendered["V10"]) == 102_400
+    assert sorted(errors, key=lambda name: int(name[1:]))[0] == "V11"
+    assert str(errors["V11"]) == (
+        "expands to more than 131072 characters"
+        " (the most one argument or environment variable can hold)"
+    )
+    assert set(errors) == {f"V{i}" for i in range(11, 41)}
+
+
+def test_a_substituted_argument_is_bounded() -> None:
+    values = {"A": "a" * 70_000}
+    assert len(template.substitute("{{A}}", values.get, [])) == 70_000
+    with pytest.raises(template.ExpansionTooLong):
+        template.substitute("{{A}}{{A}}", values.get, [])
+
+
+def test_a_deep_chain_of_env_references_is_evaluated_without_recursion() -> None:
+    count = 20_000  # recursion failed at ~330
+    env = {f"V{i}": f"{{{{V{i + 1}}}}}" for i in range(count)}
+    env[f"V{count}"] = "end"
+    rendered, errors = template.render_env(env, {})
+    assert errors == {} and rendered["V0"] == "end"
+
+
+def test_a_long_chain_into_an_undefined_name_is_walked_once() -> None:
+    count = 20_000
+    env = {f"V{i}": f"{{{{V{i + 1}}}}}" for i in range(count)}
+    env[f"V{count}"] = "{{nope}}"
+    start = time.perf_counter()
+    rendered, errors = template.render_env(env, {})
+    assert time.perf_counter() - start < 10  # quadratic: minutes
+    assert len(errors) == count + 1
+    message = str(errors["V0"])
+    assert message.startswith("undefined placeholder {{nope}} (defined: V0, V1, V10, V100,")
+    assert message.endswith(", ... (19981 more))")
+
+
+def test_cycles_are_told_from_each_variable() -> None:
+    rendered, errors = template.render_env({"A": "{{B}}", "B": "{{A}}", "X": "{{A}}"}, {})
+    assert rendered == {}
+    assert str(errors["A"]) == "placeholder cycle in env: A -> B -> A"
+    assert str(errors["B"]) == "placeholder cycle in env: B -> A -> B"
+    assert str(errors["X"]) == "placeholder cycle in env: A -> B -> A"
+
+
+def test_a_long_cycle_has_a_short_message() -> None:
+    count = 5000
+    env = {f"V{i}": f"{{{{V{(i + 1) % count}}}}}" for i in range(count)}
+    _, errors = template.render_env(env, {})
+    assert len(errors) == count
+    assert str(errors["V7"]) == (
+        "placeholder cycle in env: "
+        + " -> ".join(f"V{i}" for i in range(7, 27))
+        + " -> ... (4980 more) -> V7"
+    )
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("-" + "1" * 100_000, False),
+        ("-1e" + "9" * 100_000, False),
+        ("-" + "1_" * 50_000 + "1", False),
+        ("--" + "1" * 100_000, True),
+        ("-x" + "1" * 100_000, True),
+    ],
+)
+def test_parameter_keys_with_long_digit_strings(word: str, expected: bool) -> None:
+    assert template.is_parameter_key(word) is expected
+
+
+def test_parameters_of_many_words_flatten_in_linear_time() -> None:
+    entries = ["--k v " * 50_000, "-0.5", "--" + "x" * 100_000]
+    start = time.perf_counter()
+    words = template.normalise_parameters(template.flatten_parameters(entries), "equal")
+    assert time.perf_counter() - start < 5
+    assert len(words) == 50_003  # the last --k takes v and -0.5: two values, space form

@@ -383,10 +383,11 @@ def parse_objects(
 
 def _compose(text: str, name: str, budget: _Budget | None = None) -> list[yaml.Node]:
     """The file's documents as node trees (None for an empty document)."""
-    loader = _Loader(text)
     allowed = MAX_NODES if budget is None else min(MAX_NODES, budget.nodes)
-    composed = _limit_composing(loader, allowed)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # yaml's Python reader checks the characters here
+        composed = _limit_composing(loader, allowed)
         nodes: list[yaml.Node] = []
         while loader.check_node():
             nodes.append(loader.get_node())
@@ -413,7 +414,8 @@ def _compose(text: str, name: str, budget: _Budget | None = None) -> list[yaml.N
         problem = " ".join(str(error).split())
         raise LoadError(f"YAML syntax error: {problem}", Mark(name, 1, 1)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if budget is not None:
         budget.nodes -= composed()
     return nodes

@@ -29,6 +29,10 @@ _NEAR_MISS = re.compile(r"\{\{[^\n]*?(\}\}|$)", re.MULTILINE)
 # most one argument or environment entry can hold. Env values that double each other
 # (V1 = {{V0}}{{V0}}, ..., V40) reached ~1 GB without it.
 MAX_EXPANDED = 128 * 1024
+# What one call may produce in all (the words of a command, the values of an env): a
+# run command of 20,000 {{V}} with V of 128 KiB would be 2.6 GB. Far above what one
+# container may hold (compiler/resolve.py checks that, and says so, once rendered).
+MAX_EXPANDED_TOTAL = 1024 * 1024
 # Names shown in one message (the defined names, a cycle): a message stays one short line.
 _SHOWN_NAMES = 20
 
@@ -60,11 +64,16 @@ class SecretPlaceholder(TemplateError):
 
 
 class ExpansionTooLong(TemplateError):
-    def __init__(self) -> None:
-        super().__init__(
-            f"expands to more than {MAX_EXPANDED} characters (the most one argument or"
-            " environment variable can hold)"
-        )
+    def __init__(self, *, together: str = "") -> None:
+        if together:
+            super().__init__(
+                f"{together} expand to more than {MAX_EXPANDED_TOTAL} characters together"
+            )
+        else:
+            super().__init__(
+                f"expands to more than {MAX_EXPANDED} characters (the most one argument or"
+                " environment variable can hold)"
+            )
 
 
 def _some(items: list[str]) -> str:
@@ -165,11 +174,16 @@ def substitute(
     lookup: Callable[[str], str | None],
     defined: list[str],
     secrets: Collection[str] = (),
+    *,
+    room: int | None = None,
+    together: str = "",
 ) -> str:
     """``text`` with every placeholder replaced by ``lookup(name)``; strict about the rest.
 
     A name that ``lookup`` does not know is an error: :class:`SecretPlaceholder` when it
-    is one of ``secrets``, else :class:`UndefinedPlaceholder`.
+    is one of ``secrets``, else :class:`UndefinedPlaceholder`. A result longer than
+    MAX_EXPANDED, or than ``room`` (what is left of a total: ``together`` names what
+    it is the total of), is :class:`ExpansionTooLong`, found before it is built.
     """
     if "{{" not in text:
         return text
@@ -190,6 +204,8 @@ def substitute(
         size += len(pieces[i])
     if size > MAX_EXPANDED:  # before joining: V40 = {{V39}}{{V39}} would be 1 TB
         raise ExpansionTooLong()
+    if room is not None and size > room:
+        raise ExpansionTooLong(together=together)
     return "".join(pieces)
 
 
@@ -199,10 +215,20 @@ def substitute_words(
     defined: list[str],
     secrets: Collection[str] = (),
 ) -> tuple[str, ...]:
-    """:func:`substitute` in each of ``words`` (most hold no placeholder)."""
-    return tuple(
-        word if "{{" not in word else substitute(word, lookup, defined, secrets) for word in words
-    )
+    """:func:`substitute` in each of ``words`` (most hold no placeholder); together
+    no longer than MAX_EXPANDED_TOTAL."""
+    out: list[str] = []
+    room = MAX_EXPANDED_TOTAL
+    for word in words:
+        if "{{" in word:
+            word = substitute(
+                word, lookup, defined, secrets, room=room, together="the arguments"
+            )
+        room -= len(word)
+        out.append(word)
+    if room < 0:
+        raise ExpansionTooLong(together="the arguments")
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +312,7 @@ class _EnvValues:
         self.defined = defined
         self.rendered: dict[str, str] = {}
         self.failed: dict[str, TemplateError] = {}
+        self.expanded = 0  # the length of the values substitution made
 
     def value_of(self, name: str) -> str | None:
         """The value of ``name`` with its placeholders resolved; None if not defined."""
@@ -328,13 +355,23 @@ class _EnvValues:
                     stack.append((other, iter(_names(env[other]))))
                     break
                 else:
-                    rendered[name] = substitute(env[name], self._known, self.defined)
+                    value = substitute(
+                        env[name],
+                        self._known,
+                        self.defined,
+                        room=MAX_EXPANDED_TOTAL - self.expanded,
+                        together="the env values",
+                    )
+                    self.expanded += len(value)
+                    rendered[name] = value
                     stack.pop()
                     del depth_of[name]
         except TemplateError as error:
+            # Kept without its traceback: its frames would keep their values alive.
+            error = error.with_traceback(None)
             for name, _ in stack:
                 self.failed.setdefault(name, error)
-            raise
+            raise error from None
         return rendered[root]
 
     def _cycle(self, cycle: list[str]) -> TemplateError:

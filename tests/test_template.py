@@ -280,3 +280,34 @@ def test_parameters_of_many_words_flatten_in_linear_time() -> None:
     words = template.normalise_parameters(template.flatten_parameters(entries), "equal")
     assert time.perf_counter() - start < 5
     assert len(words) == 50_003  # the last --k takes v and -0.5: two values, space form
+
+
+def test_many_env_values_copying_a_long_one_are_bounded_together() -> None:
+    env = {"V0": "x" * 100_000}
+    env.update({f"V{i}": "{{V0}}" for i in range(1, 20_001)})  # 2 GB once rendered
+    tracemalloc.start()
+    try:
+        rendered, errors = template.render_env(env, {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20
+    assert len(rendered) == 11  # V0 as written, and ten copies within 1 MiB
+    assert str(errors["V9999"]) == (
+        "the env values expand to more than 1048576 characters together"
+    )
+
+
+def test_the_words_of_a_command_are_bounded_together() -> None:
+    values = {"V": "x" * 100_000}
+    words = template.split(" ".join(["{{V}}"] * 20_000))  # 2 GB once substituted
+    assert len(template.substitute_words(words[:10], values.get, [])) == 10
+    tracemalloc.start()
+    try:
+        with pytest.raises(template.ExpansionTooLong) as caught:
+            template.substitute_words(words, values.get, [])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == "the arguments expand to more than 1048576 characters together"
+    assert peak < 100 * 2**20

@@ -438,14 +438,18 @@ def _reader_error(error: ReaderError, text: str, name: str) -> LoadError:
     offset = int(error.position)
     if _BaseLoader is not yaml.SafeLoader:
         offset = len(text.encode("utf-8", "surrogatepass")[:offset].decode("utf-8", "ignore"))
-    before = text[:offset]
-    line = before.count("\n") + 1
-    column = offset - (before.rfind("\n") + 1) + 1
+    breaks = list(_LINE_BREAK.finditer(text, 0, offset))
+    line = len(breaks) + 1
+    column = offset - (breaks[-1].end() if breaks else 0) + 1
     character = error.character
     code = ord(character) if isinstance(character, str) else int(character)
     return LoadError(
         f"YAML syntax error: {_character_name(code)} is not allowed", Mark(name, line, column)
     )
+
+
+# What YAML counts as a line break (yaml's marks count lines so).
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
 def _character_name(code: int) -> str:
@@ -500,7 +504,9 @@ def _too_deep(text: str, name: str) -> LoadError:
             if not in_mapping:
                 top, where = (children,), event.start_mark
             elif children % 2 == 0:
-                top = (event.value if isinstance(event, yaml.ScalarEvent) else "?",)
+                key = event.value if isinstance(event, yaml.ScalarEvent) else ""
+                # Not yet checked: a key that could not be shown on one line is left out.
+                top = (key,) if 0 < len(key) <= 200 and not _KEY_CONTROL.search(key) else ()
             else:
                 where = event.start_mark
             children += 1
@@ -801,7 +807,10 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, list):
         return "a list"
-    return f"{type(value).__name__} {value!r}"
+    if isinstance(value, str):
+        return f"str {_shown(value)}"
+    shown = repr(value)
+    return f"{type(value).__name__} {shown if len(shown) <= 40 else shown[:40] + '...'}"
 
 
 def _mark(name: str, mark: Any) -> Mark:

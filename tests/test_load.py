@@ -158,6 +158,7 @@ def test_a_multi_line_complex_key_is_refused() -> None:
         ("name: chat\n# \x1b[2J\n", "2:3", "control character U+001B"),
         ("x: \x9b\n", "1:4", "control character U+009B"),
         ("x: \U0001f600\x7f\n", "1:5", "control character U+007F"),
+        ("a: 1\rb: 2\r\nc: \x01\n", "3:4", "control character U+0001"),  # CR, CRLF
     ],
 )
 def test_a_character_yaml_refuses_is_one_line_at_its_position(
@@ -249,6 +250,18 @@ def test_deep_nesting_is_a_clean_error_quickly(text: str, where: str) -> None:
     start = time.perf_counter()
     assert error_of(text) == f"{F}:{where}: YAML nesting is deeper than 100 levels"
     assert time.perf_counter() - start < 5
+
+
+def test_a_deep_value_under_a_key_that_cannot_be_shown_names_no_key() -> None:
+    assert error_of('"a\\eb": ' + "[" * 200_000 + "\n") == (
+        f"{F}:1:9: YAML nesting is deeper than 100 levels"
+    )
+
+
+def test_messages_quote_long_text_shortly() -> None:
+    assert error_of('"' + "y" * 100 + '"\n') == (
+        f"{F}:1:1: expected a mapping, got str '{'y' * 40}...'"
+    )
 
 
 def test_nesting_at_the_limit_reads() -> None:

@@ -8,7 +8,7 @@ The repository is untrusted (a pull request): every input ends in documents or i
 one-line :class:`LoadError` at its ``file:line:col``, within bounded time and memory.
 Files are read without following symbolic links, up to a size limit; nesting depth
 and node counts are checked while libyaml composes (its composer recurses in C, and
-crashes the process somewhere past 10,000 levels; its scanner is quadratic in flow
+crashes the process (SIGSEGV) past ~30,000 levels; its scanner is quadratic in flow
 depth), before any recursion of ours; alias expansion is counted per file and per
 repository; text that YAML escapes could smuggle in (NUL, terminal escapes) is refused.
 """
@@ -359,7 +359,7 @@ def _file_type(mode: int) -> str:
         return "a FIFO"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
 
 
 def parse_objects(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compiler.errors import FleetformError, Mark
+from compiler.errors import FleetformError, Mark, OutputError
 from compiler.load import load_repo
 from compiler.model import Repo, Settings, validate_repo
 from compiler.observe.connections import Connections
@@ -38,7 +39,11 @@ class Compiled:
     repo: Repo
     fleet: Fleet
     files: dict[str, bytes]
-    output_dir: Path
+    place: OutputPlace
+
+    @property
+    def output_dir(self) -> Path:
+        return self.place.path
 
 
 def load(root: Path) -> Repo:
@@ -67,6 +72,17 @@ def output_dir(root: Path, repo: Repo) -> Path:
     return place.path
 
 
+@contextmanager
+def _located(place: OutputPlace) -> Iterator[None]:
+    """Every error about ``output/`` located at its setting, as every error has a place."""
+    try:
+        yield
+    except OutputError as error:
+        if error.mark is None:
+            raise place.error(error.message) from None
+        raise
+
+
 def _read_output(place: OutputPlace) -> tuple[OutputTree, PriorState]:
     """``output/`` scanned and its indexes read (the caller holds the lock)."""
     check_not_interrupted(place)
@@ -77,11 +93,19 @@ def _read_output(place: OutputPlace) -> tuple[OutputTree, PriorState]:
 def build(root: Path) -> Compiled:
     """Load, validate, resolve and render, entirely in memory."""
     repo, place = _load(root)
-    confine(root, place)
-    with locked(root, place, exclusive=False):
-        _, state = _read_output(place)
+    with _located(place):
+        confine(root, place)
+        with locked(root, place, exclusive=False):
+            _, state = _read_output(place)
     fleet = resolve_fleet(repo, state.prior)
-    return Compiled(repo, fleet, render_fleet(fleet), place.path)
+    return Compiled(repo, fleet, render_fleet(fleet), place)
+
+
+def stale_files(root: Path, compiled: Compiled) -> Changes:
+    """What ``compile`` would change in ``output/`` (empty: it is current)."""
+    place = compiled.place
+    with _located(place), locked(root, place, exclusive=False):
+        return diff_output(scan_output(place), compiled.files)
 
 
 def compile_repo(root: Path, *, check: bool = False) -> Changes:
@@ -91,6 +115,11 @@ def compile_repo(root: Path, *, check: bool = False) -> Changes:
     replaces the old one in one step, or not at all (see :mod:`compiler.output`).
     """
     repo, place = _load(root)
+    with _located(place):
+        return _compile(root, repo, place, check)
+
+
+def _compile(root: Path, repo: Repo, place: OutputPlace, check: bool) -> Changes:
     confine(root, place)
     if check:
         with locked(root, place, exclusive=False):
@@ -240,7 +269,7 @@ def _plan_repo(root: Path, hosts: Sequence[str], early: Connections) -> Planned:
     from compiler.plan import make_plan
 
     compiled = build(root)
-    stale = diff_output(compiled.output_dir, compiled.files)
+    stale = stale_files(root, compiled)
     if not stale.empty:
         raise FleetformError(
             f"output/ is stale ({len(stale.lines())} file(s) differ): run `fleetform compile`"

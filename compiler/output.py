@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticError
 
 from compiler.errors import FleetformWarning, Mark, OutputError
+from compiler.load import SETTINGS_FILE
 from compiler.placement import Prior
 from compiler.render.index import INDEX_FILE, INDEX_SCHEMA
 
@@ -117,10 +118,10 @@ class OutputPlace:
         return self.path.parent
 
     def error(self, message: str) -> OutputError:
-        """An error about the output folder itself (or the path to it)."""
-        if self.setting is None:
-            return OutputError(message)
-        return OutputError(message, self.setting, "output_dir")
+        """An error about the output folder, the path to it or anything in it: named,
+        as every error is, by a position, that of the ``output_dir`` setting (the top
+        of ``fleetform.yaml`` where the default is in force)."""
+        return OutputError(message, self.setting or Mark(SETTINGS_FILE, 1, 1), "output_dir")
 
     def staging_pattern(self) -> re.Pattern[str]:
         return re.compile(rf"{re.escape(self.prefix)}[a-z0-9_]{{8}}")

@@ -19,6 +19,9 @@ from compiler.cli import cli
 from compiler.errors import FleetformError
 from tests.helpers_repo import make_repo
 
+# Where an output/ problem is reported when fleetform.yaml does not set output_dir.
+DEFAULT_SETTING = "fleetform.yaml:1:1: output_dir: "
+
 DEPLOYMENTS = """\
 - {name: alpha, backend: srv, local_path: /m/a}
 - {name: beta, backend: srv, local_path: /m/b}
@@ -258,7 +261,9 @@ def test_a_link_in_output_is_refused_and_nothing_is_touched(
         result = CliRunner().invoke(cli, [*args, "--repo", str(repo)])
         assert result.exit_code == 1, result.output
         assert result.stderr == (
-            message.format(victim=victim) + "; fleetform never writes through links\n"
+            DEFAULT_SETTING
+            + message.format(victim=victim)
+            + "; fleetform never writes through links\n"
         )
     assert _tree(victim) == victim_before
     assert _tree(repo) == repo_before
@@ -313,8 +318,8 @@ def test_a_special_file_in_output_is_refused(tmp_path: Path, kind: str) -> None:
     result = CliRunner().invoke(cli, ["compile", "--repo", str(repo)])
     assert result.exit_code == 1
     assert result.stderr == (
-        f"output/h1/special: is a {kind}; fleetform keeps only folders and regular files"
-        " in output/\n"
+        f"{DEFAULT_SETTING}output/h1/special: is a {kind}; fleetform keeps only folders and"
+        " regular files in output/\n"
     )
     assert _tree(repo) == before
 
@@ -331,7 +336,7 @@ def test_the_output_dir_setting_is_named_where_it_is_written(tmp_path: Path) -> 
     (repo / "fleetform.yaml").write_text("project: p\n")
     (repo / "output").write_text("a file")
     result = CliRunner().invoke(cli, ["compile", "--repo", str(repo)])
-    assert result.stderr == "output: is not a folder\n"
+    assert result.stderr == f"{DEFAULT_SETTING}output: is not a folder\n"
 
 
 CONTROL = "must be a folder name without control characters or NUL"
@@ -386,7 +391,7 @@ def test_an_obstruction_in_output_is_one_line_and_nothing_changes(
     before = _tree(repo)
     for args in (["compile"], ["compile", "--check"]):
         result = CliRunner().invoke(cli, [*args, "--repo", str(repo)])
-        assert (result.exit_code, result.stderr) == (1, message + "\n")
+        assert (result.exit_code, result.stderr) == (1, DEFAULT_SETTING + message + "\n")
     assert _tree(repo) == before
 
 

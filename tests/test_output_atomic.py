@@ -228,8 +228,8 @@ def test_kill_9_with_the_two_rename_fallback_is_finished_by_the_next_compile(
             code, _, err = _run(repo, "--check")
             assert (code, err) == (
                 1,
-                "output: a compile was killed while replacing it; run `fleetform compile` to"
-                " finish\n",
+                "fleetform.yaml:3:13: output_dir: output: a compile was killed while replacing"
+                " it; run `fleetform compile` to finish\n",
             )
             code, _, err = _run(repo, env=fallback)
             assert (code, err) == (0, "")
@@ -259,7 +259,10 @@ def test_a_late_obstruction_leaves_output_byte_for_byte_untouched(
     before = snapshot(repo / "output")
     code, out, err = _run(repo)
     assert (code, out) == (1, "")
-    assert err == "output/zz-late/index.json: is a folder where fleetform writes a file\n"
+    assert err == (
+        "fleetform.yaml:3:13: output_dir: output/zz-late/index.json: is a folder where"
+        " fleetform writes a file\n"
+    )
     assert snapshot(repo / "output") == before
     assert _leftovers(repo) == []
     assert {k: v for k, v in before.items() if not k.startswith("zz-late")} == old
@@ -326,7 +329,8 @@ def test_the_fallback_swap_works_and_a_hand_made_journal_is_completed(
     result = CliRunner().invoke(cli, ["validate", "--repo", str(repo)])
     assert (result.exit_code, result.stderr) == (
         1,
-        "output: a compile was killed while replacing it; run `fleetform compile` to finish\n",
+        "fleetform.yaml:1:1: output_dir: output: a compile was killed while replacing it;"
+        " run `fleetform compile` to finish\n",
     )
     assert api.compile_repo(repo).empty  # completed: the new tree is output/, as it should be
     assert (repo / "output" / "h1" / "note.txt").read_text() == "the new tree"

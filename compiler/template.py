@@ -29,7 +29,7 @@ _NEAR_MISS = re.compile(r"\{\{[^\n]*?(\}\}|$)", re.MULTILINE)
 # most one argument or environment entry can hold. Env values that double each other
 # (V1 = {{V0}}{{V0}}, ..., V40) reached ~1 GB without it.
 MAX_EXPANDED = 128 * 1024
-# What one call may produce in all (the words of a command, the values of an env): a
+# What substitution may produce in all, for one command's words or one env's values: a
 # run command of 20,000 {{V}} with V of 128 KiB would be 2.6 GB. Far above what one
 # container may hold (compiler/resolve.py checks that, and says so, once rendered).
 MAX_EXPANDED_TOTAL = 1024 * 1024
@@ -215,8 +215,9 @@ def substitute_words(
     defined: list[str],
     secrets: Collection[str] = (),
 ) -> tuple[str, ...]:
-    """:func:`substitute` in each of ``words`` (most hold no placeholder); together
-    no longer than MAX_EXPANDED_TOTAL."""
+    """:func:`substitute` in each of ``words`` (most hold no placeholder); the words
+    substitution makes no longer than MAX_EXPANDED_TOTAL together (the others are text
+    as written, which compiler/resolve.py measures)."""
     out: list[str] = []
     room = MAX_EXPANDED_TOTAL
     for word in words:
@@ -224,10 +225,8 @@ def substitute_words(
             word = substitute(
                 word, lookup, defined, secrets, room=room, together="the arguments"
             )
-        room -= len(word)
+            room -= len(word)
         out.append(word)
-    if room < 0:
-        raise ExpansionTooLong(together="the arguments")
     return tuple(out)
 
 

@@ -26,7 +26,7 @@ def _error(tmp_path: Path, files: dict[str, str]) -> str:
     for relative, text in files.items():
         path = tmp_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
     with pytest.raises(FleetformError) as caught:
         api.build(tmp_path)
     return str(caught.value)
@@ -72,8 +72,9 @@ def test_a_fleet_has_at_most_100000_replicas(tmp_path: Path) -> None:
 
 
 def test_an_argument_over_max_arg_strlen(tmp_path: Path) -> None:
-    """Each value fits the loader's limit; the command joins them into one argument."""
-    half = "x" * (MAX_ARGUMENT_BYTES // 2 + 1)
+    """Each value fits the loader's limit and the substitution's (in characters); the
+    command joins them into one argument of more bytes than the kernel takes."""
+    half = "\u00e9" * 40_000  # 80,000 bytes
     deployment = (
         f"name: d\nbackend: srv\nlocal_path: /m\nenv: {{A: {half}}}\n"
         'backend_parameters: ["--x={{A}}{{A}}"]\n'
@@ -86,7 +87,7 @@ def test_an_argument_over_max_arg_strlen(tmp_path: Path) -> None:
             "deployments.d/d.yaml": deployment,
         },
     )
-    size = 2 * len(half) + len("--x=")
+    size = 2 * len(half.encode()) + len("--x=")
     assert message == (
         f"deployments.d/d.yaml:5:21: backend_parameters: an argument of {size} bytes;"
         f" the limit is {MAX_ARGUMENT_BYTES} (Linux's MAX_ARG_STRLEN)"

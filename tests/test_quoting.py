@@ -69,19 +69,22 @@ BACKEND: dict[str, Any] = {
 NASTY = [
     " ", "  ", "'", '"', "$", "$$", "${X}", "$X", "$HOME", "%", "%h", "%%", "%n", ";", " ; ",
     "\\", "\\n", "\\\\", "\n", "\t", "\r", "é", "中", "🙂", "-", "--", "-x", "=", ":", ",",
-    "`", "#", "&&", "|", "*", "?", "~", "{", "}", "(", ")", "<", ">", "!", "\x7f", "\x1b",
-    "\x85", "\u2028", "\ufeff", "\xa0", "\ufdd0", "\ufffe", "\uffff", "\U0001fffe",
+    "`", "#", "&&", "|", "*", "?", "~", "{", "}", "(", ")", "<", ">", "!",
+    "\u2028", "\u2029", "\ufeff", "\xa0", "\ufdd0", "\ufffe", "\uffff", "\U0001fffe",
 ]  # fmt: skip
 
-_ANY_CHAR = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+# Control characters but tab and line breaks are refused where values enter (NUL,
+# escapes, DEL, C1: tests/test_load.py); every other character must round-trip.
+_ANY_CHAR = st.characters(exclude_categories=["Cs", "Cc"], include_characters="\t\n\r")
 TEXT = (
     st.lists(st.one_of(st.sampled_from(NASTY), st.text(_ANY_CHAR, max_size=8)), max_size=6)
     .map("".join)
     .filter(lambda s: "{{" not in s and "}}" not in s)
 )
 # {{model_path}} is "/srv/models/<name>": the name is free text, except '/', which
-# would move the read-only model mount that fleetform derives from the parent folder.
-MODEL_NAME = TEXT.filter(lambda s: s != "" and "/" not in s)
+# would move the read-only model mount that fleetform derives from the parent folder,
+# and what a path may not hold (invisible characters, '.' and '..' as a name).
+MODEL_NAME = TEXT.filter(lambda s: s.isprintable() and "/" not in s and s not in ("", ".", ".."))
 # A backend_parameters entry that is a plain value: GPUStack trims an entry, and
 # one that then starts with '-' is an option to be split, not a value.
 PLAIN_PARAM = TEXT.filter(lambda s: s.strip() != "" and not s.strip().startswith("-"))
@@ -170,8 +173,9 @@ NASTY_CASE = Case(
 
 
 # Found by this test; kept as explicit examples so that they always run.
-NEL_CASE = Case("plain", "a\x85b", "x\x85y", "", "\x85", "p", "q")  # YAML folds NEL
-NONCHARACTER_CASE = Case("entry", "a\ufffeb", "\ufdd0", "\U0001fffe", "", "p", "q")
+# YAML folds Unicode's line and paragraph separators (NEL, a C1 control, is refused).
+LINE_SEPARATOR_CASE = Case("plain", "a b", "x\u2028y", "", "\u2029", "p", "q")
+NONCHARACTER_CASE = Case("entry", "a\u00e9b", "\ufdd0", "\U0001fffe", "\ufffe", "p", "q")
 
 
 @contextmanager
@@ -225,7 +229,7 @@ def check_compose(case: Case) -> None:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @example(NASTY_CASE)
-@example(NEL_CASE)
+@example(LINE_SEPARATOR_CASE)
 @example(NONCHARACTER_CASE)
 @given(CASES)
 def test_compose_keeps_every_value_intact(case: Case) -> None:
@@ -266,7 +270,7 @@ def check_systemd(case: Case) -> None:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @example(NASTY_CASE)
-@example(NEL_CASE)
+@example(LINE_SEPARATOR_CASE)
 @example(NONCHARACTER_CASE)
 @given(CASES)
 def test_systemd_keeps_every_value_intact(case: Case) -> None:

@@ -936,7 +936,8 @@ SCENARIOS: list[Scenario] = [
         backend_chain(40),
         "backends.d/chain.yaml:2:10: extends",
     ),
-    bad("env-references-1000-deep", dep(DEEP_ENV), at(D, 7, 7, "env.E1")),
+    # No recursion: the chain resolves, and the container it makes is over the size limit.
+    bad("env-references-1000-deep", dep(DEEP_ENV), at(D, 1, 7, "name")),
     bad(
         "mapping-key-is-a-list",
         dep("? [a, b]\n: x\n"),
@@ -996,7 +997,8 @@ SCENARIOS: list[Scenario] = [
     good("index-host-not-a-string", index_of_gpu_a(host="[1]"), output_like_base),
     good("index-not-utf8", {"output/gpu-a/index.json": b"\xff\xfe{}"}, output_like_base),
     # === resource exhaustion ===========================================================
-    bad("env-doubling-placeholders", dep(DOUBLING), at(D, 8, 7, "env.V1")),
+    # Stopped at the first variable whose value would pass 128 KiB.
+    bad("env-doubling-placeholders", dep(DOUBLING), at(D, 25, 8, "env.V18")),
     bad("env-value-10-mb", dep("env: {BIG: " + "x" * 10_000_000 + "}\n"), at(D, 6, 12, "env.BIG")),
     bad(
         "run-command-1-mb",

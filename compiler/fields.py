@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
@@ -25,6 +25,17 @@ from pydantic import AfterValidator
 def _q(value: str) -> str:
     """A value quoted for a message, cut short: the message is one line to read."""
     return repr(value) if len(value) <= 80 else f"{value[:60]!r}… ({len(value)} characters)"
+
+
+def _matching(pattern: re.Pattern[str], is_not: str) -> Any:
+    """A text type whose values match ``pattern`` whole; ``is_not`` ends the message."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{_q(value)} {is_not}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
 
 
 # Docker's distribution/reference grammar (reference/regexp.go), ASCII only.
@@ -77,13 +88,7 @@ LabelKey = Annotated[str, AfterValidator(_label_key)]
 _SIZE = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,15})? ?[kmgtp]?i?b?", re.ASCII | re.IGNORECASE)
 
 
-def _size(value: str) -> str:
-    if not _SIZE.fullmatch(value):
-        raise ValueError(f"{_q(value)} is not a size like 10g, 512m or 1073741824 (bytes)")
-    return value
-
-
-Size = Annotated[str, AfterValidator(_size)]
+Size = _matching(_SIZE, "is not a size like 10g, 512m or 1073741824 (bytes)")
 
 # A published port, compose's short syntax as docker's nat.ParsePortSpec reads it:
 # [[IP:][HOST_PORT]:]CONTAINER_PORT[/PROTOCOL], ports or ranges of ports.
@@ -235,27 +240,14 @@ Device = Annotated[str, AfterValidator(_device)]
 _NETWORK_MODE = re.compile(r"(?:container:)?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}", re.ASCII)
 
 
-def _network_mode(value: str) -> str:
-    if not _NETWORK_MODE.fullmatch(value):
-        raise ValueError(
-            f"{_q(value)} is not a network mode (host, bridge, none, container:NAME"
-            " or a network's name)"
-        )
-    return value
-
-
-NetworkMode = Annotated[str, AfterValidator(_network_mode)]
+NetworkMode = _matching(
+    _NETWORK_MODE, "is not a network mode (host, bridge, none, container:NAME or a network's name)"
+)
 
 _URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,2047}", re.ASCII)
 
 
-def _http_path(value: str) -> str:
-    if not _URL_PATH.fullmatch(value):
-        raise ValueError(f"{_q(value)} is not an HTTP path like /health (no spaces)")
-    return value
-
-
-HttpPath = Annotated[str, AfterValidator(_http_path)]
+HttpPath = _matching(_URL_PATH, "is not an HTTP path like /health (no spaces)")
 
 # Hugging Face's repo id rule (huggingface_hub validate_repo_id): [namespace/]name of
 # letters, digits, '-', '_' and '.', no '--' or '..', at most 96; ModelScope's ids are

@@ -11,17 +11,16 @@ The contract both tests check, for every input repository (issue 9):
 
 Every compile runs in a child process with ``RLIMIT_AS`` at 2 GB and a 20 s timeout,
 so a memory bomb or a hang fails its test instead of taking the machine with it.
-The child is either a fork of the test process running the click command (cheap:
-everything is imported already) or a real ``python -m compiler.cli``.
+The child is either a fork of a fork server running the click command (cheap: the
+compiler is imported already) or a real ``python -m compiler.cli``.
 """
 
 from __future__ import annotations
 
-import json
+import multiprocessing
 import os
 import re
 import resource
-import select
 import signal
 import subprocess
 import sys
@@ -29,7 +28,9 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,74 +185,72 @@ def run_subprocess(
     )
 
 
+def _run_click(args: list[str], connection: Connection) -> None:
+    """In the child: the click command, its outcome sent back as one message."""
+    from click.testing import CliRunner
+
+    from compiler.cli import cli
+
+    _limit_child()
+    result = CliRunner().invoke(cli, args)
+    crashed = ""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        crashed = "".join(
+            traceback.format_exception(type(result.exception), result.exception, result.exc_info[2])
+        )
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    connection.send(
+        {
+            "exit_code": result.exit_code,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "crashed": crashed,
+            "max_rss_mib": usage.ru_maxrss / 1024,
+        }
+    )
+    connection.close()
+
+
+# Children are forked from a fork server: a fresh interpreter that imported the
+# compiler once and runs no thread. Forking the test process itself deadlocks once an
+# earlier test has left a thread holding a lock (the engine tests' forwarders): the
+# child then waits forever on that lock.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(
+    ["compiler.cli", "compiler.api", "compiler.explain", "click.testing", "hostile_repos"]
+)
+
+
 def run_forked(args: list[str], *, timeout: float = TIME_LIMIT) -> Run:
     """The click command in a forked child (RLIMIT_AS 2 GB, killed after ``timeout``).
 
     Much cheaper than a new interpreter, and as safe for the test process: a memory
     bomb, a hang or a crash ends the child only.
     """
-    from click.testing import CliRunner
-
-    from compiler.cli import cli
-
-    read_end, write_end = os.pipe()
+    receiver, sender = _FORKS.Pipe(duplex=False)
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 70
-        try:
-            os.close(read_end)
-            _limit_child()
-            result = CliRunner().invoke(cli, args)
-            crashed = ""
-            if result.exception is not None and not isinstance(result.exception, SystemExit):
-                crashed = "".join(
-                    traceback.format_exception(
-                        type(result.exception), result.exception, result.exc_info[2]
-                    )
-                )
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            payload = json.dumps(
-                {
-                    "exit_code": result.exit_code,
-                    "stdout": result.stdout,
-                    "stderr": result.stderr,
-                    "crashed": crashed,
-                    "max_rss_mib": usage.ru_maxrss / 1024,
-                }
-            ).encode()
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(payload)
-            code = 0
-        except BaseException:  # noqa: BLE001 - the child must always exit
-            code = 71
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks: list[bytes] = []
+    child = _FORKS.Process(target=_run_click, args=(args, sender), daemon=True)
+    child.start()
+    sender.close()
+    data: dict[str, Any] | None = None
     timed_out = False
-    deadline = started + timeout
-    with os.fdopen(read_end, "rb", buffering=0) as pipe:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                os.kill(pid, signal.SIGKILL)
-                break
-            ready, _, _ = select.select([pipe], [], [], left)
-            if ready:
-                chunk = pipe.read(1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
+    try:
+        if receiver.poll(max(0.0, started + timeout - time.monotonic())):
+            data = receiver.recv()
+        else:
+            timed_out = child.is_alive()
+    except EOFError:  # the child died before it answered
+        pass
+    finally:
+        receiver.close()
+    if timed_out:
+        child.kill()
+    child.join()
     seconds = time.monotonic() - started
-    if timed_out or not chunks:
-        signalled = os.WIFSIGNALED(status)
-        code = -os.WTERMSIG(status) if signalled else os.WEXITSTATUS(status)
+    if data is None:
+        code = child.exitcode if child.exitcode is not None else -9
         what = "timed out" if timed_out else f"child died (status {code}, out of memory?)"
-        return Run(code if not timed_out else -9, "", what, seconds, timed_out, crashed=what)
-    data = json.loads(b"".join(chunks))
+        return Run(-9 if timed_out else code, "", what, seconds, timed_out, crashed=what)
     return Run(
         data["exit_code"],
         data["stdout"],

@@ -8,8 +8,10 @@ so that no value can turn into an option of another program, a path outside what
 names, or an artifact that compose or systemd reject. Control characters never get
 this far: the loader refuses them in every scalar.
 
-Each check raises ``ValueError`` with a user-facing message; pydantic reports it at
-the value's position as ``file:line:col: key.path: message``.
+Each check takes the text and returns it, or raises ``ValueError`` with a user-facing
+message; :mod:`compiler.model` makes each a field type, and pydantic reports the error
+at the value's position as ``file:line:col: key.path: message``. The module imports no
+pydantic: ``plan`` checks a ``docker_host`` with it before the heavy imports.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
-from typing import Annotated, Any
-
-from pydantic import AfterValidator
+from collections.abc import Callable
 
 
 def _q(value: str) -> str:
@@ -27,15 +27,15 @@ def _q(value: str) -> str:
     return repr(value) if len(value) <= 80 else f"{value[:60]!r}… ({len(value)} characters)"
 
 
-def _matching(pattern: re.Pattern[str], is_not: str) -> Any:
-    """A text type whose values match ``pattern`` whole; ``is_not`` ends the message."""
+def _matching(pattern: re.Pattern[str], is_not: str) -> Callable[[str], str]:
+    """A check that a value matches ``pattern`` whole; ``is_not`` ends its message."""
 
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
             raise ValueError(f"{_q(value)} {is_not}")
         return value
 
-    return Annotated[str, AfterValidator(check)]
+    return check
 
 
 # Docker's distribution/reference grammar (reference/regexp.go), ASCII only.
@@ -53,7 +53,7 @@ IMAGE_REFERENCE = re.compile(
 _IMAGE_NAME_MAX = 255  # the repository name's limit in the same package
 
 
-def _image(value: str) -> str:
+def image_reference(value: str) -> str:
     name = value.split("@", 1)[0]
     if ":" in name.rsplit("/", 1)[-1]:
         name = name.rsplit(":", 1)[0]
@@ -65,14 +65,12 @@ def _image(value: str) -> str:
     return value
 
 
-ImageRef = Annotated[str, AfterValidator(_image)]
-
 # A label key: reverse-DNS style words. No '=' (docker reads --label k=v up to the
 # first '='), no '$' (compose interpolates values, never keys), no spaces or quotes.
 _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,253}[A-Za-z0-9])?", re.ASCII)
 
 
-def _label_key(key: str) -> str:
+def label_key(key: str) -> str:
     if not _LABEL_KEY.fullmatch(key):
         raise ValueError(
             f"invalid label key {_q(key)} (letters, digits, '.', '-', '_' and '/',"
@@ -81,14 +79,12 @@ def _label_key(key: str) -> str:
     return key
 
 
-LabelKey = Annotated[str, AfterValidator(_label_key)]
-
 # docker/go-units RAMInBytes, which both `docker run --shm-size` and compose use;
 # one decimal part at most (go-units' regexp allows more, its ParseFloat does not).
 _SIZE = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,15})? ?[kmgtp]?i?b?", re.ASCII | re.IGNORECASE)
 
 
-Size = _matching(_SIZE, "is not a size like 10g, 512m or 1073741824 (bytes)")
+size = _matching(_SIZE, "is not a size like 10g, 512m or 1073741824 (bytes)")
 
 # A published port, compose's short syntax as docker's nat.ParsePortSpec reads it:
 # [[IP:][HOST_PORT]:]CONTAINER_PORT[/PROTOCOL], ports or ranges of ports.
@@ -104,7 +100,7 @@ def _port_range_of(text: str) -> tuple[int, int]:
     return int(low), int(high or low)
 
 
-def _port_spec(value: str) -> str:
+def port_spec(value: str) -> str:
     bad = ValueError(
         f"{_q(value)} is not a port mapping like 8080:80, 127.0.0.1:8080:80/tcp or 9000-9001:80"
     )
@@ -129,8 +125,6 @@ def _port_spec(value: str) -> str:
     return value
 
 
-PortSpec = Annotated[str, AfterValidator(_port_spec)]
-
 
 def _is_normal_absolute(path: str) -> bool:
     return (
@@ -141,7 +135,7 @@ def _is_normal_absolute(path: str) -> bool:
     )
 
 
-def _absolute_path(value: str) -> str:
+def absolute_path(value: str) -> str:
     if not _is_normal_absolute(value):
         raise ValueError(
             f"{_q(value)} must be an absolute, normalised path on the host"
@@ -150,18 +144,13 @@ def _absolute_path(value: str) -> str:
     return value
 
 
-AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
-
-
-def _folder(value: str) -> str:
-    _absolute_path(value)
+def host_folder(value: str) -> str:
+    """A folder on the host that fleetform mounts or writes into: never '/' itself."""
+    absolute_path(value)
     if value == "/":
         raise ValueError("'/' is the host's root; name a folder below it")
     return value
 
-
-# A folder on the host that fleetform mounts or writes into: never '/' itself.
-HostFolder = Annotated[str, AfterValidator(_folder)]
 
 _VOLUME_MODES = frozenset(
     {"ro", "rw", "z", "Z", "shared", "rshared", "slave", "rslave", "private", "rprivate"}
@@ -169,7 +158,7 @@ _VOLUME_MODES = frozenset(
 )
 
 
-def _volume(value: str) -> str:
+def volume(value: str) -> str:
     """A bind mount in compose's short syntax, ``/host:/container[:mode,…]``.
 
     Named volumes are refused: compose needs them declared at the top level (and
@@ -206,14 +195,12 @@ def _volume(value: str) -> str:
     return value
 
 
-Volume = Annotated[str, AfterValidator(_volume)]
-
 
 def _is_device_permissions(text: str) -> bool:
     return 1 <= len(text) <= 3 and set(text) <= set("rwm") and len(set(text)) == len(text)
 
 
-def _device(value: str) -> str:
+def device(value: str) -> str:
     """``/dev/host[:/dev/container[:rwm]]``.
 
     ``docker run --device`` also reads ``/dev/host:rwm``, but compose reads the same
@@ -234,20 +221,18 @@ def _device(value: str) -> str:
     return value
 
 
-Device = Annotated[str, AfterValidator(_device)]
-
 # host, bridge, none, container:<name> or a network's name (docker's name rule).
 _NETWORK_MODE = re.compile(r"(?:container:)?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}", re.ASCII)
 
 
-NetworkMode = _matching(
+network_mode = _matching(
     _NETWORK_MODE, "is not a network mode (host, bridge, none, container:NAME or a network's name)"
 )
 
 _URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,2047}", re.ASCII)
 
 
-HttpPath = _matching(_URL_PATH, "is not an HTTP path like /health (no spaces)")
+http_path = _matching(_URL_PATH, "is not an HTTP path like /health (no spaces)")
 
 # Hugging Face's repo id rule (huggingface_hub validate_repo_id): [namespace/]name of
 # letters, digits, '-', '_' and '.', no '--' or '..', at most 96; ModelScope's ids are
@@ -255,7 +240,7 @@ HttpPath = _matching(_URL_PATH, "is not an HTTP path like /health (no spaces)")
 _MODEL_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*", re.ASCII)
 
 
-def _model_id(value: str) -> str:
+def model_id(value: str) -> str:
     if (
         not _MODEL_ID.fullmatch(value)
         or ".." in value
@@ -269,8 +254,6 @@ def _model_id(value: str) -> str:
         )
     return value
 
-
-ModelId = Annotated[str, AfterValidator(_model_id)]
 
 # RFC 1123 host names, and IP addresses.
 _HOSTNAME = re.compile(
@@ -289,13 +272,11 @@ def is_host_name(value: str) -> bool:
     return True
 
 
-def _address(value: str) -> str:
+def address(value: str) -> str:
     if not is_host_name(value):
         raise ValueError(f"{_q(value)} is not an IP address or a DNS host name")
     return value
 
-
-Address = Annotated[str, AfterValidator(_address)]
 
 # A login name as useradd accepts it; it must not start with '-' (an ssh option).
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", re.ASCII)
@@ -328,17 +309,15 @@ def split_ssh_target(value: str) -> tuple[str | None, str, int | None]:
     return (user if at else None), host, port
 
 
-def _ssh_target(value: str) -> str:
+def ssh_target(value: str) -> str:
     user, _, _ = split_ssh_target(value)
     if user is None:
         raise ValueError(f"{_q(value)} is not user@host[:port]")
     return value
 
 
-SshTarget = Annotated[str, AfterValidator(_ssh_target)]
 
-
-def _docker_host(value: str) -> str:
+def docker_host(value: str) -> str:
     """``unix:///path``, ``ssh://[user@]host[:port]`` or ``tcp://host:port``."""
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in ("unix", "ssh", "tcp"):
@@ -354,17 +333,22 @@ def _docker_host(value: str) -> str:
     return value
 
 
-DockerHost = Annotated[str, AfterValidator(_docker_host)]
+
+def is_docker_host(value: str) -> bool:
+    """Whether ``value`` is a ``docker_host`` that validation accepts."""
+    try:
+        docker_host(value)
+    except ValueError:
+        return False
+    return True
 
 # Names shown in messages and explain (backend names, version keys, GPU uuids):
 # printable, one line, no surrounding spaces.
 _NAME = re.compile(r"[^\s](?:[^\x00-\x1f\x7f]{0,253}[^\s])?")
 
 
-def _name(value: str) -> str:
+def name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise ValueError(f"{_q(value)} is not a name (1-255 characters, no surrounding spaces)")
     return value
 
-
-Name = Annotated[str, AfterValidator(_name)]

@@ -23,23 +23,8 @@ from pydantic import (
     field_validator,
 )
 
+from compiler import fields
 from compiler.errors import ErrorList, FleetformError, ValidationError
-from compiler.fields import (
-    Address,
-    Device,
-    DockerHost,
-    HostFolder,
-    HttpPath,
-    ImageRef,
-    LabelKey,
-    ModelId,
-    Name,
-    NetworkMode,
-    PortSpec,
-    Size,
-    SshTarget,
-    Volume,
-)
 from compiler.load import Document, KeyPath, RawRepo, dotted
 
 Framework = Literal[
@@ -65,6 +50,22 @@ GPUSTACK_IGNORED_KEYS = (
 )
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+# Text fields checked by compiler/fields.py: what docker, compose and ssh accept.
+Address = Annotated[str, AfterValidator(fields.address)]
+Device = Annotated[str, AfterValidator(fields.device)]
+DockerHost = Annotated[str, AfterValidator(fields.docker_host)]
+HostFolder = Annotated[str, AfterValidator(fields.host_folder)]
+HttpPath = Annotated[str, AfterValidator(fields.http_path)]
+ImageRef = Annotated[str, AfterValidator(fields.image_reference)]
+LabelKey = Annotated[str, AfterValidator(fields.label_key)]
+ModelId = Annotated[str, AfterValidator(fields.model_id)]
+Name = Annotated[str, AfterValidator(fields.name)]
+NetworkMode = Annotated[str, AfterValidator(fields.network_mode)]
+PortSpec = Annotated[str, AfterValidator(fields.port_spec)]
+Size = Annotated[str, AfterValidator(fields.size)]
+SshTarget = Annotated[str, AfterValidator(fields.ssh_target)]
+Volume = Annotated[str, AfterValidator(fields.volume)]
 # How many deployments one deployment may name in extends, and a GPU's highest index.
 MAX_EXTENDS = 64
 MAX_GPU_INDEX = 65_535

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from compiler import api, fields
+from compiler import api, model
 from tests.helpers import compose_config, systemd_verify
 from tests.helpers_repo import make_repo
 
 ACCEPTED: dict[Any, list[str]] = {
-    fields.ImageRef: [
+    model.ImageRef: [
         "busybox",
         "busybox:1.36",
         "vllm/vllm-openai:v0.11.0",
@@ -32,9 +32,9 @@ ACCEPTED: dict[Any, list[str]] = {
         "my__image",
         "a--b",
     ],
-    fields.LabelKey: ["team", "com.example.owner", "a/b", "Traefik.http_1", "x"],
-    fields.Size: ["10g", "512m", "1073741824", "1.5g", "64MiB", "2 GB", "100kb", "0"],
-    fields.PortSpec: [
+    model.LabelKey: ["team", "com.example.owner", "a/b", "Traefik.http_1", "x"],
+    model.Size: ["10g", "512m", "1073741824", "1.5g", "64MiB", "2 GB", "100kb", "0"],
+    model.PortSpec: [
         "80",
         "8080:80",
         "127.0.0.1:8080:80",
@@ -45,31 +45,31 @@ ACCEPTED: dict[Any, list[str]] = {
         "53/udp",
         "5000/sctp",
     ],
-    fields.Volume: ["/data:/data", "/srv/cache:/root/.cache:ro", "/a:/b:rw,z", "/a b:/c d"],
-    fields.Device: [
+    model.Volume: ["/data:/data", "/srv/cache:/root/.cache:ro", "/a:/b:rw,z", "/a b:/c d"],
+    model.Device: [
         "/dev/kfd",
         "/dev/dri:/dev/dri",
         "/dev/nvidia0:/dev/nvidia0:rwm",
         "/dev/a:/dev/b:r",
     ],
-    fields.NetworkMode: ["host", "bridge", "none", "container:db", "inference-net"],
-    fields.HttpPath: ["/health", "/v1/models?x=1", "/"],
-    fields.ModelId: ["Qwen/Qwen2.5-7B-Instruct", "gpt2", "org_1/model.v2-gguf"],
-    fields.HostFolder: ["/models", "/srv/models/qwen", "/a b/c"],
-    fields.Address: ["192.0.2.1", "2001:db8::1", "gpu-a.example.com", "gpu-a"],
-    fields.SshTarget: ["root@gpu-a", "deploy@192.0.2.1:2222", "u.x-1@[2001:db8::1]:22"],
-    fields.DockerHost: [
+    model.NetworkMode: ["host", "bridge", "none", "container:db", "inference-net"],
+    model.HttpPath: ["/health", "/v1/models?x=1", "/"],
+    model.ModelId: ["Qwen/Qwen2.5-7B-Instruct", "gpt2", "org_1/model.v2-gguf"],
+    model.HostFolder: ["/models", "/srv/models/qwen", "/a b/c"],
+    model.Address: ["192.0.2.1", "2001:db8::1", "gpu-a.example.com", "gpu-a"],
+    model.SshTarget: ["root@gpu-a", "deploy@192.0.2.1:2222", "u.x-1@[2001:db8::1]:22"],
+    model.DockerHost: [
         "unix:///var/run/docker.sock",
         "ssh://deploy@gpu-a",
         "ssh://gpu-a:2222",
         "tcp://192.0.2.1:2376",
     ],
-    fields.Name: ["vllm", "llama.cpp", "Text Embeddings Inference", "v0.11.0", "x"],
+    model.Name: ["vllm", "llama.cpp", "Text Embeddings Inference", "v0.11.0", "x"],
 }
 
 REFUSED: dict[Any, list[str]] = {
     # Values docker would read as options in `docker run … IMAGE`, or not an image.
-    fields.ImageRef: [
+    model.ImageRef: [
         "--privileged",
         "-v/:/host",
         "-it",
@@ -85,9 +85,9 @@ REFUSED: dict[Any, list[str]] = {
         "srv:" + "t" * 129,
     ],
     # '=' ends a key in `--label k=v`; compose never interpolates keys, so '$' would stay.
-    fields.LabelKey: ["a=b", "cost$center", "", "a b", "-x", "x.", "é", "a" * 256],
-    fields.Size: ["1.5.3g", "big", "-1g", "10gg", "g", "", "1e9", "١٠g"],
-    fields.PortSpec: [
+    model.LabelKey: ["a=b", "cost$center", "", "a b", "-x", "x.", "é", "a" * 256],
+    model.Size: ["1.5.3g", "big", "-1g", "10gg", "g", "", "1e9", "١٠g"],
+    model.PortSpec: [
         "0",
         "65536",
         "80:0",
@@ -100,7 +100,7 @@ REFUSED: dict[Any, list[str]] = {
         "::90",
         "٨٠",
     ],
-    fields.Volume: [
+    model.Volume: [
         "/:/host:x",
         "data:/data",
         "./data:/data",
@@ -115,7 +115,7 @@ REFUSED: dict[Any, list[str]] = {
         "-v/:/host",
     ],
     # '/dev/a:rw' is docker's short form, which compose reads as the container path 'rw'.
-    fields.Device: [
+    model.Device: [
         "dev/kfd",
         "/",
         "/dev/a:rw",
@@ -124,12 +124,12 @@ REFUSED: dict[Any, list[str]] = {
         "/dev/a:b",
         "--privileged",
     ],
-    fields.NetworkMode: ["--privileged", "host net", "service:db", "", "container:"],
-    fields.HttpPath: ["health", "/a b", "", "/\u00e9"],
-    fields.ModelId: ["../../etc", "/etc", "a/../b", "a/b/c", "a--b", ".hidden", "a.", "x" * 97],
-    fields.HostFolder: ["/", "models", "~/models", "/srv/../etc", "/srv/", "//srv", "/srv/./m"],
-    fields.Address: ["-oProxyCommand=x", "a b", "gpu_a", "", "-gpu"],
-    fields.SshTarget: [
+    model.NetworkMode: ["--privileged", "host net", "service:db", "", "container:"],
+    model.HttpPath: ["health", "/a b", "", "/\u00e9"],
+    model.ModelId: ["../../etc", "/etc", "a/../b", "a/b/c", "a--b", ".hidden", "a.", "x" * 97],
+    model.HostFolder: ["/", "models", "~/models", "/srv/../etc", "/srv/", "//srv", "/srv/./m"],
+    model.Address: ["-oProxyCommand=x", "a b", "gpu_a", "", "-gpu"],
+    model.SshTarget: [
         "gpu-a",
         "-oProxyCommand=touch x@gpu-a",
         "root@-oProxyCommand=x",
@@ -138,7 +138,7 @@ REFUSED: dict[Any, list[str]] = {
         "root@gpu-a:22:22",
         "root@[::1",
     ],
-    fields.DockerHost: [
+    model.DockerHost: [
         "ssh://-oProxyCommand=touch /tmp/x",
         "ssh://u@-x",
         "tcp://gpu-a",
@@ -146,7 +146,7 @@ REFUSED: dict[Any, list[str]] = {
         "http://gpu-a:2375",
         "gpu-a",
     ],
-    fields.Name: ["", " x", "x ", "a\tb"],
+    model.Name: ["", " x", "x ", "a\tb"],
 }
 
 
@@ -181,7 +181,7 @@ def test_refused(kind: Any, value: str) -> None:
 
 def test_messages_quote_long_values_cut_short() -> None:
     with pytest.raises(ValidationError) as caught:
-        _adapter(fields.ImageRef).validate_python("-" * 10_000)
+        _adapter(model.ImageRef).validate_python("-" * 10_000)
     message = caught.value.errors()[0]["ctx"]["error"].args[0]
     assert message == (
         f"{'-' * 60!r}… (10000 characters) is not an image reference"
@@ -191,13 +191,13 @@ def test_messages_quote_long_values_cut_short() -> None:
 
 def _container_values() -> dict[str, Any]:
     return {
-        "volumes": ACCEPTED[fields.Volume],
-        "devices": ACCEPTED[fields.Device],
-        "ports": ACCEPTED[fields.PortSpec],
+        "volumes": ACCEPTED[model.Volume],
+        "devices": ACCEPTED[model.Device],
+        "ports": ACCEPTED[model.PortSpec],
     }
 
 
-@pytest.mark.parametrize("network_mode", ACCEPTED[fields.NetworkMode])
+@pytest.mark.parametrize("network_mode", ACCEPTED[model.NetworkMode])
 def test_accepted_values_are_read_back_by_compose(tmp_path: Path, network_mode: str) -> None:
     """Every accepted volume, device and port, and each network mode, in one service:
     compose accepts the file and reads each value as written."""

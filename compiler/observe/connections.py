@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler.errors import FleetformError
+from compiler.fields import is_docker_host
 from compiler.load import FOLDERS, load_file, yaml_files
 
 if TYPE_CHECKING:
@@ -34,7 +35,14 @@ class Connections:
                 continue  # compiling reports it
             for doc in documents:
                 url = doc.value.get("docker_host")
-                if isinstance(url, str) and (not hosts or doc.value.get("name") in hosts):
+                # Not validated yet: only an address validation would accept is opened
+                # (compiling reports the others), so no text of a pull request's reaches
+                # ssh before the schema has checked it.
+                if (
+                    isinstance(url, str)
+                    and is_docker_host(url)
+                    and (not hosts or doc.value.get("name") in hosts)
+                ):
                     urls.add(url)
         # ssh:// and unix:// open without blocking (a process started, a local socket),
         # so they open here: a thread would wait for the GIL while the caller imports.

@@ -103,7 +103,7 @@ def _print_fleetform_warnings() -> None:
     """fleetform's own warnings (an ignored index, a wait for the lock): each its line."""
     import warnings
 
-    from compiler.errors import FleetformWarning
+    from compiler.errors import FleetformWarning, printable
 
     default = warnings.showwarning
     if getattr(default, "fleetform", False):
@@ -111,7 +111,7 @@ def _print_fleetform_warnings() -> None:
 
     def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         if isinstance(category, type) and issubclass(category, FleetformWarning):
-            click.echo(str(message), err=True)
+            click.echo(printable(str(message)), err=True)
         else:
             default(message, category, *args, **kwargs)
 

@@ -58,7 +58,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticError
 
-from compiler.errors import FleetformWarning, Mark, OutputError
+from compiler.errors import FleetformWarning, Mark, OutputError, printable
 from compiler.load import SETTINGS_FILE
 from compiler.placement import Prior
 from compiler.render.index import INDEX_FILE, INDEX_SCHEMA
@@ -140,16 +140,9 @@ class OutputPlace:
         return self.parent / f"{self.prefix}swap.json"
 
 
-def shown(text: str) -> str:
-    """``text`` for a one-line message: control characters and bad bytes escaped."""
-    if text.isprintable():
-        return text
-    return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "backslashreplace").decode()
-
-
 def _link_message(display: str, path: Path) -> str:
     try:
-        target = shown(os.readlink(path))
+        target = printable(os.readlink(path))
     except OSError:
         target = "?"
     return f"{display}: is a symbolic link (to {target}); fleetform never writes through links"
@@ -164,7 +157,7 @@ def confine(root: Path, place: OutputPlace) -> None:
     parts = PurePosixPath(place.shown).parts
     for depth, part in enumerate(parts, 1):
         path = path / part
-        display = shown("/".join(parts[:depth]))
+        display = printable("/".join(parts[:depth]))
         try:
             info = os.lstat(path)
         except FileNotFoundError:
@@ -198,10 +191,10 @@ def locked(root: Path, place: OutputPlace, *, exclusive: bool) -> Iterator[int |
         fd = os.open(parent, flags)
     except FileNotFoundError:
         if exclusive:
-            raise place.error(f"{shown(place.shown)}: its folder vanished") from None
+            raise place.error(f"{printable(place.shown)}: its folder vanished") from None
     except OSError as error:
         raise place.error(
-            f"{shown(place.shown)}: its folder cannot be opened ({error.strerror})"
+            f"{printable(place.shown)}: its folder cannot be opened ({error.strerror})"
         ) from None
     if fd is None:  # nothing to read, nothing to lock
         yield None
@@ -239,7 +232,7 @@ def _make_parents(root: Path, place: OutputPlace) -> None:
             pass
         except OSError as error:
             raise place.error(
-                f"{shown('/'.join(parts[:depth]))}: cannot be created ({error.strerror})"
+                f"{printable('/'.join(parts[:depth]))}: cannot be created ({error.strerror})"
             ) from None
         confine(root, place)  # what is there now is a folder, not a link
 
@@ -262,7 +255,7 @@ class OutputTree:
         return self.place.path
 
     def display(self, relative: str) -> str:
-        return shown(f"{self.place.shown}/{relative}" if relative else self.place.shown)
+        return printable(f"{self.place.shown}/{relative}" if relative else self.place.shown)
 
 
 _KINDS = {
@@ -281,11 +274,11 @@ def scan_output(place: OutputPlace) -> OutputTree:
     except FileNotFoundError:
         return tree
     except OSError as error:
-        raise place.error(f"{shown(place.shown)}: cannot be read ({error.strerror})") from None
+        raise place.error(f"{printable(place.shown)}: cannot be read ({error.strerror})") from None
     if stat.S_ISLNK(info.st_mode):
-        raise place.error(_link_message(shown(place.shown), place.path))
+        raise place.error(_link_message(printable(place.shown), place.path))
     if not stat.S_ISDIR(info.st_mode):
-        raise place.error(f"{shown(place.shown)}: is not a folder")
+        raise place.error(f"{printable(place.shown)}: is not a folder")
     tree.exists = True
     tree.dirs[""] = stat.S_IMODE(info.st_mode)
     pending = [""]
@@ -385,7 +378,7 @@ def read_state(tree: OutputTree) -> PriorState:
         try:
             index = _read_index(tree.path / relative)
             if index.host != host:
-                raise _Ignored(f"it is for host '{shown(index.host)}', not its folder's")
+                raise _Ignored(f"it is for host '{printable(index.host)}', not its folder's")
             used_gpus: set[int] = set()
             used_ports: set[int] = set()
             keys: set[tuple[str, int]] = set()
@@ -394,7 +387,7 @@ def read_state(tree: OutputTree) -> PriorState:
                 if key in keys or key in owner:
                     where = f" and in {tree.display(owner[key])}" if key in owner else " twice"
                     raise _Ignored(
-                        f"replica {entry.replica} of '{shown(entry.deployment)}' listed{where}"
+                        f"replica {entry.replica} of '{printable(entry.deployment)}' listed{where}"
                     )
                 keys.add(key)
                 for gpu in entry.gpus:
@@ -441,8 +434,8 @@ def _read_index(path: Path) -> _Index:
     except PydanticError as error:
         first = error.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(part) for part in first["loc"])
-        message = shown(first["msg"])[:200]
-        raise _Ignored(f"{shown(where)[:120]}: {message}" if where else message) from None
+        message = printable(first["msg"])[:200]
+        raise _Ignored(f"{printable(where)[:120]}: {message}" if where else message) from None
 
 
 def read_prior(output_dir: Path) -> dict[tuple[str, int], Prior]:
@@ -673,7 +666,7 @@ class Writer:
             if base is not None and (path == base or base in path.parents):
                 relative = path.relative_to(base).as_posix()
                 return self.tree.display("" if relative == "." else relative)
-        return shown(filename)
+        return printable(filename)
 
     def _keep_the_rest(self, dropped: set[str]) -> None:
         """Hard-link into the staging folder every old file that stays as it is."""
@@ -695,7 +688,7 @@ def _make_staging(place: OutputPlace, mode: int) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=place.prefix, dir=place.parent))
     if not place.staging_pattern().fullmatch(staging.name):  # mkdtemp's names: 8 of [a-z0-9_]
         os.rmdir(staging)
-        raise OutputError(f"unexpected temporary folder name {shown(staging.name)}")
+        raise OutputError(f"unexpected temporary folder name {printable(staging.name)}")
     os.chmod(staging, mode)  # mkdtemp makes it 0700; a new output/ gets a folder's usual mode
     return staging
 
@@ -746,7 +739,9 @@ def _swap(tree: OutputTree, staging: Path, parent_fd: int) -> None:
             except OSError as error:
                 failed = error.errno or errno.EIO
         if failed:
-            raise place.error(f"{shown(place.shown)}: cannot be created ({os.strerror(failed)})")
+            raise place.error(
+                f"{printable(place.shown)}: cannot be created ({os.strerror(failed)})"
+            )
         return
     failed = errno.ENOSYS
     if os.environ.get(EXCHANGE_ENV) != "0":
@@ -754,7 +749,7 @@ def _swap(tree: OutputTree, staging: Path, parent_fd: int) -> None:
     if failed in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         _swap_by_journal(place, staging, parent_fd)
     elif failed:
-        raise place.error(f"{shown(place.shown)}: cannot be replaced ({os.strerror(failed)})")
+        raise place.error(f"{printable(place.shown)}: cannot be replaced ({os.strerror(failed)})")
     else:
         _remove_tree(staging)  # the old tree, now under the staging folder's name
 
@@ -774,13 +769,17 @@ def _swap_by_journal(place: OutputPlace, staging: Path, parent_fd: int) -> None:
     except OSError as error:
         journal.unlink(missing_ok=True)
         temp.unlink(missing_ok=True)
-        raise place.error(f"{shown(place.shown)}: cannot be replaced ({error.strerror})") from None
+        raise place.error(
+            f"{printable(place.shown)}: cannot be replaced ({error.strerror})"
+        ) from None
     try:
         os.rename(staging.name, place.path.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
     except OSError as error:  # put the old tree back
         os.rename(old.name, place.path.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         journal.unlink(missing_ok=True)
-        raise place.error(f"{shown(place.shown)}: cannot be replaced ({error.strerror})") from None
+        raise place.error(
+            f"{printable(place.shown)}: cannot be replaced ({error.strerror})"
+        ) from None
     journal.unlink()
     _remove_tree(old)
 
@@ -795,8 +794,8 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=failed)
     if failures:
         warnings.warn(
-            f"warning: {shown(str(path))}: could not be removed entirely"
-            f" ({shown(failures[0])}); the next compile tries again",
+            f"warning: {printable(str(path))}: could not be removed entirely"
+            f" ({printable(failures[0])}); the next compile tries again",
             FleetformWarning,
             stacklevel=2,
         )
@@ -817,9 +816,9 @@ def recover(place: OutputPlace) -> None:
     try:
         _recover(place)
     except OSError as error:
-        where = shown(str(error.filename)) if error.filename else shown(place.shown)
+        where = printable(str(error.filename)) if error.filename else printable(place.shown)
         raise place.error(
-            f"{shown(place.shown)}: what a killed compile left beside it cannot be cleared"
+            f"{printable(place.shown)}: what a killed compile left beside it cannot be cleared"
             f" ({where}: {error.strerror})"
         ) from None
 
@@ -858,6 +857,6 @@ def _recover(place: OutputPlace) -> None:
 def check_not_interrupted(place: OutputPlace) -> None:
     if interrupted(place):
         raise place.error(
-            f"{shown(place.shown)}: a compile was killed while replacing it; run"
+            f"{printable(place.shown)}: a compile was killed while replacing it; run"
             " `fleetform compile` to finish"
         )

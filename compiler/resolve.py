@@ -81,6 +81,12 @@ class Workload(BaseModel):
     health_timeout: int = 600
     # Environment variables filled at apply time from secrets: variable → secret name.
     secrets: dict[str, str] = {}
+    # "uid" or "uid:gid" the server runs as (GPUStack's GPUSTACK_MODEL_RUNTIME_UID/GID);
+    # None keeps the image's own user.
+    user: str | None = None
+    # "host" joins the host's IPC namespace (GPUStack's GPUSTACK_HOST_IPC); None keeps a
+    # private one (with shm_size).
+    ipc: Literal["host"] | None = None
 
     @property
     def name(self) -> str:

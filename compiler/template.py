@@ -1,8 +1,11 @@
 """Placeholders: split a command template first, then substitute inside each argument.
 
-Only ``{{name}}`` (spaces inside the braces allowed) is template syntax. Nothing is
-evaluated: a placeholder is looked up in a dict and its value inserted as text, in one
-pass, so a value can never add, split or inject arguments, nor other placeholders.
+Only ``{{name}}`` is template syntax, as in GPUStack 2.3 (``gpustack/utils/template.py``):
+no space inside the braces, so ``{{ bos_token }}`` in a Jinja chat template, and any other
+text that is not a placeholder, is literal. Nothing is evaluated: a placeholder is looked
+up in a dict and its value inserted as text, in one pass, so a value can never add, split
+or inject arguments, nor other placeholders. Unlike GPUStack, a placeholder with no value
+is an error, never left in the command.
 
 The templates are untrusted (a pull request): splitting is linear, every substituted
 value is bounded (MAX_EXPANDED), and env values that refer to each other are evaluated
@@ -22,8 +25,9 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_NEAR_MISS = re.compile(r"\{\{[^\n]*?(\}\}|$)", re.MULTILINE)
+# GPUStack's pattern: a name may hold dots (its disaggregated-serving variables, such as
+# ``ports.kv_port``); none of those is defined here, so they are undefined placeholders.
+PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_.]*)\}\}")
 
 # The longest text a substitution may produce: Linux's MAX_ARG_STRLEN (128 KiB), the
 # most one argument or environment entry can hold. Env values that double each other
@@ -84,16 +88,15 @@ def _some(items: list[str]) -> str:
 
 
 def split(template: str) -> list[str]:
-    """Split ``template`` like a POSIX shell, keeping ``{{ name }}`` as one word."""
+    """Split ``template`` like a POSIX shell (a placeholder holds no space: it stays
+    within its word)."""
     return list(_split(template))
 
 
 @lru_cache(maxsize=4096)
 def _split(template: str) -> tuple[str, ...]:
     # Cached: a fleet has few distinct command templates.
-    _reject_stray_braces(template)
-    normalised = PLACEHOLDER.sub(lambda m: "{{" + m.group(1) + "}}", template)
-    return tuple(shell_words(normalised))
+    return tuple(shell_words(template))
 
 
 # One token of a POSIX shell word list: a run of separators, of plain characters, a
@@ -195,8 +198,6 @@ def substitute(
         raise SecretPlaceholder(secret)
     if missing:
         raise UndefinedPlaceholder(missing, defined)
-    if parsed.stray is not None:
-        raise TemplateError(parsed.stray)
     pieces = list(parsed.pieces)
     size = parsed.text_size
     for i in range(1, len(pieces), 2):
@@ -236,7 +237,6 @@ class _Parsed:
 
     pieces: tuple[str, ...]  # text, name, text, ..., name, text
     names: tuple[str, ...]  # each name once, in order of first use
-    stray: str | None  # the error for a `{{` that opens no placeholder
     text_size: int  # the length of the text around the placeholders
 
 
@@ -244,22 +244,8 @@ class _Parsed:
 def _parse(text: str) -> _Parsed:
     # Cached: a fleet's many workloads share few distinct templates.
     pieces = tuple(PLACEHOLDER.split(text))
-    around = "".join(pieces[0::2])
-    stray = _NEAR_MISS.search(around)
-    message = None
-    if stray:
-        shown = stray.group(0)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        message = f"{shown!r} is not a placeholder; only {{{{name}}}} is supported"
-    return _Parsed(pieces, tuple(dict.fromkeys(pieces[1::2])), message, len(around))
-
-
-def _reject_stray_braces(text: str) -> None:
-    """``{{`` that does not open a ``{{name}}`` placeholder is an error, never text."""
-    stray = _parse(text).stray
-    if stray is not None:
-        raise TemplateError(stray)
+    around = sum(len(piece) for piece in pieces[0::2])
+    return _Parsed(pieces, tuple(dict.fromkeys(pieces[1::2])), around)
 
 
 def render_env(
@@ -425,8 +411,76 @@ def flatten_parameters(entries: list[str]) -> list[str]:
         if not stripped:
             continue
         first = stripped.split(None, 1)[0]
-        words.extend(split(stripped) if is_parameter_key(first) else [stripped])
+        words.extend(parameter_split(stripped) if is_parameter_key(first) else [stripped])
     return words
+
+
+# GPUStack's safe_split (gpustack/utils/command.py), for one backend parameter entry: a
+# JSON value after ``=`` (``--speculative-config={"method": "ngram"}``) is one word
+# whatever spaces and quotes it holds; a backslash-newline is a space; one stray
+# trailing backslash is dropped; the rest is split like a shell.
+_JSON_START = re.compile(r"=[{\[]")
+# Inside a JSON value, as GPUStack scans it: an escape (anywhere), a quote, a bracket,
+# or a run of anything else.
+_JSON_TOKEN = re.compile(r'\\[\s\S]?|"|[{\[]|[}\]]|[^\\"{}\[\]]+')
+_MASK = "\x1f"  # the loader refuses control characters: no entry holds one
+_MASKED = re.compile(r"\x1f([0-9]+)\x1f")
+_CONTINUATION = re.compile(r"\\\r?\n")
+
+
+@lru_cache(maxsize=4096)
+def parameter_split(entry: str) -> list[str]:
+    """One parameter entry that starts with an option, as GPUStack splits it."""
+    masked, values = _mask_json(entry)
+    masked = _CONTINUATION.sub(" ", masked)
+    stripped = masked.rstrip()
+    if (len(stripped) - len(stripped.rstrip("\\"))) % 2 == 1:
+        masked = stripped[:-1]
+    words = shell_words(masked)
+    if not values:
+        return words
+    return [_MASKED.sub(lambda m: values[int(m.group(1))], word) for word in words]
+
+
+def _mask_json(text: str) -> tuple[str, list[str]]:
+    """``text`` with each JSON value after ``=`` replaced by a marker, and the values.
+
+    The value runs to its closing bracket, counted outside strings; an unclosed one
+    runs to the end of the text (as in GPUStack). Linear: each character is read once.
+    """
+    if _MASK in text:
+        raise TemplateError("a parameter holds a control character")
+    out: list[str] = []
+    values: list[str] = []
+    position = 0
+    while True:
+        found = _JSON_START.search(text, position)
+        if found is None:
+            out.append(text[position:])
+            return "".join(out), values
+        start = found.start() + 1
+        depth = 0
+        in_string = False
+        end = len(text)
+        for token in _JSON_TOKEN.finditer(text, start):
+            piece = token.group()
+            if piece[0] == "\\":
+                continue
+            if piece == '"':
+                in_string = not in_string
+            elif in_string:
+                continue
+            elif piece in "{[":
+                depth += 1
+            elif piece in "}]":
+                depth -= 1
+                if depth == 0:
+                    end = token.end()
+                    break
+        out.append(text[position:start])
+        out.append(f"{_MASK}{len(values)}{_MASK}")
+        values.append(text[start:end])
+        position = end
 
 
 def normalise_parameters(words: list[str], style: str | None) -> list[str]:

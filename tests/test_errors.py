@@ -510,16 +510,11 @@ SCENARIOS: list[Scenario] = [
         f"{D}:6:6: env.A: placeholder cycle in env: A -> B -> A",
     ),
     scenario(
-        "template-expression",
-        {D: DEPLOYMENT + "run_command: vllm serve --tp {{ a + b }}\n"},
-        f"{D}:5:14: run_command: '{{{{ a + b }}}}' is not a placeholder;"
-        " only {{name}} is supported",
-    ),
-    scenario(
-        "template-missing-closing-brace",
-        {D: DEPLOYMENT + "run_command: vllm serve {{ model_path }\n"},
-        f"{D}:5:14: run_command: '{{{{ model_path }}' is not a placeholder;"
-        " only {{name}} is supported",
+        # GPUStack's disaggregated-serving names (ports.kv_port, roles.*) have no value here.
+        "template-dotted-name",
+        {D: DEPLOYMENT + "run_command: vllm serve --kv {{ports.kv_port}}\n"},
+        f"{D}:5:14: run_command: undefined placeholder {{{{ports.kv_port}}}}"
+        f" (defined: {BUILTINS_DEFINED})",
     ),
     scenario(
         "unbalanced-quote-in-run-command",
@@ -543,7 +538,7 @@ SCENARIOS: list[Scenario] = [
         {
             D: DEPLOYMENT
             + "env:\n  API_KEY: {secret: openai_key}\n"
-            + "backend_parameters:\n  - --max-model-len 4096\n  - --api-key {{ API_KEY }}\n"
+            + "backend_parameters:\n  - --max-model-len 4096\n  - --api-key {{API_KEY}}\n"
         },
         f"{D}:9:5: backend_parameters[1]: {{{{API_KEY}}}} names a secret; secrets reach the"
         " container only as environment variables",

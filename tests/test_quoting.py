@@ -54,13 +54,13 @@ BACKEND: dict[str, Any] = {
         "plain": {
             "image_name": IMAGE,
             "custom_framework": "cuda",
-            "run_command": "serve {{model_path}} --x {{MYVAR}} --name={{ MYVAR }}",
+            "run_command": "serve {{model_path}} --x {{MYVAR}} --name={{MYVAR}}",
         },
         "entry": {
             "image_name": IMAGE,
             "custom_framework": "cuda",
             "entrypoint": "launch --mode {{ENTRY_VAR}}",
-            "run_command": "serve {{model_path}} --x {{MYVAR}} --name={{ MYVAR }}",
+            "run_command": "serve {{model_path}} --x {{MYVAR}} --name={{MYVAR}}",
         },
     },
 }

@@ -17,7 +17,7 @@ def lookup_from(values: dict[str, str]):  # type: ignore[no-untyped-def]
 
 
 def test_split_first_then_substitute_keeps_values_whole() -> None:
-    words = template.split("serve {{model_path}} --port {{ port }}")
+    words = template.split("serve {{model_path}} --port {{port}}")
     assert words == ["serve", "{{model_path}}", "--port", "{{port}}"]
     values = {"model_path": "/m/my model; rm -rf /", "port": "80"}
     out = [template.substitute(w, values.get, sorted(values)) for w in words]
@@ -43,7 +43,7 @@ def test_undefined_placeholder_names_what_is_defined() -> None:
 
 def test_a_secret_is_never_substituted() -> None:
     with pytest.raises(template.SecretPlaceholder) as caught:
-        template.substitute("--token={{ HF_TOKEN }}", {}.get, [], {"HF_TOKEN"})
+        template.substitute("--token={{HF_TOKEN}}", {}.get, [], {"HF_TOKEN"})
     assert str(caught.value) == (
         "{{HF_TOKEN}} names a secret; secrets reach the container only as environment variables"
     )
@@ -61,9 +61,24 @@ def test_env_naming_a_secret_is_reported_where_it_is_written() -> None:
     )
 
 
-def test_non_placeholder_syntax_is_rejected() -> None:
-    with pytest.raises(template.TemplateError, match="is not a placeholder"):
-        template.substitute("{{ a + b }}", {}.get, [])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ a + b }}",
+        "{{ bos_token }}",  # a Jinja chat template passes through, as in GPUStack 2.3
+        "{%- for m in messages %}{{- m['content'] }}{% endfor %}",
+        "{{model_path}",
+        "{{}}",
+        "{{ port }}",
+    ],
+)
+def test_text_that_is_not_a_placeholder_is_literal(text: str) -> None:
+    assert template.substitute(text, {"port": "1"}.get, ["port"]) == text
+
+
+def test_a_dotted_name_is_a_placeholder_as_in_gpustack() -> None:
+    with pytest.raises(template.UndefinedPlaceholder, match=r"\{\{ports\.kv\}\}"):
+        template.substitute("--kv={{ports.kv}}", {}.get, [])
 
 
 def test_env_may_refer_to_builtins_and_other_env() -> None:
@@ -90,6 +105,22 @@ def test_builtins_win_over_env_of_the_same_name() -> None:
         (["/path with spaces"], "space", ["/path with spaces"]),
         (["-0.5"], "equal", ["-0.5"]),
         (["--json '{\"a\": 1}'"], "equal", ['--json={"a": 1}']),
+        # GPUStack's safe_split: JSON after '=' is one word, quotes and spaces kept.
+        (
+            ['--speculative-config={"method": "ngram", "num_speculative_tokens": 5}'],
+            None,
+            ['--speculative-config={"method": "ngram", "num_speculative_tokens": 5}'],
+        ),
+        (
+            ['--kv-transfer-config={"kv_connector":"X","kv_role":"kv_both"} --n 2'],
+            "equal",
+            ['--kv-transfer-config={"kv_connector":"X","kv_role":"kv_both"}', "--n=2"],
+        ),
+        (['--x=[1, {"a": "b ]"}] --y 3'], None, ['--x=[1, {"a": "b ]"}]', "--y", "3"]),
+        (['--x={"a": "unclosed --y 2'], None, ['--x={"a": "unclosed --y 2']),
+        # A pasted multi-line snippet: backslash-newline is a space, a last '\' dropped.
+        (["--a 1 \\\n--b=2 \\"], None, ["--a", "1", "--b=2"]),
+        (["--a=1\\\n--b"], None, ["--a=1", "--b"]),
         (["  ", ""], "space", []),
     ],
 )
@@ -166,10 +197,13 @@ def test_split_errors(text: str, message: str) -> None:
 
 
 def test_a_placeholder_stays_one_word() -> None:
-    assert template.split("x {{ model_path }}y '{{port}} z'") == [
+    assert template.split("x {{model_path}}y '{{port}} z' {{ port }}") == [
         "x",
         "{{model_path}}y",
         "{{port}} z",
+        "{{",
+        "port",
+        "}}",
     ]
 
 

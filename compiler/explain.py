@@ -31,6 +31,13 @@ def explain_deployment(fleet: Fleet, name: str) -> str:
         origin: Origin | None = info.origins.get(key)
         where = f"  <- {origin}" if origin else ""
         lines.append(printable(f"    {label}: {value}{where}"))
+        for empty in info.fallbacks.get(key, ()):
+            lines.append(
+                printable(
+                    f"      (null or empty at {empty.mark} ({empty.via}, {empty.key}):"
+                    " falls back, as in GPUStack)"
+                )
+            )
 
     for workload in replicas:
         lines.append("")

@@ -23,6 +23,7 @@ from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
 from compiler.load import Document, KeyPath, dotted
 from compiler.model import Backend, Deployment, Repo, SecretRef, Settings
 from compiler.placement import HostSlots, Placed, Prior, Request, place
+from compiler.versions import gpustack_latest
 
 BUILTINS = ("model_path", "port", "model_name", "worker_ip", "gpu_count", "gpu_ids")
 
@@ -132,6 +133,8 @@ class Explanation:
     version_reason: str
     chain: list[str]
     origins: dict[str, Origin] = field(default_factory=dict)
+    # Per merged key, where a layer wrote it null or "" and so fell back to the next.
+    fallbacks: dict[str, list[Origin]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class _Layer:
     prefix: KeyPath
     via: str
     renamed: tuple[tuple[str, str], ...] = ()  # (merged key, key as written)
+    # Merged keys this layer writes as null or "": they fall back to the layers below.
+    empty: tuple[str, ...] = ()
 
     def origin(self, path: KeyPath) -> Origin:
         written = dict(self.renamed).get(str(path[0]), path[0]) if path else None
@@ -263,42 +268,23 @@ def _copy_maps(value: dict[str, Any]) -> dict[str, Any]:
     return {k: _copy_maps(v) if type(v) is dict else v for k, v in value.items()}
 
 
+# GPUStack treats a null or empty command, entrypoint or image as not set: a version's
+# falls back to the backend's default (``version_config.run_command or
+# default_run_command``), a model's to the version's. Its API and UI exports write such
+# nulls, so a pasted backend must not lose its default to them.
+_FALLS_BACK_WHEN_EMPTY = ("run_command", "entrypoint", "image_name")
+
+
+def _falling_back(values: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``values`` without the keys that fall back when null or empty, and those keys."""
+    empty = tuple(k for k in _FALLS_BACK_WHEN_EMPTY if k in values and values[k] in (None, ""))
+    if not empty:
+        return values, ()
+    return {k: v for k, v in values.items() if k not in empty}, empty
+
+
 def _set_fields(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(exclude_unset=True, exclude_none=False, exclude={"extends", "abstract"})
-
-
-# --- version choice -----------------------------------------------------------------
-
-
-_PRE_RELEASE = {"dev": -4, "a": -3, "alpha": -3, "b": -2, "beta": -2, "rc": -1, "pre": -1}
-
-
-def version_key(version: str) -> list[tuple[int, int, str]]:
-    """Natural version order: ``v`` stripped; numbers compare as numbers; ``dev``,
-    ``alpha``, ``beta`` and ``rc`` sort before the release they precede; any other word
-    compares as text. ``1.10`` > ``1.9`` > ``1.9rc1`` > ``1.9beta`` > ``1.9.dev0``.
-    """
-    text = version[1:] if version[:1] in ("v", "V") else version
-    key: list[tuple[int, int, str]] = []
-    for run in re.findall(r"\d+|[A-Za-z]+", text):
-        if run.isdigit():
-            key.append((2, int(run), ""))
-        elif run.lower() in _PRE_RELEASE:
-            key.append((0, _PRE_RELEASE[run.lower()], ""))
-        else:
-            key.append((1, 0, run.lower()))
-    return key
-
-
-def highest_version(versions: list[str]) -> str:
-    """The highest of ``versions`` (a missing part counts as 0; ties: the later-sorted text)."""
-
-    def padded(version: str, length: int) -> tuple[list[tuple[int, int, str]], str]:
-        key = version_key(version)
-        return key + [(2, 0, "")] * (length - len(key)), version
-
-    length = max(len(version_key(v)) for v in versions)
-    return max(versions, key=lambda v: padded(v, length))
 
 
 # --- the resolver -------------------------------------------------------------------
@@ -317,12 +303,14 @@ class _Backend:
         versions: dict[str, list[_Layer]] = {}
         for backend, doc in self.layers:
             for version, config in (backend.version_configs or {}).items():
+                values, empty = _falling_back(_set_fields(config))
                 versions.setdefault(version, []).append(
                     _Layer(
-                        _set_fields(config),
+                        values,
                         doc,
                         ("version_configs", version),
                         f"backend '{backend.backend_name}' version '{version}'",
+                        empty=empty,
                     )
                 )
         return versions
@@ -337,13 +325,15 @@ class _Backend:
             renames = tuple(
                 (target, source) for target, source in _BACKEND_DEFAULTS if source in written
             )
+            values, empty = _falling_back({target: written[source] for target, source in renames})
             layers.append(
                 _Layer(
-                    {target: written[source] for target, source in renames},
+                    values,
                     backend_doc,
                     (),
                     f"backend '{backend_model.backend_name}'",
                     renames,
+                    empty,
                 )
             )
         return layers
@@ -373,6 +363,7 @@ class _Backend:
                         version_layer.prefix,
                         version_layer.via,
                         (("framework", "custom_framework"),),
+                        version_layer.empty,
                     )
                 )
             self._version_layers[version] = layers
@@ -617,6 +608,7 @@ class _Draft:
     version_reason: str
     request: Request
     has_explicit_gpus: bool
+    fallbacks: dict[str, list[Origin]] = field(default_factory=dict)
 
     def origin(self, key: str) -> Origin:
         return self.origins.get(key) or Origin(self.doc.mark, f"deployment '{self.name}'", key)
@@ -848,6 +840,7 @@ class _Draft:
             version_reason=self.version_reason,
             chain=self.chain,
             origins=origins,
+            fallbacks=self.fallbacks,
         )
 
 
@@ -920,11 +913,11 @@ class _LazyLayers(dict[str, _Layer]):
 
     def __missing__(self, name: str) -> _Layer:
         deployment, doc = self._deployments[name]
-        values = _set_fields(deployment)
+        values, empty = _falling_back(_set_fields(deployment))
         if deployment.env:
             # Secret references stay whole: merged as one value, replaced as one value.
             values["env"] = dict(deployment.env)
-        layer = _Layer(values, doc, (), f"deployment '{name}'")
+        layer = _Layer(values, doc, (), f"deployment '{name}'", empty=empty)
         self[name] = layer
         return layer
 
@@ -982,12 +975,22 @@ def _draft(
         version, reason = requested, "named by the deployment's backend_version"
     elif default is not None:
         version, reason = default, "the backend's default_version"
+    elif len(versions) == 1:
+        version, reason = next(iter(versions)), "the backend's only version"
     else:
-        version = highest_version(list(versions))
-        reason = "the highest version key (no backend_version or default_version)"
+        version = gpustack_latest(versions)
+        reason = (
+            "no backend_version or default_version: GPUStack's latest by compare_versions"
+            f" of {template.some(list(versions))}"
+        )
 
     values = _merge(deployment_layers, backend.base(version))
-    origins = Origins([*backend.base_layers(version), *deployment_layers])
+    layers = [*backend.base_layers(version), *deployment_layers]
+    origins = Origins(layers)
+    fallbacks: dict[str, list[Origin]] = {}
+    for layer in layers:
+        for key in layer.empty:
+            fallbacks.setdefault(key, []).append(layer.origin((key,)))
     origins.fallback("framework", Origin(doc.mark, "default (no custom_framework)"))
 
     def locate(key: str) -> Mark:
@@ -1039,6 +1042,7 @@ def _draft(
         version_reason=reason,
         request=request,
         has_explicit_gpus=gpu_ids is not None,
+        fallbacks=fallbacks,
     )
 
 

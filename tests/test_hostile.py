@@ -1133,10 +1133,11 @@ SCENARIOS: list[Scenario] = [
         {D: DEPLOYMENT.replace("worker_selector: {gpu: h100}", 'worker_selector: {gpu: "a\\nb"}')},
         at(D, 5, 18, "worker_selector"),
     ),
-    bad(
-        "message-newline-in-placeholder",
-        dep('run_command: "vllm {{a\\n}}"\n'),
-        at(D, 6, 14, "run_command"),
+    # Not a placeholder (GPUStack's {{name}} holds no space): literal text, split as such.
+    good(
+        "newline-inside-braces-is-text",
+        dep('run_command: "vllm \'{{a\\n}}\' {{ b }}"\n'),
+        command_is("vllm", "{{a\n}}", "{{", "b", "}}"),
     ),
     bad(
         "message-newline-in-version",

@@ -6,7 +6,8 @@ import pytest
 
 from compiler import api
 from compiler.errors import FleetformError
-from compiler.resolve import Workload, highest_version
+from compiler.resolve import Workload
+from compiler.versions import compare_versions, gpustack_latest
 from tests.helpers_repo import make_repo
 
 
@@ -27,21 +28,36 @@ def test_version_named_default_and_highest(tmp_path: Path) -> None:
     assert w["highest-0"].image == "example/srv:2"
     explanation = api.build(tmp_path).fleet.explanations["highest"]
     assert explanation.version == "v2"
-    assert explanation.version_reason.startswith("the highest version key")
+    assert explanation.version_reason == (
+        "no backend_version or default_version: GPUStack's latest by compare_versions of v1, v2"
+    )
 
 
 @pytest.mark.parametrize(
-    ("versions", "highest"),
+    ("versions", "latest"),
     [
-        (["1.0", "1.10", "1.9rc1"], "1.10"),
-        (["1.9rc1", "1.9"], "1.9"),
+        # GPUStack's order, not semver's (gpustack_runtime 0.2.6 compare_versions);
+        # tests/test_gpustack_parity.py checks each against GPUStack's own function.
+        (["1.0", "1.10", "1.9rc1"], "1.9rc1"),
+        (["2.0.0", "2.0.0rc1"], "2.0.0rc1"),
+        (["x", "x-sm120"], "x-sm120"),
+        (["1.9", "1.9.post1"], "1.9.post1"),
+        (["1.9rc1", "1.9"], "1.9rc1"),  # "9rc1" is no number: its code points win
         (["v2", "v10"], "v10"),
-        (["0.1.3-sm90", "0.1.3-sm100"], "0.1.3-sm100"),
-        (["1.0b1", "1.0a9", "1.0.dev3"], "1.0b1"),
+        (["0.1.3-sm90", "0.1.3-sm100"], "0.1.3-sm90"),
+        (["v1", "1"], "v1"),  # equal: the first written wins
+        (["1²", "1"], "1²"),  # GPUStack's compare raises: text order
     ],
 )
-def test_highest_version(versions: list[str], highest: str) -> None:
-    assert highest_version(versions) == highest
+def test_gpustack_latest(versions: list[str], latest: str) -> None:
+    assert gpustack_latest(versions) == latest
+
+
+def test_compare_versions_is_gpustacks() -> None:
+    assert compare_versions("1.9rc1", "1.10") == 1
+    assert compare_versions("v1.0", "1.0") == 0
+    assert compare_versions("1.0alpha1", "1.0beta1") == -1
+    assert compare_versions(None, "") == 0
 
 
 def test_env_precedence(tmp_path: Path) -> None:
@@ -158,7 +174,7 @@ def test_automatic_placement_spreads_to_the_host_with_most_free_gpus(tmp_path: P
 def test_explain_names_origins(tmp_path: Path) -> None:
     make_repo(tmp_path, {"deployments.d/d.yaml": "- {name: d, backend: srv, local_path: /m}\n"})
     text = api.explain(tmp_path, "d")
-    assert "version: v2 (the highest version key" in text
+    assert "version: v2 (no backend_version or default_version: GPUStack's latest" in text
     assert "image: example/srv:2  <- backends.d/b.yaml:6:20 (backend 'srv' version 'v2')" in text
     assert "env LEVEL: warn  <- backends.d/b.yaml:6:74 (backend 'srv' version 'v2')" in text
     assert "command: serve /m --port 40000  <- backends.d/b.yaml:3:22 (backend 'srv')" in text

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler import inheritance, template
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
+from compiler.gpus import VISIBILITY_VARIABLES
+from compiler.gpus import visibility as gpu_visibility
 from compiler.load import Document, KeyPath, dotted
 from compiler.model import Backend, Deployment, Repo, SecretRef, Settings
 from compiler.placement import HostSlots, Placed, Prior, Request, place
@@ -719,9 +721,24 @@ class _Draft:
                 "image_name",
             )
 
-        # The deployment's env, secrets included, wins over the vendor's variables.
-        env_final = {k: v for k, v in _vendor_env(framework, gpus) if k not in secrets}
-        env_final.update(env)
+        # The replica's GPUs: the vendor's variables win over every env layer (a
+        # deployment's own env may not set them: checked in _draft), its ordering
+        # defaults do not.
+        seen = gpu_visibility(
+            framework, gpus, [index for index, kind in host.gpus if kind == framework]
+        )
+        if gpus:
+            for name in sorted(VISIBILITY_VARIABLES & (set(env) | set(secrets))):
+                origin = self.origin(f"env.{name}")
+                if origin.via.startswith("deployment"):
+                    raise ResolveError(
+                        f"{name} picks the GPUs a replica sees; fleetform sets it from"
+                        " gpu_selector (remove it here)",
+                        origin.mark,
+                        origin.key or f"env.{name}",
+                    )
+                env.pop(name, None)
+        env_final = {**seen.defaults, **env, **seen.env}
         labels = values.get("labels") or {}
         self._check_sizes(
             [
@@ -730,7 +747,7 @@ class _Draft:
                 *((f"labels.{k}", (f"{k}={v}",)) for k, v in labels.items()),
             ]
         )
-        devices = list(_vendor_devices(framework, gpus)) + list(values.get("devices") or [])
+        devices = [*seen.devices, *(values.get("devices") or [])]
         model_mount = _model_mount(values, model_path, host) if model_path else None
         volumes = list(dict.fromkeys(values.get("volumes") or []))
         targets = {model_mount: "the model's folder"} if model_mount else {}
@@ -842,43 +859,6 @@ class _Draft:
             origins=origins,
             fallbacks=self.fallbacks,
         )
-
-
-_VENDOR_ENV: dict[str, tuple[str, ...]] = {
-    "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"),
-    "cann": ("ASCEND_VISIBLE_DEVICES",),
-    "musa": ("MTHREADS_VISIBLE_DEVICES", "MUSA_VISIBLE_DEVICES"),
-    "corex": ("IX_VISIBLE_DEVICES",),
-    "maca": ("CUDA_VISIBLE_DEVICES",),
-    "dtk": ("HIP_VISIBLE_DEVICES",),
-    "neuware": ("CAMBRICON_VISIBLE_DEVICES", "MLU_VISIBLE_DEVICES"),
-    "hggc": ("NVIDIA_VISIBLE_DEVICES",),
-}
-
-
-def _vendor_env(framework: str, gpus: tuple[int, ...]) -> list[tuple[str, str]]:
-    """Visible-devices variables for non-NVIDIA frameworks (cuda uses reservations)."""
-    if not gpus:
-        return []
-    ids = ",".join(str(i) for i in gpus)
-    return [(name, ids) for name in _VENDOR_ENV.get(framework, ())]
-
-
-def _vendor_devices(framework: str, gpus: tuple[int, ...]) -> list[str]:
-    if not gpus:
-        return []
-    if framework == "rocm":
-        return ["/dev/kfd", "/dev/dri"]
-    if framework == "cann":
-        own = [f"/dev/davinci{i}" for i in gpus]
-        return own + ["/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]
-    if framework == "dtk":
-        return ["/dev/kfd", "/dev/mkfd", "/dev/dri"]
-    if framework == "maca":
-        return ["/dev/mxcd", "/dev/dri"]
-    if framework == "corex":
-        return ["/dev/itrctl"] + [f"/dev/iluvatar{i}" for i in gpus]
-    return []
 
 
 def _model_path(values: dict[str, Any], host: ResolvedHost) -> str | None:

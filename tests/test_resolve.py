@@ -205,23 +205,29 @@ def test_secret_env_merges_key_by_key(tmp_path: Path) -> None:
     assert list(w["overrides-0"].secrets) == sorted(w["overrides-0"].secrets)
 
 
-def test_secret_replaces_a_vendor_variable(tmp_path: Path) -> None:
+def test_a_secret_may_not_replace_a_vendor_variable(tmp_path: Path) -> None:
+    """It would point the replica at GPUs fleetform did not give it (compiler/gpus.py)."""
     backend = """\
     backend_name: amd
     default_run_command: serve --port {{port}}
     version_configs:
       v1: {image_name: "example/amd:1", custom_framework: rocm}
     """
-    w = _workloads(
-        tmp_path,
-        "- {name: d, backend: amd, env: {HIP_VISIBLE_DEVICES: {secret: gpus}}}\n",
-        **{
-            "backends.d/amd.yaml": backend,
-            "hosts.d/h.yaml": "name: h1\naddress: 10.9.0.1\ngpus: {framework: rocm, count: 1}\n",
-        },
+    with pytest.raises(FleetformError) as caught:
+        _workloads(
+            tmp_path,
+            "- {name: d, backend: amd, env: {HIP_VISIBLE_DEVICES: {secret: gpus}}}\n",
+            **{
+                "backends.d/amd.yaml": backend,
+                "hosts.d/h.yaml": (
+                    "name: h1\naddress: 10.9.0.1\ngpus: {framework: rocm, count: 1}\n"
+                ),
+            },
+        )
+    assert str(caught.value) == (
+        "deployments.d/d.yaml:1:54: env.HIP_VISIBLE_DEVICES: HIP_VISIBLE_DEVICES picks the GPUs"
+        " a replica sees; fleetform sets it from gpu_selector (remove it here)"
     )
-    assert w["d-0"].env == {"ROCR_VISIBLE_DEVICES": "0"}
-    assert w["d-0"].secrets == {"HIP_VISIBLE_DEVICES": "gpus"}
 
 
 def test_spec_hash_covers_secret_names_never_values(tmp_path: Path) -> None:

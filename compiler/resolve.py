@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from compiler import inheritance, template
+from compiler import inheritance, runtime_env, template
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
 from compiler.gpus import VISIBILITY_VARIABLES
 from compiler.gpus import visibility as gpu_visibility
@@ -739,6 +739,7 @@ class _Draft:
                     )
                 env.pop(name, None)
         env_final = {**seen.defaults, **env, **seen.env}
+        runtime = self._runtime_settings(env, secrets)
         labels = values.get("labels") or {}
         self._check_sizes(
             [
@@ -778,17 +779,41 @@ class _Draft:
             gpus=gpus,
             port=placed.port,
             network_mode=values.get("network_mode") or defaults.network_mode,
-            shm_size=values.get("shm_size") or defaults.shm_size,
+            # The deployment's shm_size, else GPUStack's variable, else the default.
+            shm_size=values.get("shm_size") or runtime.shm_size or defaults.shm_size,
+            user=runtime.user,
+            ipc=runtime.ipc,
             restart=values.get("restart") or defaults.restart,
             model_mount=model_mount,
             volumes=tuple(volumes),
             devices=tuple(dict.fromkeys(devices)),
             ports=tuple(values.get("ports") or ()),
             labels=dict(sorted(labels.items())),
-            health_check_path=values.get("health_check_path"),
+            health_check_path=self._health_check_path(runtime),
             health_timeout=values.get("health_timeout") or 600,
             secrets=secrets,
         )
+
+    def _runtime_settings(
+        self, env: dict[str, str], secrets: dict[str, str]
+    ) -> runtime_env.RuntimeSettings:
+        """What GPUStack's own variables in the env ask of the container."""
+        for name in sorted(runtime_env.VARIABLES & set(secrets)):
+            raise self.fail(
+                f"env.{name}",
+                f"{name} is read when compiling (GPUStack acts on it): it cannot be a secret",
+            )
+        try:
+            return runtime_env.runtime_settings(env)
+        except runtime_env.RuntimeEnvError as error:
+            raise self.fail(f"env.{error.variable}", str(error)) from None
+
+    def _health_check_path(self, runtime: runtime_env.RuntimeSettings) -> str | None:
+        """The deployment's own path, else GPUStack's variable, else the backend's."""
+        path = self.values.get("health_check_path")
+        if path is not None and self.origin("health_check_path").via.startswith("deployment"):
+            return str(path)
+        return runtime.health_check_path or path
 
     def _check_sizes(self, parts: list[tuple[str, Iterable[str]]]) -> None:
         """Refuse a container that no kernel or systemd would start: an argument (an

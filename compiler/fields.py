@@ -255,6 +255,31 @@ def model_id(value: str) -> str:
     return value
 
 
+# One file of a hub repository (huggingface_filename, model_scope_file_path): a relative
+# path inside the repository. GPUStack also takes an fnmatch pattern and matches it
+# against the hub's file list when downloading; a compile cannot ask the hub, so the
+# exact name is needed here.
+_HUB_FILE = re.compile(r"[A-Za-z0-9_.+@=-]+(?:/[A-Za-z0-9_.+@=-]+)*", re.ASCII)
+
+
+def hub_file(value: str) -> str:
+    if any(char in value for char in "*?["):
+        raise ValueError(
+            f"{_q(value)} is a pattern; fleetform needs the exact file name in the repository"
+            " (GPUStack matches patterns when downloading)"
+        )
+    if (
+        not _HUB_FILE.fullmatch(value)
+        or any(part in (".", "..") for part in value.split("/"))
+        or len(value) > 1024
+    ):
+        raise ValueError(
+            f"{_q(value)} is not a file of the repository like model-Q4_K_M.gguf or"
+            " sub/model.gguf (letters, digits, '_', '.', '+', '@', '=', '-'; no '..')"
+        )
+    return value
+
+
 # RFC 1123 host names, and IP addresses.
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -47,6 +47,14 @@ GPUSTACK_IGNORED_KEYS = (
     "enabled",
     "backend_source",
     "owner_principal_id",
+    # What GPUStack 2.3 itself writes: its API's dump fields, per-version origins.
+    "allowed_proxy_uris",
+    "source_name",
+    "source_type",
+    "id",
+    "created_at",
+    "updated_at",
+    "deleted_at",
 )
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -57,6 +65,7 @@ Device = Annotated[str, AfterValidator(fields.device)]
 DockerHost = Annotated[str, AfterValidator(fields.docker_host)]
 HostFolder = Annotated[str, AfterValidator(fields.host_folder)]
 HttpPath = Annotated[str, AfterValidator(fields.http_path)]
+HubFile = Annotated[str, AfterValidator(fields.hub_file)]
 ImageRef = Annotated[str, AfterValidator(fields.image_reference)]
 LabelKey = Annotated[str, AfterValidator(fields.label_key)]
 ModelId = Annotated[str, AfterValidator(fields.model_id)]
@@ -132,6 +141,8 @@ class VersionConfig(_Model):
     env: EnvMap | None = None
     custom_framework: Framework | None = None
     built_in_frameworks: Any = Field(default=None, exclude=True)
+    source_name: Any = Field(default=None, exclude=True)
+    source_type: Any = Field(default=None, exclude=True)
 
 
 class Backend(_Model):
@@ -156,6 +167,13 @@ class Backend(_Model):
     enabled: Any = Field(default=None, exclude=True)
     backend_source: Any = Field(default=None, exclude=True)
     owner_principal_id: Any = Field(default=None, exclude=True)
+    allowed_proxy_uris: Any = Field(default=None, exclude=True)
+    source_name: Any = Field(default=None, exclude=True)
+    source_type: Any = Field(default=None, exclude=True)
+    id: Any = Field(default=None, exclude=True)
+    created_at: Any = Field(default=None, exclude=True)
+    updated_at: Any = Field(default=None, exclude=True)
+    deleted_at: Any = Field(default=None, exclude=True)
 
 
 class GpuSelector(_Model):
@@ -172,7 +190,11 @@ class Deployment(_Model):
     source: Literal["local_path", "huggingface", "model_scope"] | None = None
     local_path: HostFolder | None = None
     huggingface_repo_id: ModelId | None = None
+    huggingface_filename: HubFile | None = None
     model_scope_model_id: ModelId | None = None
+    model_scope_file_path: HubFile | None = None
+    # The name clients ask for ({{model_name}}): free text, as GPUStack's model name.
+    served_name: Name | None = None
     backend: Name | None = None
     backend_version: Name | None = None
     backend_parameters: list[str] | None = None

@@ -632,7 +632,7 @@ class _Draft:
         gpus = placed.gpus
         model_path = _model_path(values, host)
         builtins = {
-            "model_name": self.name,
+            "model_name": values.get("served_name") or self.name,
             "port": str(placed.port),
             "worker_ip": host.address,
             "gpu_count": str(len(gpus)),
@@ -890,12 +890,16 @@ def _model_path(values: dict[str, Any], host: ResolvedHost) -> str | None:
     source = values.get("source")
     if source == "local_path" or (source is None and values.get("local_path")):
         return values.get("local_path")
+    # A hub model is its repository's folder under model_dir, or the one file of it
+    # that huggingface_filename / model_scope_file_path names (a GGUF for llama.cpp).
     if source == "huggingface" or (source is None and values.get("huggingface_repo_id")):
         repo_id = values.get("huggingface_repo_id")
-        return posixpath.join(host.model_dir, repo_id) if repo_id else None
+        file = values.get("huggingface_filename") or ""
+        return posixpath.join(host.model_dir, repo_id, file).rstrip("/") if repo_id else None
     if source == "model_scope" or (source is None and values.get("model_scope_model_id")):
         model_id = values.get("model_scope_model_id")
-        return posixpath.join(host.model_dir, model_id) if model_id else None
+        file = values.get("model_scope_file_path") or ""
+        return posixpath.join(host.model_dir, model_id, file).rstrip("/") if model_id else None
     return None
 
 

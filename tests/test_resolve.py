@@ -261,3 +261,87 @@ def test_explain_shows_secrets_by_name(tmp_path: Path) -> None:
     text = api.explain(tmp_path, "d")
     assert "env HF_TOKEN: (secret hf_token)  <- deployments.d/d.yaml:5:15 (deployment 'd')" in text
     assert "env LEVEL: warn  <- " in text
+
+
+def test_served_name_is_free_text_and_renders_model_name(tmp_path: Path) -> None:
+    """GPUStack's model name is free text (clients ask for it); the deployment's name
+    stays a DNS label, for containers and units."""
+    w = _workloads(
+        tmp_path,
+        "- {name: qwen, backend: srv, local_path: /m, served_name: Qwen2.5-7B Instruct,"
+        " run_command: 'serve --served-model-name {{model_name}}'}\n"
+        "- {name: plain, backend: srv, local_path: /m, run_command: 'serve {{model_name}}'}\n",
+    )
+    assert w["qwen-0"].command == ("serve", "--served-model-name", "Qwen2.5-7B Instruct")
+    assert w["plain-0"].command == ("serve", "plain")
+
+
+def test_a_hub_file_is_the_model_path(tmp_path: Path) -> None:
+    """llama.cpp-style backends take one GGUF file: -m {{model_path}}."""
+    w = _workloads(
+        tmp_path,
+        "- {name: gguf, backend: srv, huggingface_repo_id: Qwen/Qwen2.5-7B-Instruct-GGUF,"
+        " huggingface_filename: qwen2.5-7b-instruct-q4_k_m.gguf,"
+        " run_command: '-m {{model_path}}'}\n"
+        "- {name: ms, backend: srv, model_scope_model_id: qwen/Qwen2-GGUF,"
+        " model_scope_file_path: sub/q8_0.gguf, run_command: '-m {{model_path}}'}\n",
+    )
+    assert w["gguf-0"].command == (
+        "-m",
+        "/var/lib/fleetform/models/Qwen/Qwen2.5-7B-Instruct-GGUF/qwen2.5-7b-instruct-q4_k_m.gguf",
+    )
+    assert w["ms-0"].command == ("-m", "/var/lib/fleetform/models/qwen/Qwen2-GGUF/sub/q8_0.gguf")
+    assert w["gguf-0"].model_mount == "/var/lib/fleetform/models"
+
+
+@pytest.mark.parametrize(
+    ("filename", "message"),
+    [
+        (
+            "'*Q4_K_M.gguf'",
+            "'*Q4_K_M.gguf' is a pattern; fleetform needs the exact file name in the repository"
+            " (GPUStack matches patterns when downloading)",
+        ),
+        (
+            "../../etc/passwd",
+            "'../../etc/passwd' is not a file of the repository like model-Q4_K_M.gguf or"
+            " sub/model.gguf (letters, digits, '_', '.', '+', '@', '=', '-'; no '..')",
+        ),
+    ],
+)
+def test_a_hub_file_is_an_exact_name_inside_the_repository(
+    tmp_path: Path, filename: str, message: str
+) -> None:
+    with pytest.raises(FleetformError) as caught:
+        _workloads(
+            tmp_path,
+            "- {name: g, backend: srv, huggingface_repo_id: a/b,"
+            f" huggingface_filename: {filename}}}\n",
+        )
+    assert str(caught.value).endswith(f"huggingface_filename: {message}")
+
+
+def test_keys_gpustack_writes_are_accepted(tmp_path: Path) -> None:
+    """An API dump of a GPUStack 2.3 backend: dump fields, per-version origins."""
+    backend = """\
+    backend_name: dumped
+    id: 7
+    created_at: "2026-11-02T10:00:00Z"
+    updated_at: "2026-11-02T10:00:00Z"
+    deleted_at: null
+    source_name: community
+    source_type: URL
+    allowed_proxy_uris: ["/v1/chat/completions"]
+    default_run_command: serve --port {{port}}
+    version_configs:
+      v1:
+        image_name: example/dumped:1
+        custom_framework: cpu
+        source_name: community
+        source_type: URL
+        built_in_frameworks: null
+    """
+    w = _workloads(
+        tmp_path, "- {name: d, backend: dumped}\n", **{"backends.d/dumped.yaml": backend}
+    )
+    assert w["d-0"].image == "example/dumped:1"

@@ -47,8 +47,8 @@ class TemplateError(ValueError):
 
 class UndefinedPlaceholder(TemplateError):
     def __init__(self, names: list[str], defined: list[str]) -> None:
-        shown = _some(["{{" + name + "}}" for name in names])
-        known = _some(defined) if defined else "none"
+        shown = some(["{{" + name + "}}" for name in names])
+        known = some(defined) if defined else "none"
         noun = "placeholder" if len(names) == 1 else "placeholders"
         super().__init__(f"undefined {noun} {shown} (defined: {known})")
         self.names = names
@@ -59,7 +59,7 @@ class SecretPlaceholder(TemplateError):
     and must never be written into an argument or a plain env value."""
 
     def __init__(self, names: list[str]) -> None:
-        shown = _some(["{{" + name + "}}" for name in names])
+        shown = some(["{{" + name + "}}" for name in names])
         verb = "names a secret" if len(names) == 1 else "name secrets"
         super().__init__(
             f"{shown} {verb}; secrets reach the container only as environment variables"
@@ -80,7 +80,7 @@ class ExpansionTooLong(TemplateError):
             )
 
 
-def _some(items: list[str]) -> str:
+def some(items: list[str]) -> str:
     """``items`` joined for a message, the first _SHOWN_NAMES of them."""
     if len(items) <= _SHOWN_NAMES:
         return ", ".join(items)

@@ -376,6 +376,8 @@ DOCKER_RUN_FLAGS = {
     "--pull": True,
     "--network": True,
     "--shm-size": True,
+    "--ipc": True,
+    "--user": True,
     "--label": True,
     "--env": True,
     "--volume": True,

@@ -988,3 +988,49 @@ def test_secret_env_is_injected_at_apply_and_never_shown(fleet: Fleet, tmp_path:
         assert first not in run.stdout + run.stderr, run
         assert second not in run.stdout + run.stderr, run
     assert first not in compiled and second not in compiled
+
+
+# --- 10. user and IPC namespace ---------------------------------------------------------------
+
+UID, GID, HOST_IPC = "GPUSTACK_MODEL_RUNTIME_UID", "GPUSTACK_MODEL_RUNTIME_GID", "GPUSTACK_HOST_IPC"
+
+
+def test_user_and_ipc_are_applied_observed_and_changed(fleet: Fleet) -> None:
+    name = "fleetform-web-0"
+    web = deployment(backend_version="cpu", env={UID: "1000", GID: "1000", HOST_IPC: "true"})
+    fleet.deploy(web)
+    converge(fleet, [H1 + "create " + name])  # ... and the plan right after has no step
+    details = fleet.inspect(name)
+    assert details["Config"]["User"] == "1000:1000"
+    assert details["HostConfig"]["IpcMode"] == "host"
+    assert details["HostConfig"]["ShmSize"] == 10 * 1024**3  # recorded, unused
+    # It runs as that user, in the host's IPC namespace.
+    container = fleet.client.containers.get(name)
+    ran = container.exec_run(["busybox", "sh", "-c", "id -u; id -g"])
+    assert ran.output.decode().split() == ["1000", "1000"]
+    inside = container.exec_run(["busybox", "readlink", "/proc/self/ns/ipc"])
+    assert inside.output.decode().strip() == os.readlink("/proc/self/ns/ipc")
+
+    # Another user: an update, with the field diff.
+    fleet.deploy({**web, "env": {UID: "1001", GID: "1001", HOST_IPC: "true"}})
+    shown = fleet.ff("plan")
+    assert change_lines(shown.stdout) == [
+        f'env.{GID}: "1000" -> "1001"',
+        f'env.{UID}: "1000" -> "1001"',
+        'user: "1000:1000" -> "1001:1001"',
+    ], shown
+    converge(fleet, [H1 + "update " + name])
+    assert fleet.inspect(name)["Config"]["User"] == "1001:1001"
+
+    # Neither: the image's own user and the engine's default IPC mode.
+    fleet.deploy(deployment(backend_version="cpu"))
+    run = fleet.ff("plan", "--format", "json")
+    (step,) = json.loads(run.stdout)["hosts"][0]["steps"]
+    assert [c for c in step["changes"] if c["field"] in ("ipc", "user")] == [
+        {"field": "ipc", "before": "host", "after": None},
+        {"field": "user", "before": "1001:1001", "after": None},
+    ]
+    converge(fleet, [H1 + "update " + name])
+    details = fleet.inspect(name)
+    assert details["Config"]["User"] == ""
+    assert details["HostConfig"]["IpcMode"] in ("private", "shareable")

@@ -154,6 +154,10 @@ def test_reduction_of_a_recorded_gpu_container() -> None:
         "devices": [],
         "network_mode": "host",
         "shm_size": 64 * 1024**2,
+        # Config.User "" (the image's own, none) and IpcMode "private" (the engine's
+        # default): both as a spec without them.
+        "user": None,
+        "ipc": None,
         "restart": "unless-stopped",
         "labels": {
             "io.fleetform.deployment": "web",
@@ -237,6 +241,8 @@ def test_a_container_as_specified_is_unchanged_though_its_image_adds_env() -> No
         ({"restart": "always"}, [Change("restart", "unless-stopped", "always")]),
         ({"user_labels": {"team": "inference"}}, [Change("labels.team", None, "inference")]),
         ({"devices": ("/dev/null",)}, [Change("devices", [], ["/dev/null"])]),
+        ({"user": "1000:1000"}, [Change("user", None, "1000:1000")]),
+        ({"ipc": "host"}, [Change("ipc", None, "host")]),
         (
             {"env": {"A": "2"}, "restart": "no"},
             [Change("env.A", "1", "2"), Change("restart", "unless-stopped", "no")],
@@ -254,6 +260,57 @@ def test_a_changed_spec_updates_with_the_field_diff(
     assert list(step.changes) == expected
     assert step.current == RECORDED["fleetform-web-0"]["inspect"]["Id"]
     assert step.spec_hash == wanted.spec_hash
+
+
+def recorded_as(
+    wanted: ContainerSpec,
+    name: str = "fleetform-web-0",
+    *,
+    image_user: str = "",
+    **config: dict[str, Any],
+) -> ObservedHost:
+    """The recorded container ``name`` with ``wanted``'s hash label and some of its
+    inspect changed (``Config={...}``, ``HostConfig={...}``): made from ``wanted``, then
+    changed by hand, or by an engine configured otherwise."""
+    details = json.loads(json.dumps(RECORDED[name]["inspect"]))
+    details["Config"]["Labels"][f"{PREFIX}.spec-hash"] = wanted.spec_hash
+    for part, values in config.items():
+        details[part].update(values)
+    image_env = dict(item.split("=", 1) for item in RECORDED[name]["image_env"] or [])
+    return ObservedHost(
+        "h1", "compose", (_container(details, PREFIX, True, image_env, image_user),)
+    )
+
+
+def test_user_and_ipc_compare_with_the_engine_defaults_as_none() -> None:
+    # "shareable" is the other default IpcMode (the daemon's default-ipc-mode).
+    assert plan_of(WEB0, seen=recorded_as(WEB0, HostConfig={"IpcMode": "shareable"})).steps == ()
+    # The engine copies the image's USER into Config.User when the container sets none.
+    seen = recorded_as(WEB0, Config={"User": "1001"}, image_user="1001")
+    assert plan_of(WEB0, seen=seen).steps == ()
+    # A spec that names the image's own user: the same container.
+    wanted = changed(WEB0, user="1001", ipc="host")
+    seen = recorded_as(wanted, Config={"User": "1001"}, HostConfig={"IpcMode": "host"})
+    assert plan_of(wanted, seen=seen).steps == ()
+
+
+def test_user_and_ipc_changed_by_hand_are_drift() -> None:
+    seen = recorded_as(
+        WEB0, Config={"User": "0"}, HostConfig={"IpcMode": "host"}, image_user="1001"
+    )
+    host = plan_of(WEB0, seen=seen)
+    (step,) = host.steps
+    assert (step.action, step.reasons, step.changes) == (
+        "update",
+        ("changed outside fleetform (drift)",),
+        (Change("ipc", "host", None), Change("user", "0", None)),
+    )
+    shown = [line for line in text(host).splitlines() if line.startswith("      ")]
+    assert shown == ['      ipc: "host" -> (none)', '      user: "0" -> (none)']
+    # Another IPC mode than the defaults is kept as it is, and so is drift too.
+    wanted = changed(WEB0, user="1000:1000", ipc="host")
+    (step,) = plan_of(wanted, seen=recorded_as(wanted, HostConfig={"IpcMode": "none"})).steps
+    assert step.changes == (Change("ipc", "none", "host"), Change("user", None, "1000:1000"))
 
 
 def test_a_new_hash_alone_updates_with_no_field_diff() -> None:

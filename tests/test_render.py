@@ -161,3 +161,40 @@ def test_secret_reaches_systemd_unit_by_name_only(tmp_path: Path) -> None:
         "HF_TOKEN",
         "LOG_LEVEL",
     ]
+
+
+# --- user and IPC namespace (GPUStack's runtime UID/GID and host IPC) -------------------
+
+RUNTIME_REPO = Path(__file__).parent / "golden" / "runtime" / "repo"
+
+
+def _compiled_runtime(tmp_path: Path) -> api.Compiled:
+    repo = tmp_path / "repo"
+    shutil.copytree(RUNTIME_REPO, repo)
+    api.compile_repo(repo)
+    return api.build(repo)
+
+
+def test_user_and_ipc_are_read_back_by_compose(tmp_path: Path) -> None:
+    compiled = _compiled_runtime(tmp_path)
+    config = compose_config(compiled.output_dir / "gpu-compose" / "compose.yaml")
+    services = config["services"]
+    shared, uid_only, plain = (services[s] for s in ("shared-ipc-0", "uid-only-0", "plain-0"))
+    assert (shared["user"], shared["ipc"]) == ("1000:1000", "host")
+    # compose takes shm_size beside ipc: host (the engine records it; /dev/shm is the host's).
+    assert shared["shm_size"] == str(10 * 1024**3)
+    assert uid_only["user"] == "1000" and "ipc" not in uid_only
+    assert "user" not in plain and "ipc" not in plain
+
+
+def test_user_and_ipc_reach_the_systemd_unit(tmp_path: Path) -> None:
+    compiled = _compiled_runtime(tmp_path)
+    (workload,) = compiled.fleet.on_host("gpu-unit")
+    name = unit_name(workload, compiled.fleet.settings)
+    unit = compiled.output_dir / "gpu-unit" / "systemd" / name
+    assert systemd_verify([unit]) == []
+    argv = [exec_time_word(word) for word in systemd_exec_start(name, unit.read_text())]
+    options, _, _ = split_docker_run(argv)
+    assert option_values(options, "--user") == ["1000:1000"]
+    assert option_values(options, "--ipc") == ["host"]
+    assert option_values(options, "--shm-size") == ["10g"]

@@ -6,6 +6,7 @@ shared master connection) and tests/test_apply_systemd.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -219,4 +220,42 @@ def test_create_body_is_the_engine_api_form() -> None:
                 "90/udp": [{"HostIp": "", "HostPort": "9000"}],
             },
         },
+    }
+
+
+def test_create_body_sets_user_and_ipc_only_when_given() -> None:
+    spec = ContainerSpec(
+        name="p-web-0",
+        deployment="web",
+        replica=0,
+        spec_hash="0123456789abcdef",
+        image="img:1",
+        entrypoint=None,
+        command=(),
+        env={},
+        secrets={},
+        labels={},
+        gpu_driver=None,
+        gpu_ids=(),
+        mounts=(),
+        binds=(),
+        devices=(),
+        network_mode="host",
+        shm_size="16g",
+        restart="no",
+        ports=(),
+        address="10.0.0.1",
+        port=8000,
+        health_check_path=None,
+        health_timeout=60.0,
+    )
+    plain = create_body(spec, {}, {})
+    assert "User" not in plain and "IpcMode" not in plain["HostConfig"]
+    body = create_body(dataclasses.replace(spec, user="1000:1000", ipc="host"), {}, {})
+    assert body["User"] == "1000:1000"
+    # ShmSize is sent beside IpcMode host, as `docker run --ipc host --shm-size` does.
+    assert (body["HostConfig"]["IpcMode"], body["HostConfig"]["ShmSize"]) == ("host", 16 * 1024**3)
+    assert {k: v for k, v in body.items() if k != "User"} == {
+        **plain,
+        "HostConfig": {**plain["HostConfig"], "IpcMode": "host"},
     }

@@ -354,7 +354,9 @@ def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]
     }
     shm_size = parse_size(spec.shm_size)
     if shm_size:
-        host_config["ShmSize"] = shm_size
+        host_config["ShmSize"] = shm_size  # with IpcMode host too, as `docker run` sends it
+    if spec.ipc is not None:
+        host_config["IpcMode"] = spec.ipc
     if spec.restart != "no":
         host_config["RestartPolicy"] = {"Name": spec.restart}
     if spec.binds:
@@ -390,6 +392,8 @@ def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]
         "Labels": labels,
         "HostConfig": host_config,
     }
+    if spec.user is not None:
+        body["User"] = spec.user
     if exposed:
         body["ExposedPorts"] = exposed
     return body

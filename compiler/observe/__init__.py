@@ -22,7 +22,9 @@ class ObservedContainer:
     ``owned``: it carries fleetform's ownership labels for this project. ``view`` has
     the compared fields in the normal form of ``observe.docker.desired_view``;
     ``image_env`` is the image's own env (not set on the container, so not compared
-    unless the spec sets the same variable).
+    unless the spec sets the same variable); ``image_user`` the image's own user, which
+    the engine puts in Config.User when the container sets none (so not compared unless
+    the spec sets a user).
     """
 
     id: str
@@ -35,6 +37,7 @@ class ObservedContainer:
     secret_hash: str
     view: dict[str, Any]
     image_env: dict[str, str] = field(default_factory=dict)
+    image_user: str = ""
 
     @property
     def running(self) -> bool:

@@ -3,8 +3,8 @@
 What is read: every container fleetform owns (by its labels, for this project), plus
 any container that carries a name fleetform must use (a squatter). Nothing else on
 the engine is looked at. Each container is reduced to the fields a plan compares
-(image, argv, env, GPUs, mounts, devices, network, shm size, restart policy,
-labels), in the same normal form :func:`desired_view` gives a spec.
+(image, argv, env, GPUs, mounts, devices, network, shm size, user, IPC namespace,
+restart policy, labels), in the same normal form :func:`desired_view` gives a spec.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def observe_engine(
     an unreachable host or an engine error is raised."""
     wanted = set(names)
     containers: list[ObservedContainer] = []
-    image_env: dict[str, dict[str, str]] = {}
+    images: dict[str, tuple[dict[str, str], str]] = {}
     for summary in engine.get(CONTAINER_LIST, all=1):
         labels = summary.get("Labels") or {}
         name = (summary.get("Names") or ["/"])[0].lstrip("/")
@@ -83,26 +83,32 @@ def observe_engine(
                 continue  # removed since it was listed
             raise
         image = details["Config"].get("Image", "")
-        if image not in image_env:
-            image_env[image] = _image_env(engine, image)
-        containers.append(_container(details, prefix, owned, image_env[image]))
+        if image not in images:
+            images[image] = _image_config(engine, image)
+        containers.append(_container(details, prefix, owned, *images[image]))
     containers.sort(key=lambda c: (c.name, c.id))
     return ObservedHost(host=host, target="compose", containers=tuple(containers))
 
 
-def _image_env(engine: Engine, image: str) -> dict[str, str]:
-    """The image's own env, so that only what was set on the container is compared."""
+def _image_config(engine: Engine, image: str) -> tuple[dict[str, str], str]:
+    """The image's own env and user, which the engine copies into a container that sets
+    none: so that only what was set on the container is compared."""
     try:
         details = engine.get(f"/images/{image}/json")
     except EngineError as error:
         if error.status == 404:
-            return {}
+            return {}, ""
         raise
-    return _env_map((details.get("Config") or {}).get("Env") or [])
+    config = details.get("Config") or {}
+    return _env_map(config.get("Env") or []), config.get("User") or ""
 
 
 def _container(
-    details: dict[str, Any], prefix: str, owned: bool, image_env: dict[str, str]
+    details: dict[str, Any],
+    prefix: str,
+    owned: bool,
+    image_env: dict[str, str],
+    image_user: str = "",
 ) -> ObservedContainer:
     config = details.get("Config") or {}
     host_config = details.get("HostConfig") or {}
@@ -136,6 +142,8 @@ def _container(
         ),
         "network_mode": host_config.get("NetworkMode", ""),
         "shm_size": host_config.get("ShmSize") or 0,
+        "user": config.get("User") or None,
+        "ipc": ipc_view(host_config.get("IpcMode")),
         "restart": (host_config.get("RestartPolicy") or {}).get("Name") or "no",
         "labels": dict(sorted(labels.items())),
     }
@@ -150,6 +158,7 @@ def _container(
         secret_hash=labels.get(f"{prefix}.secret-hash", "") if owned else "",
         view=view,
         image_env=image_env,
+        image_user=image_user,
     )
 
 
@@ -188,9 +197,22 @@ def desired_view(spec: ContainerSpec, secret_env: dict[str, str]) -> dict[str, A
         "devices": sorted(_device(*device_parts(d)) for d in spec.devices),
         "network_mode": spec.network_mode,
         "shm_size": parse_size(spec.shm_size),
+        "user": spec.user or None,  # as the engine: "" is no user of its own
+        "ipc": ipc_view(spec.ipc),
         "restart": spec.restart,
         "labels": dict(sorted(spec.labels.items())),
     }
+
+
+# The IPC modes an engine gives a container that asks for none: "private" or
+# "shareable", as its daemon's default-ipc-mode says ("" on old engines).
+_DEFAULT_IPC = frozenset({"", "private", "shareable"})
+
+
+def ipc_view(mode: str | None) -> str | None:
+    """HostConfig.IpcMode in one normal form: None for the engine's default, whichever
+    the daemon is configured with, else the mode (``host``; by hand: ``none``, ...)."""
+    return None if (mode or "") in _DEFAULT_IPC else mode
 
 
 def _bind(source: str, target: str, read_only: bool) -> str:

@@ -63,9 +63,17 @@ def _service(workload: Workload, settings: Settings, marker: str) -> dict[str, A
         service["environment"] = dict(sorted(environment.items()))
     elif workload.env:
         service["environment"] = dict(workload.env)
+    if workload.user is not None:
+        service["user"] = workload.user
     service["network_mode"] = workload.network_mode
     if workload.ports:
         service["ports"] = list(workload.ports)
+    if workload.ipc is not None:
+        service["ipc"] = workload.ipc
+    # Kept with `ipc: host` too, though the container then shares the host's /dev/shm and
+    # Docker ignores the size: as `docker run --ipc host --shm-size` does, the engine
+    # still records it (HostConfig.ShmSize), so compose, the unit and apply make the same
+    # container and a plan compares one value for all three.
     service["shm_size"] = workload.shm_size
     service["restart"] = workload.restart
     volumes: list[Any] = []

@@ -1,10 +1,11 @@
 """A resolved workload as the Docker Engine API creates it: the container plan and
 apply compare and converge. Pure; the same facts the compose and systemd artifacts
-carry (image, argv, env, GPUs, mounts, labels), in the engine's own terms."""
+carry (image, argv, env, GPUs, mounts, user, IPC, labels), in the engine's own terms."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from compiler.model import Settings
 from compiler.render import container_name, ownership_labels
@@ -46,6 +47,10 @@ class ContainerSpec:
     port: int
     health_check_path: str | None
     health_timeout: float
+    # "uid" or "uid:gid" the process runs as (the engine's Config.User); None: the image's.
+    user: str | None = None
+    # "host": the host's IPC namespace (HostConfig.IpcMode); None: the engine's default.
+    ipc: Literal["host"] | None = None
     # What only one container on the host can have: "port N" (a host port), "<framework>
     # GPU i". Apply stamps it on the container, so that a plan knows what an old one holds.
     holds: tuple[str, ...] = ()
@@ -80,6 +85,8 @@ def container_spec(workload: Workload, settings: Settings, address: str) -> Cont
         port=workload.port,
         health_check_path=workload.health_check_path,
         health_timeout=float(workload.health_timeout),
+        user=workload.user,
+        ipc=workload.ipc,
         holds=_holds(workload),
     )
 

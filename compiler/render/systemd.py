@@ -38,6 +38,11 @@ def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
     name = container_name(workload, settings)
     argv = [DOCKER, "run", "--rm", "--name", name, "--pull", "missing"]
     argv += ["--network", workload.network_mode, "--shm-size", workload.shm_size]
+    if workload.ipc is not None:
+        # docker keeps --shm-size beside it, unused: the host's /dev/shm is shared.
+        argv += ["--ipc", workload.ipc]
+    if workload.user is not None:
+        argv += ["--user", workload.user]
     for key, value in ownership_labels(workload, settings).items():
         argv += ["--label", f"{key}={value}"]
     variables = [f"{key}={value}" for key, value in workload.env.items()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
+from compiler import runtime_env
 from compiler.errors import escape, printable
 from compiler.resolve import Fleet, Origin
 
@@ -58,6 +59,15 @@ def explain_deployment(fleet: Fleet, name: str) -> str:
         for key in ("default_backend_param", "backend_parameters"):
             if key in info.origins:
                 row(f"  + {key}", "(appended)", key)
+        # What GPUStack's own variables set (compiler/runtime_env.py), where one did.
+        for label, value, variable in (
+            ("shm_size", workload.shm_size, runtime_env.SHM_SIZE_GIB),
+            ("user", workload.user, runtime_env.UID),
+            ("ipc", workload.ipc, runtime_env.HOST_IPC),
+            ("health check path", workload.health_check_path, runtime_env.HEALTH_CHECK_PATH),
+        ):
+            if value is not None and variable in workload.env:
+                row(label, f"{value} (from {variable})", f"env.{variable}")
         shown = {**workload.env, **{k: f"(secret {v})" for k, v in workload.secrets.items()}}
         for key, value in sorted(shown.items()):
             row(f"env {key}", value if value.isprintable() else shell_word(value), f"env.{key}")

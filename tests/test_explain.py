@@ -43,3 +43,41 @@ def test_shell_word_reads_back_in_bash() -> None:
             check=True,
         ).stdout.decode()
         assert echoed == word
+
+
+def test_explain_names_gpustacks_rules(tmp_path: Path) -> None:
+    """Which GPUStack rule chose a value: the version with none named, a null command
+    falling back, and what GPUStack's own env variables set."""
+    make_repo(
+        tmp_path,
+        {
+            "backends.d/b.yaml": """\
+            backend_name: srv
+            default_run_command: serve {{model_path}} --port {{port}}
+            version_configs:
+              "1.10": {image_name: "example/srv:1.10", run_command: null}
+              1.9rc1: {image_name: "example/srv:1.9rc1", run_command: ""}
+            """,
+            "deployments.d/d.yaml": """\
+            - name: d
+              backend: srv
+              local_path: /m/x
+              env: {GPUSTACK_MODEL_RUNTIME_UID: "1000", GPUSTACK_HOST_IPC: "true"}
+            """,
+        },
+    )
+    text = api.explain(tmp_path, "d")
+    assert (
+        "  version: 1.9rc1 (no backend_version or default_version: GPUStack's latest by"
+        " compare_versions of 1.10, 1.9rc1)\n"
+    ) in text
+    assert (
+        "    command: serve /m/x --port 40000  <- backends.d/b.yaml:2:22 (backend 'srv')\n"
+        "      (null or empty at backends.d/b.yaml:5:59 (backend 'srv' version '1.9rc1',"
+        " version_configs.1.9rc1.run_command): falls back, as in GPUStack)\n"
+    ) in text
+    assert (
+        "    user: 1000 (from GPUSTACK_MODEL_RUNTIME_UID)  <- deployments.d/d.yaml:4:37"
+        " (deployment 'd')\n"
+    ) in text
+    assert "    ipc: host (from GPUSTACK_HOST_IPC)  <- deployments.d/d.yaml:4:64" in text

@@ -19,6 +19,8 @@ and one that is not documented fails the comparison.
 
 from __future__ import annotations
 
+import itertools
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import yaml
 from compiler import api
 from compiler.errors import FleetformError
 from compiler.render.systemd import unit_name
+from compiler.versions import compare_versions, gpustack_latest
 from tests import gpustack_oracle as oracle
 from tests.helpers import (
     corpus_dir,
@@ -140,6 +143,7 @@ class Case:
     fleetform_args: list[str] | None = None  # fleetform's argv, where they differ
     differences: tuple[str, ...] = ()  # documented differences this case shows
     prefill: bool = True  # GPUStack's UI copies the backend's defaults into the model
+    may_refuse: bool = False  # generated: both refusing (a quote never closed) agrees
 
     @property
     def name(self) -> str:
@@ -437,6 +441,52 @@ TRICKY: list[Case] = [
 ]
 
 
+# --- generated cases: parameters and version orders --------------------------------------
+
+_PIECES = ["--a", "--b=1", "-c", " ", "  ", "\t", "\\\n", "\\", "'", '"', "={",
+           '{"k": "v w"}', "[1, 2]", "}", "]", "x", "-0.5", "{{port}}", "{{ name }}", "=",
+           '\\"', "=[", "é"]  # fmt: skip
+
+
+def _generated_parameter_cases(count: int = 150, seed: int = 2300) -> list[Case]:
+    """Parameter entries made of the pieces that split differently: quotes, escapes,
+    continuations, JSON after '=', braces; both must split them alike or both refuse."""
+    rng = random.Random(seed)
+    cases = []
+    for number in range(count):
+        entries = [
+            "".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 9)))
+            for _ in range(rng.randint(1, 3))
+        ]
+        style = rng.choice([None, "space", "equal"])
+        fields = {"parameter_format": style} if style else {}
+        cases.append(
+            Case(
+                f"generated-parameters-{number}",
+                _backend(T, **fields),
+                {"backend_parameters": entries},
+                may_refuse=True,
+            )
+        )
+    return cases
+
+
+_VERSION_PIECES = ["1", "2", "10", "9", "0", ".", ".", "-", "_", "+", "rc1", "rc", "alpha",
+                   "beta2", "post1", "sm120", "x", "v", "dev0", "a"]  # fmt: skip
+
+
+def _generated_version_lists(count: int = 300, seed: int = 2303) -> list[list[str]]:
+    rng = random.Random(seed)
+    lists = []
+    for _ in range(count):
+        versions = {
+            "".join(rng.choice(_VERSION_PIECES) for _ in range(rng.randint(1, 6)))
+            for _ in range(rng.randint(2, 5))
+        }
+        lists.append(sorted(versions, key=lambda _: rng.random()))
+    return lists
+
+
 # --- the backends no one here wrote -------------------------------------------------------
 
 
@@ -695,6 +745,11 @@ def _compare(item: Compared, seen: set[str], target: str = "compose") -> list[st
     """What differs without being documented, as lines for the failure message."""
     case, ours, theirs = item.case, item.fleetform, item.gpustack
     problems = []
+    if case.may_refuse and item.error is not None:
+        # fleetform refuses what GPUStack could not start either.
+        if "error" in theirs:
+            return []
+        return [f"{case.id} [{target}]: fleetform refused what GPUStack runs: {item.error}"]
     if case.fleetform_error is not None:
         if item.error is None or case.fleetform_error not in item.error:
             problems.append(f"fleetform should refuse with {case.fleetform_error!r}: {item.error}")
@@ -740,7 +795,12 @@ def comparison(
     venv: Path, cards: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Compared]:
     """Every case compiled for a compose host, and started by GPUStack (one oracle run)."""
-    cases = [*TRICKY, *_cases_of(cards, "catalogue"), *_cases_of(_corpus_cards(), "corpus")]
+    cases = [
+        *TRICKY,
+        *_cases_of(cards, "catalogue"),
+        *_cases_of(_corpus_cards(), "corpus"),
+        *_generated_parameter_cases(),
+    ]
     assert len({case.id for case in cases}) == len(cases)
     compiled: dict[str, tuple[dict[str, Any] | None, str | None, api.Compiled | None]] = {}
     for number, case in enumerate(cases):
@@ -803,3 +863,26 @@ def test_the_readme_lists_every_difference() -> None:
     section = readme.split("### How fleetform differs from GPUStack", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"\(`([a-z0-9-]+)`\)", section))
     assert named == set(DIFFERENCES), (named - set(DIFFERENCES), set(DIFFERENCES) - named)
+
+
+def test_version_order_is_gpustacks(venv: Path) -> None:
+    """compiler/versions.py against gpustack_runtime's compare_versions and GPUStack's
+    scan, over generated version names (and the issue's examples)."""
+    lists = [
+        ["1.10", "1.9rc1"], ["2.0.0", "2.0.0rc1"], ["x", "x-sm120"], ["1.9", "1.9.post1"],
+        *_generated_version_lists(),
+    ]  # fmt: skip
+    pairs = [(a, b) for versions in lists for a, b in itertools.pairwise(versions)]
+    answers = oracle.run(
+        [oracle.latest_version_case(v) for v in lists]
+        + [oracle.compare_versions_case(a, b) for a, b in pairs],
+        venv,
+    )
+    ours = [gpustack_latest(v) for v in lists] + [compare_versions(a, b) for a, b in pairs]
+    theirs = [answer["result"] for answer in answers]
+    wrong = [
+        (question, mine, gpustack)
+        for question, mine, gpustack in zip([*lists, *pairs], ours, theirs, strict=True)
+        if mine != gpustack
+    ]
+    assert not wrong, wrong[:20]

@@ -175,6 +175,11 @@ def _expect_args(*args: str) -> Callable[[dict[str, Any]], None]:
     return check
 
 
+def _served(name: str) -> list[str]:
+    """The argv of _backend's default run command, for model ``name``."""
+    return ["serve", MODEL_PATH, "--host", ADDRESS, "--port", str(PORT), "--name", name]
+
+
 def _equal(value: Any, expected: Any) -> None:
     assert value == expected, value
 
@@ -223,18 +228,7 @@ TRICKY: list[Case] = [
         _backend(T, default_backend_param=["--max-model-len 8192"], default_env={"V": "1"}),
         prefill=False,
         gpustack=lambda result: _equal((result["args"][-1], "V" in result["env"]), ("m", False)),
-        fleetform_args=[
-            "serve",
-            MODEL_PATH,
-            "--host",
-            ADDRESS,
-            "--port",
-            str(PORT),
-            "--name",
-            "m",
-            "--max-model-len",
-            "8192",
-        ],
+        fleetform_args=[*_served("m"), "--max-model-len", "8192"],
         differences=("backend-defaults-at-compile",),
     ),
     # --- nulls fall back ------------------------------------------------------------------
@@ -361,16 +355,7 @@ TRICKY: list[Case] = [
         _backend(T),
         {"served_name": "Qwen 2.5 7B"},
         gpustack=_expect_error("label"),
-        fleetform_args=[
-            "serve",
-            MODEL_PATH,
-            "--host",
-            ADDRESS,
-            "--port",
-            str(PORT),
-            "--name",
-            "Qwen 2.5 7B",
-        ],
+        fleetform_args=_served("Qwen 2.5 7B"),
         differences=("served-name-with-spaces",),
     ),
     Case(

@@ -493,7 +493,9 @@ def test_hostile_values_reach_the_container_exactly(
     assert container["Config"]["Cmd"] == expected_argv
     env = environ(container)
     assert {key: env.get(key) for key in HOSTILE_ENV} == HOSTILE_ENV
-    assert set(env) - set(HOSTILE_ENV) <= {"PATH"}, env
+    # Two GPUs: their order pinned to the PCI bus, as GPUStack does (compiler/gpus.py).
+    assert env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
+    assert set(env) - set(HOSTILE_ENV) <= {"PATH", "CUDA_DEVICE_ORDER"}, env
     # The process itself got exactly those words and values.
     cmdline = host.exec(["docker", "exec", f"{PROJECT}-web-0", "cat", "/proc/1/cmdline"]).stdout
     assert cmdline.split("\0")[:-1] == ["busybox", *expected_argv]

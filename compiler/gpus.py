@@ -27,9 +27,12 @@ names the replica's GPUs by ``device_ids``, and NVIDIA's runtime makes them the
 container's GPUs 0…n-1; no visible-devices variable is set (GPUStack sets
 ``CUDA_VISIBLE_DEVICES`` to the host index inside a container that sees them all).
 
-The deployment's own env may not set these variables: it would point the replica at
-another replica's GPUs. A backend's env may (GPUStack's catalogue is pasted as it is),
-and is overridden, as GPUStack's deployer overrides it.
+The deployment's own env may not set a variable that picks the vendor's GPUs: it would
+point the replica at another replica's GPUs. A backend's env may (GPUStack's catalogue
+is pasted as it is), and is overridden, as GPUStack's deployer overrides it; fleetform
+also drops the other variables that pick the same GPUs (``ROCR_VISIBLE_DEVICES`` and
+``CUDA_VISIBLE_DEVICES`` beside ROCm's ``HIP_VISIBLE_DEVICES``), which GPUStack would
+leave to hide the replica's GPU. Other vendors' variables pass through.
 """
 
 from __future__ import annotations
@@ -48,7 +51,21 @@ class Vendor:
     per_gpu_device: str | None = None  # a device file per GPU: "{index}" is its index
     ordering: tuple[tuple[str, str], ...] = ()  # defaults the container's env may set
     reserved_by_index: bool = False  # NVIDIA: a device reservation, no variables
+    # Other variables the vendor's stack reads to pick GPUs: a deployment may not set
+    # them, a backend's are dropped.
+    also_picks: tuple[str, ...] = ()
 
+    @property
+    def picks(self) -> frozenset[str]:
+        """Every variable that picks this vendor's GPUs."""
+        own = (self.runtime_env,) if self.runtime_env else ()
+        return frozenset((*own, *self.backend_env, *self.also_picks))
+
+
+# ROCm's runtime filters by ROCR_VISIBLE_DEVICES (and GPU_DEVICE_ORDINAL) before HIP
+# indexes what is left, and HIP reads CUDA_VISIBLE_DEVICES when HIP_VISIBLE_DEVICES is
+# unset: any of them beside HIP_VISIBLE_DEVICES can hide the replica's GPU.
+_HIP_ALSO_READS = ("ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "CUDA_VISIBLE_DEVICES")
 
 VENDORS: dict[str, Vendor] = {
     vendor.framework: vendor
@@ -59,12 +76,14 @@ VENDORS: dict[str, Vendor] = {
             (),
             ordering=(("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),),
             reserved_by_index=True,
+            also_picks=("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"),
         ),
         Vendor(
             "rocm",
             "AMD_VISIBLE_DEVICES",
             ("HIP_VISIBLE_DEVICES",),
             devices=("/dev/kfd", "/dev/dri"),
+            also_picks=_HIP_ALSO_READS,
         ),
         Vendor(
             "cann",
@@ -96,20 +115,13 @@ VENDORS: dict[str, Vendor] = {
             "HYGON_VISIBLE_DEVICES",
             ("HIP_VISIBLE_DEVICES",),
             devices=("/dev/kfd", "/dev/mkfd", "/dev/dri"),
+            also_picks=_HIP_ALSO_READS,
         ),
         Vendor("neuware", "CAMBRICON_VISIBLE_DEVICES", ("MLU_VISIBLE_DEVICES",)),
         Vendor("hggc", "NVIDIA_VISIBLE_DEVICES", ("CUDA_VISIBLE_DEVICES",)),
         Vendor("cpu", None, ()),
     )
 }
-
-# Every variable that picks GPUs, of any vendor: what a deployment's env may not set.
-VISIBILITY_VARIABLES: frozenset[str] = frozenset(
-    {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"}
-    | {v.runtime_env for v in VENDORS.values() if v.runtime_env}
-    | {name for v in VENDORS.values() for name in v.backend_env}
-)
-
 
 @dataclass(frozen=True)
 class Visibility:
@@ -119,6 +131,7 @@ class Visibility:
     env: dict[str, str]
     defaults: dict[str, str]
     devices: tuple[str, ...]
+    picks: frozenset[str] = frozenset()  # what the env layers may not set
 
 
 def visibility(framework: str, gpus: Sequence[int], host_gpus: Sequence[int]) -> Visibility:
@@ -141,4 +154,4 @@ def visibility(framework: str, gpus: Sequence[int], host_gpus: Sequence[int]) ->
     if vendor.per_gpu_device:
         devices.extend(vendor.per_gpu_device.format(index=i) for i in every)
     ordering = dict(vendor.ordering) if len(gpus) > 1 else {}
-    return Visibility(env, ordering, tuple(devices))
+    return Visibility(env, ordering, tuple(devices), vendor.picks)

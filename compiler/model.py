@@ -58,6 +58,8 @@ GPUSTACK_IGNORED_KEYS = (
 )
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# "" where GPUStack reads an empty value as not set (its API and UI exports write them).
+Unset = Literal[""]
 
 # Text fields checked by compiler/fields.py: what docker, compose and ssh accept.
 Address = Annotated[str, AfterValidator(fields.address)]
@@ -135,7 +137,7 @@ DeploymentEnvMap = dict[EnvName, EnvValue]
 
 
 class VersionConfig(_Model):
-    image_name: ImageRef | None = None
+    image_name: ImageRef | Unset | None = None
     run_command: str | None = None
     entrypoint: str | None = None
     env: EnvMap | None = None
@@ -148,8 +150,8 @@ class VersionConfig(_Model):
 class Backend(_Model):
     backend_name: Name
     description: str | None = None
-    health_check_path: HttpPath | None = None
-    default_version: Name | None = None
+    health_check_path: HttpPath | Unset | None = None
+    default_version: Name | Unset | None = None
     default_env: EnvMap | None = None
     default_entrypoint: str | None = None
     default_run_command: str | None = None
@@ -196,9 +198,9 @@ class Deployment(_Model):
     # The name clients ask for ({{model_name}}): free text, as GPUStack's model name.
     served_name: Name | None = None
     backend: Name | None = None
-    backend_version: Name | None = None
+    backend_version: Name | Unset | None = None
     backend_parameters: list[str] | None = None
-    image_name: ImageRef | None = None
+    image_name: ImageRef | Unset | None = None
     run_command: str | None = None
     entrypoint: str | None = None
     env: DeploymentEnvMap | None = None
@@ -213,7 +215,7 @@ class Deployment(_Model):
     labels: dict[LabelKey, str] | None = None
     network_mode: NetworkMode | None = None
     restart: Literal["no", "always", "on-failure", "unless-stopped"] | None = None
-    health_check_path: HttpPath | None = None
+    health_check_path: HttpPath | Unset | None = None
     health_timeout: int | None = Field(default=None, ge=1, le=86_400)
 
     @field_validator("name")

@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict
 
 from compiler import inheritance, runtime_env, template
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
-from compiler.gpus import VISIBILITY_VARIABLES
 from compiler.gpus import visibility as gpu_visibility
 from compiler.load import Document, KeyPath, dotted
 from compiler.model import Backend, Deployment, Repo, SecretRef, Settings
@@ -581,7 +580,7 @@ def _resolve_backends(repo: Repo, errors: list[FleetformError]) -> dict[str, _Ba
         backend = _Backend(name, [by_name[link] for link in chain])
         versions = backend.versions
         default = backend.field("default_version")
-        if default is not None and default not in versions:
+        if default and default not in versions:
             origin = backend.field_origin("default_version")
             assert origin is not None
             errors.append(
@@ -629,7 +628,9 @@ class _Draft:
         values = self.values
         defaults = settings.defaults
         framework = values["framework"]
-        gpus = placed.gpus
+        # As GPUStack (`sorted(gpu_indexes)`): the written order of gpu_ids never reorders
+        # which GPU a replica numbers first.
+        gpus = tuple(sorted(placed.gpus))
         model_path = _model_path(values, host)
         builtins = {
             "model_name": values.get("served_name") or self.name,
@@ -702,15 +703,19 @@ class _Draft:
         argv_parts.append(("entrypoint", entrypoint or ()))
         command = list(render(words_of("run_command"), "run_command"))
         argv_parts.append(("run_command", tuple(command)))
-        style = values.get("parameter_format")
+        # The backend's default parameters, then the deployment's: flattened each, then
+        # normalised to parameter_format as one list (as GPUStack's form holds them: a
+        # flag ending one list takes its value from the start of the next).
+        words: list[str] = []
         for key in ("default_backend_param", "backend_parameters"):
             try:
-                params = template.parameter_words(tuple(values.get(key) or ()), style)
+                words.extend(template.flat_parameters(tuple(values.get(key) or ())))
             except template.TemplateError as error:
                 raise failure(key, error) from None
-            rendered = render(params, key)
-            argv_parts.append((key, rendered))
-            command.extend(rendered)
+        params = template.normalise_parameters(words, values.get("parameter_format"))
+        rendered = render(params, "backend_parameters")
+        argv_parts.append(("backend_parameters", rendered))
+        command.extend(rendered)
 
         image = values.get("image_name")
         if not image:
@@ -728,7 +733,7 @@ class _Draft:
             framework, gpus, [index for index, kind in host.gpus if kind == framework]
         )
         if gpus:
-            for name in sorted(VISIBILITY_VARIABLES & (set(env) | set(secrets))):
+            for name in sorted(seen.picks & (set(env) | set(secrets))):
                 origin = self.origin(f"env.{name}")
                 if origin.via.startswith("deployment"):
                     raise ResolveError(
@@ -739,7 +744,7 @@ class _Draft:
                     )
                 env.pop(name, None)
         env_final = {**seen.defaults, **env, **seen.env}
-        runtime = self._runtime_settings(env, secrets)
+        runtime = self._runtime_settings(env, plain, secrets)
         labels = values.get("labels") or {}
         self._check_sizes(
             [
@@ -795,7 +800,7 @@ class _Draft:
         )
 
     def _runtime_settings(
-        self, env: dict[str, str], secrets: dict[str, str]
+        self, env: dict[str, str], written: dict[str, str], secrets: dict[str, str]
     ) -> runtime_env.RuntimeSettings:
         """What GPUStack's own variables in the env ask of the container."""
         for name in sorted(runtime_env.VARIABLES & set(secrets)):
@@ -804,16 +809,19 @@ class _Draft:
                 f"{name} is read when compiling (GPUStack acts on it): it cannot be a secret",
             )
         try:
-            return runtime_env.runtime_settings(env)
+            return runtime_env.runtime_settings(env, written)
         except runtime_env.RuntimeEnvError as error:
             raise self.fail(f"env.{error.variable}", str(error)) from None
 
     def _health_check_path(self, runtime: runtime_env.RuntimeSettings) -> str | None:
         """The deployment's own path, else GPUStack's variable, else the backend's."""
+        # "" is no path (GPUStack then counts the server ready as soon as it runs).
         path = self.values.get("health_check_path")
         if path is not None and self.origin("health_check_path").via.startswith("deployment"):
-            return str(path)
-        return runtime.health_check_path or path
+            return str(path) or None
+        if runtime.health_check_path is not None:
+            return runtime.health_check_path or None
+        return path or None
 
     def _check_sizes(self, parts: list[tuple[str, Iterable[str]]]) -> None:
         """Refuse a container that no kernel or systemd would start: an argument (an
@@ -842,9 +850,10 @@ class _Draft:
         """For a parameter list, the entry that writes one of ``names``."""
         if key not in ("default_backend_param", "backend_parameters"):
             return None
-        for index, entry in enumerate(self.values.get(key) or []):
-            if any(name in names for name in template.names_in(entry)):
-                return self.origin_below(key, index)
+        for written in ("default_backend_param", "backend_parameters"):
+            for index, entry in enumerate(self.values.get(written) or []):
+                if any(name in names for name in template.names_in(entry)):
+                    return self.origin_below(written, index)
         return None
 
     def explanation(
@@ -971,8 +980,8 @@ def _draft(
             written_at("backend"),
             "backend",
         )
-    requested = merged.get("backend_version")
-    default = backend.field("default_version")
+    requested = merged.get("backend_version") or None  # "" is not set, as in GPUStack
+    default = backend.field("default_version") or None
     if requested is not None:
         if requested not in versions:
             raise ResolveError(

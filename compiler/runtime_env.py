@@ -47,17 +47,22 @@ class RuntimeSettings:
     shm_size: str | None = None  # docker's size syntax
     user: str | None = None  # "uid" or "uid:gid"
     ipc: str | None = None  # "host"
-    health_check_path: str | None = None
+    health_check_path: str | None = None  # "": none, over the backend's
 
 
-def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
-    """What the variables above in ``env`` (rendered) ask of the container."""
+def runtime_settings(
+    env: Mapping[str, str], written: Mapping[str, str] | None = None
+) -> RuntimeSettings:
+    """What the variables above ask of the container. GPUStack reads the size and the
+    ids from the env it renders, the IPC switch and the health path from the env as
+    written (``written``, default ``env``): a placeholder there stays text."""
+    raw = env if written is None else written
     return RuntimeSettings(
         shm_size=_shm_size(env[SHM_SIZE_GIB]) if SHM_SIZE_GIB in env else None,
         user=_user(env.get(UID), env.get(GID)),
-        ipc="host" if HOST_IPC in env and _truthy(env[HOST_IPC]) else None,
-        health_check_path=_health_path(env[HEALTH_CHECK_PATH])
-        if HEALTH_CHECK_PATH in env
+        ipc="host" if HOST_IPC in raw and _truthy(raw[HOST_IPC]) else None,
+        health_check_path=_health_path(raw[HEALTH_CHECK_PATH])
+        if HEALTH_CHECK_PATH in raw
         else None,
     )
 
@@ -92,11 +97,12 @@ def _user(uid: str | None, gid: str | None) -> str | None:
 
 
 def _id(variable: str, text: str) -> int:
+    # GPUStack's int(): surrounding spaces, a '+' and '_' between digits are read.
     try:
-        number = int(text.strip())
+        number = int(text)
     except ValueError:
         number = -1
-    if not 0 <= number <= _MAX_ID or not text.strip().isdigit():
+    if not 0 <= number <= _MAX_ID:
         raise RuntimeEnvError(variable, f"'{text[:40]}' is not a numeric user or group id")
     return number
 
@@ -107,6 +113,8 @@ def _truthy(text: str) -> bool:
 
 
 def _health_path(text: str) -> str:
+    if not text:
+        return ""  # GPUStack: no path, ready as soon as it runs
     try:
         return fields.http_path(text)
     except ValueError as error:

@@ -275,7 +275,7 @@ def render_env(
     values = _EnvValues(env, builtins, defined)
     for name in sorted(env):
         try:
-            values.value_of(name)
+            values.own_value(name)
         except TemplateError as error:
             errors[name] = error
     return values.rendered, errors
@@ -313,6 +313,23 @@ class _EnvValues:
         if "{{" not in text:
             self.rendered[name] = text
             return text
+        return self._evaluate(name)
+
+    def own_value(self, name: str) -> str:
+        """The variable's own value, rendered: for a variable named like a built-in too
+        (a placeholder of that name is the built-in's, the variable still reaches the
+        container, as in GPUStack)."""
+        if name not in self.builtins:
+            value = self.value_of(name)
+            assert value is not None
+            return value
+        if name in self.rendered:
+            return self.rendered[name]
+        if name in self.failed:
+            raise self.failed[name]
+        if "{{" not in self.env[name]:
+            self.rendered[name] = self.env[name]
+            return self.env[name]
         return self._evaluate(name)
 
     def _known(self, name: str) -> str | None:
@@ -391,12 +408,12 @@ def is_parameter_key(word: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def parameter_words(entries: tuple[str, ...], style: str | None) -> tuple[str, ...]:
-    """A parameter list as argv words, before substitution: flattened, then normalised.
+def flat_parameters(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """A parameter list as argv words, before substitution and normalisation.
 
     Cached: a backend's default parameters recur in each of its deployments.
     """
-    return tuple(normalise_parameters(flatten_parameters(list(entries)), style))
+    return tuple(flatten_parameters(list(entries)))
 
 
 def flatten_parameters(entries: list[str]) -> list[str]:

@@ -62,6 +62,21 @@ EXPECTED: dict[str, tuple[dict[str, str], list[str]]] = {
 }
 
 
+# What the backend's env sets and does not pick this vendor's GPUs, kept.
+HIP, CUDA = {"HIP_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "0"}
+KEPT: dict[str, dict[str, str]] = {
+    "cuda": HIP,
+    "rocm": {},  # HIP also reads CUDA_VISIBLE_DEVICES
+    "cann": {**HIP, **CUDA},
+    "musa": HIP,
+    "corex": HIP,
+    "maca": HIP,
+    "dtk": {},
+    "neuware": {**HIP, **CUDA},
+    "hggc": HIP,
+}
+
+
 def _repo(root: Path, framework: str, target: str, gpu_ids: str = "[h1:{fw}:2]") -> Path:
     backend = (
         "backend_name: srv\n"
@@ -91,8 +106,9 @@ def test_a_replica_on_gpu_2_of_4_sees_gpu_2_in_compose(tmp_path: Path, framework
     api.compile_repo(tmp_path)
     service = compose_config(tmp_path / "output" / "h1" / "compose.yaml")["services"]["d-0"]
     variables, devices = EXPECTED[framework]
-    # The backend's own CUDA_/HIP_VISIBLE_DEVICES: '0' never survives.
-    assert service["environment"] == {"LEVEL": "info", **variables}
+    # The backend's CUDA_/HIP_VISIBLE_DEVICES: '0' survive only where they pick no GPU of
+    # this vendor (as in GPUStack, which overrides only its vendor's variables).
+    assert service["environment"] == {"LEVEL": "info", **KEPT[framework], **variables}
     assert [d["source"] for d in service.get("devices", [])] == devices
     reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
     if framework == "cuda":
@@ -114,7 +130,7 @@ def test_a_replica_on_gpu_2_of_4_sees_gpu_2_in_systemd(tmp_path: Path, framework
     options, _, _ = split_docker_run(argv)
     variables, devices = EXPECTED[framework]
     env = dict(item.split("=", 1) for item in option_values(options, "--env"))
-    assert env == {"LEVEL": "info", **variables}
+    assert env == {"LEVEL": "info", **KEPT[framework], **variables}
     assert option_values(options, "--device") == devices
     assert option_values(options, "--gpus") == (['"device=2"'] if framework == "cuda" else [])
 
@@ -125,7 +141,11 @@ def test_cuda_with_several_gpus_numbers_them_by_pci_bus(tmp_path: Path) -> None:
     _repo(tmp_path, "cuda", "compose", gpu_ids="[h1:cuda:1, h1:cuda:3]")
     api.compile_repo(tmp_path)
     service = compose_config(tmp_path / "output" / "h1" / "compose.yaml")["services"]["d-0"]
-    assert service["environment"] == {"LEVEL": "info", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert service["environment"] == {
+        "LEVEL": "info",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "HIP_VISIBLE_DEVICES": "0",  # another vendor's: passed on, as in GPUStack
+    }
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [
         "1",
         "3",

@@ -417,7 +417,8 @@ SCENARIOS: list[Scenario] = [
         unit('image_name: "vllm/vllm-openai:v1 --privileged"\n'),
         at(U, 6, 13, "image_name"),
     ),
-    bad("image-name-empty", unit('image_name: ""\n'), at(U, 6, 13, "image_name")),
+    # GPUStack reads "" as not set: the backend's image, as if the key were absent.
+    good("image-name-empty-falls-back", unit('image_name: ""\n'), output_like_base),
     bad("image-name-uppercase", unit("image_name: Vllm/OpenAI:v1\n"), at(U, 6, 13, "image_name")),
     bad(
         "image-name-newline",

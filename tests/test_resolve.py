@@ -150,8 +150,9 @@ def test_explicit_gpu_ids_split_into_replicas(tmp_path: Path) -> None:
           gpu_selector: {gpu_ids: ["h1:cuda:3", "h1:cuda:2", "h1:cuda:1", "h1:cuda:0"]}
         """,
     )
-    assert w["d-0"].gpus == (3, 2)
-    assert w["d-1"].gpus == (1, 0)
+    # Split in the order written; within a replica sorted, as GPUStack sorts them.
+    assert w["d-0"].gpus == (2, 3)
+    assert w["d-1"].gpus == (0, 1)
 
 
 def test_automatic_placement_spreads_to_the_host_with_most_free_gpus(tmp_path: Path) -> None:

@@ -100,6 +100,40 @@ DIFFERENCES: dict[str, str] = {
         "huggingface_filename / model_scope_file_path is an exact file name (GPUStack"
         " matches a pattern against the hub's files when downloading)"
     ),
+    "placeholders-everywhere": (
+        "built-ins and env variables are substituted in the run command, the entrypoint,"
+        " the parameters and env values alike (GPUStack: env variables in the run command"
+        " only, nothing in an entrypoint)"
+    ),
+    "empty-parameter": (
+        "a parameter whose placeholder renders empty is empty ({{gpu_ids}} of a CPU"
+        " replica; GPUStack puts the placeholder's text back)"
+    ),
+    "cuda-minor-compat": (
+        "GPUSTACK_ENABLE_CUDA_MINOR_VERSION_COMPATIBILITY is not acted on: it needs the"
+        " host driver's CUDA version, which the repository does not hold (set"
+        " NVIDIA_DISABLE_REQUIRE=1 yourself)"
+    ),
+    "visibility-in-deployment-env": (
+        "a deployment's env may not set a variable that picks its vendor's GPUs (GPUStack"
+        " overrides its own map's variables silently)"
+    ),
+    "visibility-extras": (
+        "a backend's ROCR_VISIBLE_DEVICES, GPU_DEVICE_ORDINAL or CUDA_VISIBLE_DEVICES is"
+        " dropped for a ROCm or DTK replica (GPUStack keeps them, and they can hide its GPU)"
+    ),
+    "runtime-env-strict": (
+        "a GPUSTACK_* value GPUStack ignores or half-applies is an error: a shm size of 0"
+        " or less, a bad gid beside a good uid, a gid alone, a health path that is no HTTP"
+        " path"
+    ),
+    "stricter-names": (
+        "env names are shell names and version keys are not empty (GPUStack accepts a.b and '')"
+    ),
+    "control-characters": (
+        "control characters (C0 but tab and line breaks, DEL, C1) are refused anywhere"
+        " (GPUStack passes them to the container)"
+    ),
     "strict-placeholders": (
         "an undefined placeholder is an error (GPUStack leaves it in the command)"
     ),
@@ -109,7 +143,8 @@ DIFFERENCES: dict[str, str] = {
         " and puts a variable's text as written into the command)"
     ),
     "unknown-version": (
-        "a backend_version that does not exist is an error (GPUStack runs the latest)"
+        "a backend_version or default_version that names no version is an error (GPUStack"
+        " runs the latest)"
     ),
     "yaml-import-names": (
         "a backend name need not end in -custom (GPUStack's YAML import requires it of"
@@ -141,6 +176,8 @@ class Case:
     # Checks of GPUStack's answer, for the cases where the two differ on purpose.
     gpustack: Callable[[dict[str, Any]], None] | None = None
     fleetform_args: list[str] | None = None  # fleetform's argv, where they differ
+    fleetform_check: Callable[[dict[str, Any]], None] | None = None  # where they differ
+    oracle: dict[str, Any] = field(default_factory=dict)  # more of the worker's state
     differences: tuple[str, ...] = ()  # documented differences this case shows
     prefill: bool = True  # GPUStack's UI copies the backend's defaults into the model
     may_refuse: bool = False  # generated: both refusing (a quote never closed) agrees
@@ -401,8 +438,168 @@ TRICKY: list[Case] = [
         gpustack=_expect_error("-custom"),
         differences=("yaml-import-names",),
     ),
+    # --- found by attacking the change: now the same ----------------------------------------
+    Case("env-named-like-a-builtin", _backend(T), {"env": {"port": "1", "model_name": "x"}}),
+    Case(
+        "parameters-across-lists",
+        _backend(T, parameter_format="equal", default_backend_param=["--flag"]),
+        {"backend_parameters": ["value", "--lora-modules a", "b"]},
+    ),
+    Case(
+        "host-ipc-as-written",
+        _backend(T),
+        {"env": {"GPUSTACK_HOST_IPC": "{{gpu_count}}", "GPUSTACK_MODEL_RUNTIME_UID": "+5"}},
+    ),
+    Case("other-vendors-variable", _backend(T, default_env={"HIP_VISIBLE_DEVICES": "0"})),
+    Case(
+        "empty-strings-are-unset",
+        _backend(
+            T,
+            health_check_path="",
+            default_version="",
+            version_configs={"v1": {"image_name": ""}, "v0": {"image_name": "x/t:0"}},
+        ),
+        {"image_name": "x/t:own", "backend_version": ""},
+    ),
+    Case(
+        "empty-health-path-variable",
+        _backend(T),
+        {"env": {"GPUSTACK_MODEL_HEALTH_CHECK_PATH": ""}},
+    ),
+    # --- found by attacking the change: different on purpose -------------------------------
+    Case(
+        "env-in-parameter",
+        _backend(T),
+        {"env": {"MYV": "abc"}, "backend_parameters": ["--x {{MYV}}"]},
+        gpustack=lambda result: _equal(result["args"][-2:], ["--x", "{{MYV}}"]),
+        fleetform_args=[*_served("m"), "--x", "abc"],
+        differences=("placeholders-everywhere",),
+    ),
+    Case(
+        "placeholder-in-entrypoint",
+        _backend(T, default_entrypoint="/bin/run --port {{port}}"),
+        gpustack=lambda result: _equal(result["entrypoint"], ["/bin/run", "--port", "{{port}}"]),
+        fleetform_check=lambda ours: _equal(ours["entrypoint"], ["/bin/run", "--port", str(PORT)]),
+        differences=("placeholders-everywhere",),
+    ),
+    Case(
+        "empty-parameter",
+        _backend(T, version_configs={"v1": {"image_name": "x/t:1", "custom_framework": "cpu"}}),
+        {"backend_parameters": ["--ids", "{{gpu_ids}}"]},
+        framework="cpu",
+        gpus=[],
+        gpustack=lambda result: _equal(result["args"][-2:], ["--ids", "{{gpu_ids}}"]),
+        fleetform_args=[*_served("m"), "--ids", ""],
+        differences=("empty-parameter",),
+    ),
+    Case(
+        "quotes-inside-braces",
+        _backend(T, default_run_command='serve {{po"r"t}}'),
+        gpustack=_expect_args("serve", "{{port}}"),
+        fleetform_args=["serve", str(PORT)],
+        differences=("split-first",),
+    ),
+    Case(
+        "cuda-minor-compat",
+        _backend(
+            T, version_configs={"v1": {"image_name": "e/x:cuda12.8-v1", "custom_framework": "cuda"}}
+        ),
+        {"env": {"GPUSTACK_ENABLE_CUDA_MINOR_VERSION_COMPATIBILITY": "true"}},
+        oracle={"runtime_version": "12.4"},
+        gpustack=lambda result: _equal(result["env"].get("NVIDIA_DISABLE_REQUIRE"), "1"),
+        fleetform_check=lambda ours: _equal("NVIDIA_DISABLE_REQUIRE" in ours["env"], False),
+        differences=("cuda-minor-compat",),
+    ),
+    Case(
+        "visibility-in-deployment-env",
+        _backend(T, version_configs={"v1": {"image_name": "x/t:1", "custom_framework": "rocm"}}),
+        {"env": {"HIP_VISIBLE_DEVICES": "0"}},
+        framework="rocm",
+        fleetform_error="HIP_VISIBLE_DEVICES picks the GPUs a replica sees",
+        gpustack=lambda result: _equal(result["env"]["HIP_VISIBLE_DEVICES"], "2"),
+        differences=("visibility-in-deployment-env",),
+    ),
+    Case(
+        "visibility-extras",
+        _backend(
+            T,
+            default_env={"ROCR_VISIBLE_DEVICES": "0"},
+            version_configs={"v1": {"image_name": "x/t:1", "custom_framework": "rocm"}},
+        ),
+        framework="rocm",
+        gpustack=lambda result: _equal(result["env"]["ROCR_VISIBLE_DEVICES"], "0"),
+        fleetform_check=lambda ours: _equal("ROCR_VISIBLE_DEVICES" in ours["env"], False),
+        differences=("visibility-extras",),
+    ),
+    Case(
+        "missing-default-version",
+        _backend(
+            T,
+            default_version="zzz",
+            version_configs={v: {"image_name": f"example/t:{v}"} for v in ("a", "b")},
+        ),
+        fleetform_error="default_version 'zzz' is not in version_configs (versions: a, b)",
+        gpustack=lambda result: _equal(result["image"], "example/t:b"),
+        differences=("unknown-version",),
+    ),
+    *(
+        Case(
+            f"runtime-env-strict-{number}",
+            _backend(T),
+            {"env": env},
+            fleetform_error=message,
+            gpustack=lambda result: _equal("error" in result, False),
+            differences=("runtime-env-strict",),
+        )
+        for number, (env, message) in enumerate(
+            [
+                ({"GPUSTACK_MODEL_RUNTIME_SHM_SIZE_GIB": "0"}, "is not a size in GiB"),
+                (
+                    {"GPUSTACK_MODEL_RUNTIME_UID": "5", "GPUSTACK_MODEL_RUNTIME_GID": "x"},
+                    "'x' is not a numeric user or group id",
+                ),
+                ({"GPUSTACK_MODEL_RUNTIME_GID": "5"}, "needs GPUSTACK_MODEL_RUNTIME_UID"),
+                (
+                    {"GPUSTACK_MODEL_HEALTH_CHECK_PATH": "/{{model_name}}/h"},
+                    "is not an HTTP path",
+                ),
+            ]
+        )
+    ),
+    Case(
+        "dotted-env-name",
+        _backend(T),
+        {"env": {"a.b": "1"}},
+        fleetform_error="invalid environment variable name 'a.b'",
+        gpustack=lambda result: _equal(result["env"]["a.b"], "1"),
+        differences=("stricter-names",),
+    ),
+    # GPUStack takes the backend, then fails to start it: both refuse.
+    Case(
+        "empty-version-key",
+        _backend(T, version_configs={"": {"image_name": "x/t:1"}}),
+        may_refuse=True,
+    ),
+    Case(
+        "control-character",
+        _backend(T, default_run_command="serve\x0b--port {{port}}"),
+        fleetform_error="control character",
+        gpustack=lambda result: _equal("error" in result, False),
+        differences=("control-characters",),
+    ),
     # --- GPUs -------------------------------------------------------------------------------
     Case("cuda-two-gpus", _backend(T), gpus=[1, 3]),
+    Case(
+        "gpu-ids-out-of-order",
+        _backend(
+            T,
+            default_run_command="serve --ids {{gpu_ids}}",
+            default_env={"IDS": "{{gpu_ids}}"},
+            version_configs={"v1": {"image_name": "x/t:1", "custom_framework": "rocm"}},
+        ),
+        framework="rocm",
+        gpus=[3, 1],
+    ),
     Case(
         "cpu",
         _backend(T, version_configs={"v1": {"image_name": "x/t:1", "custom_framework": "cpu"}}),
@@ -659,6 +856,7 @@ def _oracle_case(case: Case, compiled: api.Compiled | None) -> dict[str, Any]:
         "framework": case.framework,
         "host_gpus": HOST_GPUS if case.gpus else 0,
         "gpu_indexes": case.gpus,
+        **case.oracle,
     }
 
 
@@ -699,10 +897,11 @@ def _as_fleetform_runs_it(result: dict[str, Any], case: Case, seen: set[str]) ->
         "args": result["args"],
         "env": env,
         "shm_size": shm,
-        "user": result["user"],
+        # GPUStack passes a uid alone as an int; docker reads "5" and 5 alike.
+        "user": None if result["user"] is None else str(result["user"]),
         "ipc": "host" if result["host_ipc"] else None,
         "cuda_gpus": cuda_gpus,
-        "health_check_path": result["health_check_path"],
+        "health_check_path": result["health_check_path"] or None,  # "": no probe, both
         "network_mode": result["network_mode"],
         "privileged": False,
         "restart": "unless-stopped",
@@ -748,6 +947,11 @@ def _compare(item: Compared, seen: set[str], target: str = "compose") -> list[st
             problems.append(f"GPUStack no longer does what the difference says: {error}")
         if ours is not None and case.fleetform_args not in (None, ours["args"]):
             problems.append(f"fleetform args {ours['args']} != {case.fleetform_args}")
+        if ours is not None and case.fleetform_check is not None:
+            try:
+                case.fleetform_check(ours)
+            except (AssertionError, KeyError) as error:
+                problems.append(f"fleetform does not do what the difference says: {error}")
         if not problems:
             seen.update(case.differences)
         return [f"{case.id} [{target}]: {p}" for p in problems]

@@ -346,3 +346,40 @@ def test_keys_gpustack_writes_are_accepted(tmp_path: Path) -> None:
         tmp_path, "- {name: d, backend: dumped}\n", **{"backends.d/dumped.yaml": backend}
     )
     assert w["d-0"].image == "example/dumped:1"
+
+
+def test_null_or_empty_commands_fall_back_as_in_gpustack(tmp_path: Path) -> None:
+    backend = """\
+    backend_name: nulls
+    default_run_command: serve --port {{port}}
+    default_entrypoint: /bin/launch
+    version_configs:
+      v1: {image_name: "example/n:1", run_command: null, entrypoint: "", custom_framework: cpu}
+    """
+    w = _workloads(
+        tmp_path,
+        "- {name: d, backend: nulls, run_command: '', image_name: ''}\n",
+        **{"backends.d/nulls.yaml": backend},
+    )
+    assert (w["d-0"].image, w["d-0"].entrypoint, w["d-0"].command) == (
+        "example/n:1",
+        ("/bin/launch",),
+        ("serve", "--port", "40000"),
+    )
+
+
+def test_default_and_deployment_parameters_normalise_as_one_list(tmp_path: Path) -> None:
+    backend = """\
+    backend_name: p
+    parameter_format: equal
+    default_backend_param: ["--flag"]
+    default_run_command: serve
+    version_configs:
+      v1: {image_name: "example/p:1", custom_framework: cpu}
+    """
+    w = _workloads(
+        tmp_path,
+        "- {name: d, backend: p, backend_parameters: [value, --n 2]}\n",
+        **{"backends.d/p.yaml": backend},
+    )
+    assert w["d-0"].command == ("serve", "--flag=value", "--n=2")

@@ -345,3 +345,10 @@ def test_the_words_of_a_command_are_bounded_together() -> None:
         tracemalloc.stop()
     assert str(caught.value) == "the arguments expand to more than 1048576 characters together"
     assert peak < 100 * 2**20
+
+
+def test_an_env_variable_named_like_a_builtin_keeps_its_own_value() -> None:
+    """The placeholder is the built-in's; the variable still reaches the container (as
+    in GPUStack), with its own value rendered."""
+    rendered, errors = template.render_env({"port": "{{X}}-1", "X": "{{port}}"}, {"port": "80"})
+    assert (rendered, errors) == ({"X": "80", "port": "80-1"}, {})

@@ -7,6 +7,7 @@ Heavy modules (pydantic, yaml, docker) are imported inside the commands so that
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -118,6 +119,30 @@ def _print_fleetform_warnings() -> None:
     show.fleetform = True  # type: ignore[attr-defined]
     warnings.showwarning = show
     warnings.simplefilter("always", FleetformWarning)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write <kind>.schema.json files here instead of printing them.",
+)
+@_report_errors
+def schema(out: Path | None) -> None:
+    """JSON Schemas of the repository's files (backend, deployment, host, settings)."""
+    from compiler import schema as schemas
+
+    if out is None:
+        click.echo(json.dumps(schemas.schemas(), indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in schemas.KINDS:
+        path = out / f"{kind}.schema.json"
+        text = schemas.schema_text(kind)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            click.echo(f"wrote {path}")
 
 
 @cli.command()

@@ -37,8 +37,8 @@ leave to hide the replica's GPU. Other vendors' variables pass through.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ class Visibility:
     picks: frozenset[str] = frozenset()  # what the env layers may not set
 
 
-def visibility(framework: str, gpus: Sequence[int], host_gpus: Sequence[int]) -> Visibility:
+@lru_cache(maxsize=4096)
+def visibility(framework: str, gpus: tuple[int, ...], host_gpus: tuple[int, ...]) -> Visibility:
     """For a replica of ``framework`` on ``gpus`` (host indices), on a host whose GPUs of
     that framework are ``host_gpus``."""
     vendor = VENDORS.get(framework)

@@ -610,6 +610,10 @@ class _Draft:
     request: Request
     has_explicit_gpus: bool
     fallbacks: dict[str, list[Origin]] = field(default_factory=dict)
+    # What the deployment's own layers write (not the backend's), known without building
+    # the origins table (which only explain needs): a health path, env names.
+    own_health_path: bool = False
+    own_env: frozenset[str] = frozenset()
 
     def origin(self, key: str) -> Origin:
         return self.origins.get(key) or Origin(self.doc.mark, f"deployment '{self.name}'", key)
@@ -712,7 +716,7 @@ class _Draft:
                 words.extend(template.flat_parameters(tuple(values.get(key) or ())))
             except template.TemplateError as error:
                 raise failure(key, error) from None
-        params = template.normalise_parameters(words, values.get("parameter_format"))
+        params = template.normalised_parameters(tuple(words), values.get("parameter_format"))
         rendered = render(params, "backend_parameters")
         argv_parts.append(("backend_parameters", rendered))
         command.extend(rendered)
@@ -730,12 +734,12 @@ class _Draft:
         # deployment's own env may not set them: checked in _draft), its ordering
         # defaults do not.
         seen = gpu_visibility(
-            framework, gpus, [index for index, kind in host.gpus if kind == framework]
+            framework, gpus, tuple(index for index, kind in host.gpus if kind == framework)
         )
         if gpus:
             for name in sorted(seen.picks & (set(env) | set(secrets))):
-                origin = self.origin(f"env.{name}")
-                if origin.via.startswith("deployment"):
+                if name in self.own_env:
+                    origin = self.origin(f"env.{name}")
                     raise ResolveError(
                         f"{name} picks the GPUs a replica sees; fleetform sets it from"
                         " gpu_selector (remove it here)",
@@ -817,7 +821,7 @@ class _Draft:
         """The deployment's own path, else GPUStack's variable, else the backend's."""
         # "" is no path (GPUStack then counts the server ready as soon as it runs).
         path = self.values.get("health_check_path")
-        if path is not None and self.origin("health_check_path").via.startswith("deployment"):
+        if path is not None and self.own_health_path:
             return str(path) or None
         if runtime.health_check_path is not None:
             return runtime.health_check_path or None
@@ -1061,6 +1065,10 @@ def _draft(
         request=request,
         has_explicit_gpus=gpu_ids is not None,
         fallbacks=fallbacks,
+        own_health_path=any("health_check_path" in layer.values for layer in deployment_layers),
+        own_env=frozenset(
+            name for layer in deployment_layers for name in layer.values.get("env") or ()
+        ),
     )
 
 

@@ -500,6 +500,12 @@ def _mask_json(text: str) -> tuple[str, list[str]]:
         position = end
 
 
+@lru_cache(maxsize=4096)
+def normalised_parameters(words: tuple[str, ...], style: str | None) -> tuple[str, ...]:
+    """:func:`normalise_parameters`, cached: deployments of a backend share their words."""
+    return tuple(normalise_parameters(list(words), style))
+
+
 def normalise_parameters(words: list[str], style: str | None) -> list[str]:
     """Rewrite ``--k v`` / ``--k=v`` to the backend's ``parameter_format``.
 

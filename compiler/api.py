@@ -31,6 +31,7 @@ from compiler.resolve import Fleet, resolve_fleet
 
 if TYPE_CHECKING:
     from compiler.apply import Target
+    from compiler.diff import FleetDiff
     from compiler.plan import Plan
 
 
@@ -149,6 +150,25 @@ def explain(root: Path, deployment: str) -> str:
         known = ", ".join(sorted(compiled.fleet.explanations)) or "none"
         raise FleetformError(f"no deployment '{deployment}' (deployments: {known})")
     return explain_deployment(compiled.fleet, deployment)
+
+
+def diff(root: Path, base: str) -> FleetDiff:
+    """What the repository now does to each host, against itself at Git revision ``base``
+    (offline: no host is contacted, the working tree is not touched)."""
+    from compiler.diff import FleetDiff, base_tree, diff_fleets, temporary_folder
+
+    now = build(root)
+    with temporary_folder() as folder:
+        tree = base_tree(root, base, Path(folder))
+        try:
+            before: Compiled | None = build(tree)
+            error = None
+        except FleetformError as failure:
+            before = None
+            lines = str(failure).splitlines()
+            more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+            error = f"{lines[0] if lines else failure}{more}"
+    return FleetDiff(base, error, diff_fleets(before, now))
 
 
 # --- live hosts: plan, apply, unlock -------------------------------------------------

@@ -122,6 +122,34 @@ def _print_fleetform_warnings() -> None:
 
 
 @cli.command()
+@repo_option
+@click.option("--base", "base", required=True, help="The Git revision to compare with.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+)
+@_report_errors
+def diff(repo: Path, base: str, output_format: str) -> None:
+    """What the change since BASE does to each host and replica (offline, no host access).
+
+    Exit 0 when nothing changes, 2 when something does, 1 on error.
+    """
+    from compiler import api, report
+
+    result = api.diff(repo, base)
+    render = {
+        "text": report.diff_text,
+        "markdown": report.diff_markdown,
+        "json": report.diff_json,
+    }[output_format]
+    click.echo(render(result), nl=False)
+    sys.exit(2 if result.changed else 0)
+
+
+@cli.command()
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -456,10 +456,10 @@ def diff_container(
     if not spec.command:
         wanted.pop("command")
         seen.pop("command", None)
-    return _changes(seen, wanted)
+    return changes_between(seen, wanted)
 
 
-def _changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[Change, ...]:
+def changes_between(before: dict[str, Any], after: dict[str, Any]) -> tuple[Change, ...]:
     """deepdiff's findings, reported per field (per key for maps such as env)."""
     if before == after:
         return ()  # the common case: no need to load deepdiff (and numpy) at all

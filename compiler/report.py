@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from compiler.errors import printable
 from compiler.plan import Change, HostPlan, Plan, Step
 
 if TYPE_CHECKING:
     from compiler.apply import ApplyResult
+    from compiler.diff import FleetDiff
 
 _SIGN = {"create": "+", "update": "~", "delete": "-", "start": ">"}
 _COLOR = {"create": "32", "update": "33", "delete": "31", "start": "36"}
@@ -141,3 +143,93 @@ def apply_text(result: ApplyResult) -> str:
 def steps_text(steps: list[Step]) -> list[str]:
     """The identity of each step, for comparing what was planned with what was done."""
     return [f"{s.host} {s.action} {s.name}" for s in steps]
+
+
+# --- fleetform diff ---------------------------------------------------------------------
+
+_DIFF_SIGN = {"create": "+", "update": "~", "delete": "-"}
+# A pull-request comment holds 65,536 characters; the details stop well before.
+MARKDOWN_LIMIT = 60_000
+
+
+def diff_summary(result: FleetDiff) -> str:
+    counts = {action: 0 for action in _DIFF_SIGN}
+    for host in result.hosts:
+        for replica in host.replicas:
+            counts[replica.action] += 1
+    hosts = sum(1 for host in result.hosts if host.status != "unchanged")
+    if not hosts:
+        return f"No changes against {result.base}."
+    return (
+        f"{counts['create']} to create, {counts['update']} to change, {counts['delete']} to"
+        f" remove on {hosts} host{'s' if hosts != 1 else ''} (against {result.base})."
+    )
+
+
+def diff_text(result: FleetDiff) -> str:
+    lines = []
+    if result.base_error is not None:
+        lines.append(f"base {result.base} does not compile: {result.base_error}")
+    for host in result.hosts:
+        if host.status == "unchanged":
+            continue
+        lines.append(f"host {host.host} ({host.target}): {host.status}")
+        for replica in host.replicas:
+            lines.append(f"  {_DIFF_SIGN[replica.action]} {replica.action} {replica.name}")
+            lines.extend(f"      {_change(change)}" for change in replica.changes)
+            lines.extend(f"      {line}" for line in replica.unit_diff)
+    lines.append(diff_summary(result))
+    return "\n".join(printable(line) for line in lines) + "\n"
+
+
+def diff_markdown(result: FleetDiff, *, limit: int = MARKDOWN_LIMIT) -> str:
+    head = ["### fleetform diff", ""]
+    if result.base_error is not None:
+        head += [
+            f"> :warning: the base `{_md(result.base)}` does not compile: {_md(result.base_error)}",
+            "",
+        ]
+    head += [f"**{_md(diff_summary(result))}**", ""]
+    rows = ["| host | change | create | change | remove |", "|---|---|---:|---:|---:|"]
+    details: list[str] = []
+    for host in result.hosts:
+        if host.status == "unchanged":
+            continue
+        count = {a: sum(1 for r in host.replicas if r.action == a) for a in _DIFF_SIGN}
+        rows.append(
+            f"| `{_md(host.host)}` ({host.target}) | {host.status} | {count['create']}"
+            f" | {count['update']} | {count['delete']} |"
+        )
+        details.append(f"<details><summary><code>{_md(host.host)}</code></summary>")
+        details.append("")
+        details.append("```diff")
+        for replica in host.replicas:
+            details.append(f"{_DIFF_SIGN[replica.action]} {replica.action} {replica.name}")
+            for change in replica.changes:
+                if change.before is not None:
+                    details.append(f"-     {change.field}: {_value(change.before)}")
+                if change.after is not None:
+                    details.append(f"+     {change.field}: {_value(change.after)}")
+            details.extend(f"      {line}" for line in replica.unit_diff)
+        details += ["```", "</details>", ""]
+    body = head + (rows + [""] if len(rows) > 2 else [])
+    text = "\n".join(body)
+    shown: list[str] = []
+    size = len(text)
+    for line in details:
+        size += len(line) + 1
+        if size > limit:
+            shown += [
+                "```",
+                "</details>",
+                "",
+                "> The details are cut here: run `fleetform diff`"
+                " with `--format json` (the workflow keeps it as an artifact) for all.",
+            ]
+            break
+        shown.append(printable(line))
+    return (text + "\n" + "\n".join(shown)).rstrip("\n") + "\n"
+
+
+def diff_json(result: FleetDiff) -> str:
+    return json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"

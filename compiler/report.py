@@ -224,7 +224,7 @@ def diff_markdown(result: FleetDiff, *, limit: int = MARKDOWN_LIMIT) -> str:
                 "</details>",
                 "",
                 "> The details are cut here: run `fleetform diff`"
-                " with `--format json` (the workflow keeps it as an artifact) for all.",
+                " with `--format json` (a CI job can keep it as an artifact) for all.",
             ]
             break
         shown.append(printable(line))

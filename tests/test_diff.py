@@ -192,3 +192,25 @@ def test_a_bad_base_is_one_line(fleet: Path, base: str, message: str) -> None:
     result = _diff(fleet, base, "text")
     assert result.returncode == 1
     assert result.stderr.strip().endswith(message), result.stderr
+
+
+def test_the_markdown_is_cut_before_a_comment_s_limit() -> None:
+    """A change to many replicas: the summary table stays whole, the details stop
+    before the limit and say where the rest is."""
+    from compiler.diff import FleetDiff, HostDiff, ReplicaDiff
+    from compiler.plan import Change
+    from compiler.report import diff_markdown
+
+    replicas = tuple(
+        ReplicaDiff(f"r{i}-0", f"r{i}", "update", (Change("image", "a:1", "a:2"),))
+        for i in range(500)
+    )
+    result = FleetDiff("main", None, (HostDiff("h1", "changed", "compose", replicas, 0),))
+    text = diff_markdown(result, limit=4_000)
+    assert len(text) <= 4_000 + 300
+    assert "| `h1` (compose) | changed | 0 | 500 | 0 |" in text
+    assert text.rstrip().endswith(
+        "with `--format json` (a CI job can keep it as an artifact) for all."
+    )
+    assert "~ update r0-0" in text and "~ update r499-0" not in text
+    assert len(diff_markdown(result)) > 20_000  # the default limit keeps all of this

@@ -79,12 +79,31 @@ def label_key(key: str) -> str:
     return key
 
 
-# docker/go-units RAMInBytes, which both `docker run --shm-size` and compose use;
-# one decimal part at most (go-units' regexp allows more, its ParseFloat does not).
-_SIZE = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,15})? ?[kmgtp]?i?b?", re.ASCII | re.IGNORECASE)
+# docker/go-units RAMInBytes, which `docker run --shm-size`, compose and the Engine's own
+# flags use: a number (one decimal part at most: go-units' regexp allows more, its
+# ParseFloat does not), an optional space, a binary unit k/m/g/t/p, then "i" and "b" as
+# decoration ("2GB", "2gib" and "2g" are all 2 GiB). Hand-written: the docker SDK's
+# parse_bytes reads a narrower language ("2GB" and "1 g" fail, "t" is unknown).
+_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,15})?) ?([kmgtp]?)i?b?", re.ASCII | re.IGNORECASE)
+_BINARY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_INT64_MAX = (1 << 63) - 1
 
 
-size = _matching(_SIZE, "is not a size like 10g, 512m or 1073741824 (bytes)")
+def size_in_bytes(value: str) -> int:
+    """A size as docker reads it, in bytes: ``int64(ParseFloat(number) * unit)``."""
+    match = _SIZE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{_q(value)} is not a size like 10g, 512m or 1073741824 (bytes)")
+    number = int(float(match.group(1)) * _BINARY_UNITS[match.group(2).lower()])
+    if number > _INT64_MAX:
+        raise ValueError(f"{_q(value)} is more bytes than docker can hold (2^63 - 1)")
+    return number
+
+
+def size(value: str) -> str:
+    size_in_bytes(value)
+    return value
+
 
 # A published port, compose's short syntax as docker's nat.ParsePortSpec reads it:
 # [[IP:][HOST_PORT]:]CONTAINER_PORT[/PROTOCOL], ports or ranges of ports.

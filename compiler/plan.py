@@ -448,6 +448,8 @@ def diff_container(
         for k, v in seen["labels"].items()
         if k not in own_labels and (k in wanted["labels"] or k.startswith(prefix + "."))
     }
+    if not spec.shm_size:
+        seen["shm_size"] = None  # the engine's default size, whatever its daemon says
     if spec.user is None and seen.get("user") == (container.image_user or None):
         seen["user"] = None  # the image's own user, which the engine filled in
     if spec.entrypoint is None:

@@ -1034,3 +1034,41 @@ def test_user_and_ipc_are_applied_observed_and_changed(fleet: Fleet) -> None:
     details = fleet.inspect(name)
     assert details["Config"]["User"] == ""
     assert details["HostConfig"]["IpcMode"] in ("private", "shareable")
+
+
+def test_sizes_port_ranges_and_ipv6_as_docker_reads_them_converge(fleet: Fleet) -> None:
+    """shm_size in each form docker accepts reaches the engine as docker's own number
+    (never its 64 MB default), port ranges and an IPv6 address bind as ``docker run -p``
+    binds them; then there is nothing to plan and no drift."""
+    fleet.deploy(
+        deployment("a", shm_size="1.5g", ports=["9000-9001:80-81"]),
+        deployment("b", shm_size="512m", ports=["[::1]:9100:90/udp"]),
+        deployment("c", shm_size="1073741824", ports=["9200-9201:80"]),
+        deployment("d", shm_size="2GB"),
+    )
+    fleet.apply()
+    assert fleet.check() == (0, [])
+    assert fleet.ff("reconcile").returncode == 0
+    shm = {n: fleet.inspect(f"{PROJECT}-{n}-0")["HostConfig"]["ShmSize"] for n in "abcd"}
+    assert shm == {"a": 1610612736, "b": 536870912, "c": 1073741824, "d": 2147483648}
+    bindings = {
+        n: fleet.inspect(f"{PROJECT}-{n}-0")["HostConfig"]["PortBindings"] for n in "abc"
+    }
+    assert bindings == {
+        "a": {
+            "80/tcp": [{"HostIp": "", "HostPort": "9000"}],
+            "81/tcp": [{"HostIp": "", "HostPort": "9001"}],
+        },
+        "b": {"90/udp": [{"HostIp": "::1", "HostPort": "9100"}]},
+        "c": {"80/tcp": [{"HostIp": "", "HostPort": "9200-9201"}]},
+    }
+    # A size changed in the repository is a spec change, shown in bytes.
+    fleet.deploy(
+        deployment("a", shm_size="2g", ports=["9000-9001:80-81"]),
+        deployment("b", shm_size="512m", ports=["[::1]:9100:90/udp"]),
+        deployment("c", shm_size="1073741824", ports=["9200-9201:80"]),
+        deployment("d", shm_size="2GB"),
+    )
+    plan = fleet.ff("plan", "--format", "json")
+    (step,) = [s for h in json.loads(plan.stdout)["hosts"] for s in h["steps"]]
+    assert step["changes"] == [{"field": "shm_size", "before": 1610612736, "after": 2147483648}]

@@ -121,6 +121,16 @@ SCENARIOS: list[Scenario] = [
         " (while scanning a quoted scalar at line 3, column 14)",
     ),
     scenario(
+        "shm-size-docker-cannot-read",
+        {D: DEPLOYMENT + "shm_size: 1.5.3g\n"},
+        f"{D}:5:11: shm_size: '1.5.3g' is not a size like 10g, 512m or 1073741824 (bytes)",
+    ),
+    scenario(
+        "shm-size-beyond-int64",
+        {D: DEPLOYMENT + "shm_size: 999999999999999p\n"},
+        f"{D}:5:11: shm_size: '999999999999999p' is more bytes than docker can hold (2^63 - 1)",
+    ),
+    scenario(
         "duplicate-key",
         {D: DEPLOYMENT + "backend: sglang\n"},
         f"{D}:5:1: backend: duplicate key 'backend' (first defined at line 2)",

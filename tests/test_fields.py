@@ -261,3 +261,52 @@ def test_accepted_values_pass_systemd_verify(tmp_path: Path) -> None:
     units = sorted((tmp_path / "output/h1/systemd").glob("*.service"))
     assert units
     assert systemd_verify(units) == []
+
+
+def test_every_accepted_size_is_the_bytes_compose_reads(tmp_path: Path) -> None:
+    """fields.size_in_bytes — what plan compares and apply sends as ShmSize — is the
+    number compose (go-units RAMInBytes) makes of each accepted size; none becomes 0."""
+    import yaml
+
+    from compiler.fields import size_in_bytes
+
+    sizes = ACCEPTED[model.Size]
+    services = {f"s{i}": {"image": "busybox", "shm_size": size} for i, size in enumerate(sizes)}
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump({"services": services}), encoding="utf-8")
+    config = compose_config(path)
+    services = config["services"]
+    # compose leaves a size of 0 out: the default.
+    read = {size: int(services[f"s{i}"].get("shm_size", 0)) for i, size in enumerate(sizes)}
+    assert {size: size_in_bytes(size) for size in sizes} == read
+    assert size_in_bytes("1.5g") == 1610612736 and size_in_bytes("2 GB") == 2 * 1024**3
+    for bad in REFUSED[model.Size]:
+        with pytest.raises(ValueError):
+            size_in_bytes(bad)
+
+
+def test_every_accepted_port_is_bound_as_compose_binds_it(tmp_path: Path) -> None:
+    """The create request's exposed ports and bindings (read by the docker SDK's own
+    parser) say what compose makes of each accepted port: one binding per port of a
+    range, a host range for one container port, an IPv6 address without brackets."""
+    import yaml
+
+    from compiler.apply.docker import _ports
+
+    specs = ACCEPTED[model.PortSpec]
+    path = tmp_path / "compose.yaml"
+    path.write_text(
+        yaml.safe_dump({"services": {"s": {"image": "busybox", "ports": specs}}}),
+        encoding="utf-8",
+    )
+    by_compose = sorted(
+        (f"{p['target']}/{p['protocol']}", p.get("host_ip") or "", p.get("published") or "")
+        for p in compose_config(path)["services"]["s"]["ports"]
+    )
+    exposed, bindings = _ports(tuple(specs))
+    by_apply = sorted(
+        (key, b["HostIp"], b["HostPort"]) for key, found in bindings.items() for b in found
+    )
+    assert by_apply == by_compose
+    assert set(exposed) == set(bindings) == {e[0] for e in by_compose}
+    assert ("90/udp", "::1", "9000") in by_apply and ("80/tcp", "", "8000-8010") in by_apply

@@ -790,9 +790,9 @@ def _from_unit(compiled: api.Compiled) -> dict[str, Any]:
 
 
 def _bytes(size: str | None) -> int | None:
-    from compiler.observe.docker import parse_size
+    from compiler.fields import size_in_bytes
 
-    return None if size is None else parse_size(str(size))
+    return None if size is None else size_in_bytes(str(size))
 
 
 def _fleetform(root: Path, case: Case, target: str) -> tuple[dict[str, Any], api.Compiled]:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler.errors import FleetformError
-from compiler.observe.docker import describe, device_parts, parse_size
+from compiler.fields import size_in_bytes
+from compiler.observe.docker import describe, device_parts
 from compiler.observe.engine import Engine, EngineError, demultiplex
 from compiler.plan import PREVIOUS_SUFFIX, Step
 from compiler.render.container import ContainerSpec
@@ -352,7 +353,7 @@ def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]
             for m in spec.mounts
         ],
     }
-    shm_size = parse_size(spec.shm_size)
+    shm_size = size_in_bytes(spec.shm_size) if spec.shm_size else 0
     if shm_size:
         host_config["ShmSize"] = shm_size  # with IpcMode host too, as `docker run` sends it
     if spec.ipc is not None:
@@ -439,16 +440,24 @@ def wait_healthy(spec: ContainerSpec, running: Callable[[], bool], progress: Pro
 
 
 def _ports(ports: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
-    """compose's short port syntax ``[IP:]HOST:CONTAINER[/PROTO]`` → the API's exposed
-    ports and port bindings."""
+    """compose's short port syntax → the API's exposed ports and port bindings, read by
+    the docker SDK's own parser (``docker.utils.ports.split_port``, as ``docker run -p``
+    reads it): ranges give a binding per port (``9000-9001:80-81``) or a host range for
+    one port (``9000-9001:80``); ``[::1]:8080:80`` binds ``::1``; ``80`` publishes on a
+    port the engine picks."""
+    from docker.utils.ports import split_port
+
     exposed: dict[str, Any] = {}
     bindings: dict[str, list[dict[str, str]]] = {}
     for text in ports:
-        spec, _, proto = text.partition("/")
-        parts = spec.rsplit(":", 2)
-        key = f"{parts[-1]}/{proto or 'tcp'}"
-        exposed[key] = {}
-        host_ip = parts[0] if len(parts) == 3 else ""
-        host_port = parts[-2] if len(parts) >= 2 else ""
-        bindings.setdefault(key, []).append({"HostIp": host_ip, "HostPort": host_port})
+        internal, external = split_port(text)
+        for index, port in enumerate(internal):
+            key = port if "/" in port else f"{port}/tcp"
+            exposed[key] = {}
+            # No host side ("80"): published on a port the engine picks, as `-p 80`.
+            published = "" if external is None else external[index]
+            host_ip, host_port = published if isinstance(published, tuple) else ("", published)
+            bindings.setdefault(key, []).append(
+                {"HostIp": host_ip or "", "HostPort": host_port or ""}
+            )
     return exposed, bindings

@@ -9,11 +9,11 @@ restart policy, labels), in the same normal form :func:`desired_view` gives a sp
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from compiler.errors import FleetformError
+from compiler.fields import size_in_bytes
 from compiler.observe import ObservedContainer, ObservedHost
 from compiler.observe.engine import Engine, EngineError
 
@@ -196,7 +196,8 @@ def desired_view(spec: ContainerSpec, secret_env: dict[str, str]) -> dict[str, A
         ),
         "devices": sorted(_device(*device_parts(d)) for d in spec.devices),
         "network_mode": spec.network_mode,
-        "shm_size": parse_size(spec.shm_size),
+        # Unset: the engine's default (its daemon's default-shm-size), not fleetform's.
+        "shm_size": size_in_bytes(spec.shm_size) if spec.shm_size else None,
         "user": spec.user or None,  # as the engine: "" is no user of its own
         "ipc": ipc_view(spec.ipc),
         "restart": spec.restart,
@@ -237,15 +238,3 @@ def device_parts(text: str) -> tuple[str, str, str]:
 def _device(host: str, container: str, permissions: str) -> str:
     text = host if container in ("", host) else f"{host}:{container}"
     return text if permissions in ("", "rwm") else f"{text}:{permissions}"
-
-
-_SIZE = re.compile(r"^(\d+)([bkmg]?)b?$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """docker's size syntax (``16g``, ``512m``, ``1024``) in bytes."""
-    match = _SIZE.match(text.strip())
-    if not match:
-        return 0
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]

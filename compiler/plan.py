@@ -22,6 +22,27 @@ from compiler.observe import ObservedContainer, ObservedHost, Target
 from compiler.render.container import ContainerSpec
 
 Action = Literal["create", "update", "delete", "start"]
+# Why a step is planned, for machines (plan JSON's "reason_codes", one per reason, in the
+# order of "reasons"): bots tell a drift from a change in the repository without reading
+# the prose, as Terraform's ActionReason.
+ReasonCode = Literal[
+    "missing",  # create: no such container or unit on the host
+    "squatter",  # create: a container fleetform does not own holds the name
+    "orphan",  # delete: its deployment is no longer in the repository
+    "replica-unwanted",  # delete: its deployment has fewer replicas now
+    "interrupted",  # delete: left behind by an interrupted apply
+    "spec-changed",  # update: the repository says something else now
+    "drift",  # update: changed on the host, outside fleetform
+    "drop-in",  # update (systemd): a drop-in changes what the unit runs
+    "secret-changed",  # update: a secret's value changed in the applying environment
+    "dead",  # update: the container is dead
+    "not-loaded",  # update (systemd): systemd has not loaded the unit file on disk
+    "not-restarted",  # update (systemd): the unit's container runs an older unit
+    "stopped",  # start: the container or unit is not running
+    "disabled",  # start (systemd): the unit is not enabled
+    "frees",  # any: it first stops containers holding a port or GPU it needs
+]
+Reason = tuple[ReasonCode, str]
 ACTION_ORDER: dict[str, int] = {"delete": 0, "update": 1, "create": 2, "start": 3}
 PLAN_SCHEMA = "fleetform.plan/v1"
 PREVIOUS_SUFFIX = "--fleetform-previous"
@@ -47,6 +68,7 @@ class Step:
     replica: int
     reasons: tuple[str, ...]
     changes: tuple[Change, ...] = ()
+    codes: tuple[ReasonCode, ...] = ()  # one per reason
     spec_hash: str = ""  # the desired spec's hash ("" for a delete)
     current: str = ""  # the id of the container acted on ("" for a create)
     displace: str = ""  # the id of a foreign container squatting the name
@@ -64,6 +86,7 @@ class Step:
             "deployment": self.deployment,
             "replica": self.replica,
             "reasons": list(self.reasons),
+            "reason_codes": list(self.codes),
             "changes": [
                 {"field": c.field, "before": c.before, "after": c.after} for c in self.changes
             ],
@@ -84,6 +107,7 @@ class Step:
             deployment=data["deployment"],
             replica=int(data["replica"]),
             reasons=tuple(data["reasons"]),
+            codes=tuple(data.get("reason_codes", ())),
             changes=tuple(Change(c["field"], c["before"], c["after"]) for c in data["changes"]),
             spec_hash=data["spec_hash"],
             current=data["current"],
@@ -241,12 +265,13 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
     for name, extra in sorted(owned.items()):
         if name in wanted_names:
             continue
+        reason: Reason
         if name.endswith(PREVIOUS_SUFFIX):
-            reason = "left behind by an interrupted apply"
+            reason = ("interrupted", "left behind by an interrupted apply")
         elif any(spec.deployment == extra.deployment for spec in desired.specs):
-            reason = f"replica {extra.replica} is no longer wanted"
+            reason = ("replica-unwanted", f"replica {extra.replica} is no longer wanted")
         else:
-            reason = f"deployment '{extra.deployment}' is no longer in the repository"
+            reason = ("orphan", f"deployment '{extra.deployment}' is no longer in the repository")
         steps.append(
             _step(
                 desired,
@@ -264,11 +289,14 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
         secret_hash = (desired.secret_hashes or {}).get(spec.name, "")
         if container is None:
             squatter = foreign.get(spec.name)
-            why = (
-                f"the name is taken by container {squatter.id[:12]}, which fleetform"
-                " does not own: it will be stopped and renamed, not deleted"
+            why: Reason = (
+                (
+                    "squatter",
+                    f"the name is taken by container {squatter.id[:12]}, which fleetform"
+                    " does not own: it will be stopped and renamed, not deleted",
+                )
                 if squatter is not None
-                else "no such container on the host"
+                else ("missing", "no such container on the host")
             )
             steps.append(
                 _step(
@@ -284,21 +312,25 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
             )
             continue
         changes = diff_container(spec, container, prefix)
-        reasons_list: list[str] = []
+        reasons_list: list[Reason] = []
         if container.spec_hash != spec.spec_hash:
             reasons_list.append(
-                f"spec changed (hash {container.spec_hash or 'none'} -> {spec.spec_hash})"
+                (
+                    "spec-changed",
+                    f"spec changed (hash {container.spec_hash or 'none'} -> {spec.spec_hash})",
+                )
             )
         elif changes:
-            reasons_list.append("changed outside fleetform (drift)")
+            reasons_list.append(("drift", "changed outside fleetform (drift)"))
         if (
             desired.secret_hashes is not None
             and spec.secrets
             and container.secret_hash != secret_hash
         ):
-            reasons_list.append("secret value changed: " + ", ".join(sorted(spec.secrets.values())))
+            names = ", ".join(sorted(spec.secrets.values()))
+            reasons_list.append(("secret-changed", f"secret value changed: {names}"))
         if container.state == "dead":
-            reasons_list.append("container is dead")
+            reasons_list.append(("dead", "container is dead"))
         if reasons_list:
             steps.append(
                 _step(
@@ -314,7 +346,7 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
                 )
             )
         elif not container.running:
-            reasons = (f"container is {container.state}",)
+            reasons: tuple[Reason, ...] = (("stopped", f"container is {container.state}"),)
             steps.append(
                 _step(
                     desired,
@@ -380,6 +412,7 @@ def _resource_order(
                 ready,
                 frees=tuple(frees),
                 reasons=(*ready.reasons, f"stops {', '.join(frees)} first ({why})"),
+                codes=(*ready.codes, "frees"),
             )
             released.update(frees)
         ordered.append(ready)
@@ -409,10 +442,20 @@ def _step(
     name: str,
     deployment: str,
     replica: int,
-    reasons: tuple[str, ...],
+    reasons: tuple[Reason, ...],
     **extra: Any,
 ) -> Step:
-    return Step(desired.host, desired.target, action, name, deployment, replica, reasons, **extra)
+    return Step(
+        desired.host,
+        desired.target,
+        action,
+        name,
+        deployment,
+        replica,
+        tuple(text for _, text in reasons),
+        codes=tuple(code for code, _ in reasons),
+        **extra,
+    )
 
 
 # --- field diffs ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 
 from compiler.observe import ObservedHost, ObservedUnit
-from compiler.plan import ACTION_ORDER, DesiredHost, HostPlan, Step
+from compiler.plan import ACTION_ORDER, DesiredHost, HostPlan, Reason, Step
 from compiler.render.container import ContainerSpec
 
 
@@ -41,26 +41,34 @@ def plan_systemd_host(desired: DesiredHost, observed: ObservedHost, project: str
     unchanged: list[str] = []
     for name, extra in sorted(seen.items()):
         if extra.owned and name not in units:
-            steps.append(_step(desired, "delete", name, None, ("no longer in the repository",)))
+            steps.append(
+                _step(desired, "delete", name, None, (("orphan", "no longer in the repository"),))
+            )
     for name, text in sorted(units.items()):
         spec = specs[name]
         unit = seen.get(name)
         if unit is None:
-            steps.append(_step(desired, "create", name, spec, ("no such unit on the host",)))
+            steps.append(
+                _step(desired, "create", name, spec, (("missing", "no such unit on the host"),))
+            )
             continue
         reasons = _update_reasons(desired, spec, text, unit)
         if reasons:
             diff = _diff(unit, text)
             steps.append(_step(desired, "update", name, spec, tuple(reasons), diff=diff))
         elif unit.unit_file_state != "enabled":
-            steps.append(_step(desired, "start", name, spec, (f"unit is {unit.unit_file_state}",)))
+            steps.append(
+                _step(
+                    desired, "start", name, spec, (("disabled", f"unit is {unit.unit_file_state}"),)
+                )
+            )
         elif not unit.running:
             why = (
                 f"its container is {unit.container}"
                 if unit.active_state == "active"
                 else f"unit is {unit.active_state} ({unit.sub_state})"
             )
-            steps.append(_step(desired, "start", name, spec, (why,)))
+            steps.append(_step(desired, "start", name, spec, (("stopped", why),)))
         else:
             unchanged.append(name)
     steps.sort(key=lambda s: (ACTION_ORDER[s.action], s.name))
@@ -79,28 +87,33 @@ def plan_systemd_host(desired: DesiredHost, observed: ObservedHost, project: str
 
 def _update_reasons(
     desired: DesiredHost, spec: ContainerSpec, text: str, unit: ObservedUnit
-) -> list[str]:
-    reasons = []
+) -> list[Reason]:
+    reasons: list[Reason] = []
     if unit.text != text:
         if unit.spec_hash != spec.spec_hash:
-            reasons.append(f"spec changed (hash {unit.spec_hash or 'none'} -> {spec.spec_hash})")
+            hashes = f"{unit.spec_hash or 'none'} -> {spec.spec_hash}"
+            reasons.append(("spec-changed", f"spec changed (hash {hashes})"))
         else:
-            reasons.append("unit file edited outside fleetform (drift)")
+            reasons.append(("drift", "unit file edited outside fleetform (drift)"))
     for path, _ in unit.drop_ins:
-        reasons.append(f"drop-in {path} changes what runs (drift)")
+        reasons.append(("drop-in", f"drop-in {path} changes what runs (drift)"))
     known = desired.secret_hashes
     if known is not None and spec.secrets and unit.env_hash != known.get(spec.name, ""):
-        reasons.append("secret value changed: " + ", ".join(sorted(spec.secrets.values())))
+        names = ", ".join(sorted(spec.secrets.values()))
+        reasons.append(("secret-changed", f"secret value changed: {names}"))
     if reasons:
         return reasons
     if unit.need_daemon_reload:
-        reasons.append("systemd has not loaded the unit file on disk")
+        reasons.append(("not-loaded", "systemd has not loaded the unit file on disk"))
     elif unit.container == "running" and unit.container_hash not in ("", spec.spec_hash):
         # The file is right but the unit was not restarted since it changed (an apply
         # that died between writing the files and restarting the units).
         reasons.append(
-            f"its container runs an older unit (hash {unit.container_hash} ->"
-            f" {spec.spec_hash}): not restarted since the file changed"
+            (
+                "not-restarted",
+                f"its container runs an older unit (hash {unit.container_hash} ->"
+                f" {spec.spec_hash}): not restarted since the file changed",
+            )
         )
     return reasons
 
@@ -122,7 +135,7 @@ def _step(
     action: str,
     name: str,
     spec: ContainerSpec | None,
-    reasons: tuple[str, ...],
+    reasons: tuple[Reason, ...],
     diff: tuple[str, ...] = (),
 ) -> Step:
     deployment, replica = ("", -1) if spec is None else (spec.deployment, spec.replica)
@@ -133,7 +146,8 @@ def _step(
         name=name,
         deployment=deployment,
         replica=replica,
-        reasons=reasons,
+        reasons=tuple(text for _, text in reasons),
+        codes=tuple(code for code, _ in reasons),
         spec_hash=spec.spec_hash if spec else "",
         diff=diff,
     )

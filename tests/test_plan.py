@@ -257,6 +257,7 @@ def test_a_changed_spec_updates_with_the_field_diff(
     (step,) = host.steps
     assert step.action == "update"
     assert step.reasons == (f"spec changed (hash {WEB0.spec_hash} -> {wanted.spec_hash})",)
+    assert step.codes == ("spec-changed",)
     assert list(step.changes) == expected
     assert step.current == RECORDED["fleetform-web-0"]["inspect"]["Id"]
     assert step.spec_hash == wanted.spec_hash
@@ -329,11 +330,16 @@ def test_drift_keeps_the_hash_but_not_the_config() -> None:
         ("changed outside fleetform (drift)",),
         (Change("env.A", "by-hand", "1"),),
     )
+    assert step.codes == ("drift",)
 
 
 def test_an_exited_container_is_started_not_recreated() -> None:
     (step,) = plan_of(WEB1).steps
-    assert (step.action, step.reasons) == ("start", ("container is exited",))
+    assert (step.action, step.reasons, step.codes) == (
+        "start",
+        ("container is exited",),
+        ("stopped",),
+    )
     assert step.current == RECORDED["fleetform-web-1"]["inspect"]["Id"]
     # A stopped container whose spec also changed is recreated instead.
     (step,) = plan_of(changed(WEB1, env={"A": "2"})).steps
@@ -349,6 +355,7 @@ def test_a_missing_container_is_created() -> None:
         ("no such container on the host",),
         "",
     )
+    assert step.codes == ("missing",)
 
 
 def test_a_foreign_container_on_the_name_is_displaced_never_deleted() -> None:
@@ -359,6 +366,7 @@ def test_a_foreign_container_on_the_name_is_displaced_never_deleted() -> None:
         f"the name is taken by container {squatter[:12]}, which fleetform does not own:"
         " it will be stopped and renamed, not deleted",
     )
+    assert step.codes == ("squatter",)
     # Unless its name is wanted, a foreign container is not even looked at.
     host = plan_of(WEB0, seen=observed(wanted=(WEB0.name,)))
     assert squatter not in [s.current for s in host.steps] + [s.displace for s in host.steps]
@@ -377,6 +385,9 @@ def test_leftovers_and_unwanted_containers_are_deleted() -> None:
         ("delete", "fleetform-web-1", ("replica 1 is no longer wanted",)),
         ("update", "fleetform-api-0", ("changed outside fleetform (drift)",)),
     ]
+    assert [s.codes for s in host.steps] == [
+        ("orphan",), ("orphan",), ("interrupted",), ("replica-unwanted",), ("drift",)
+    ]  # fmt: skip
     previous = RECORDED["fleetform-web-0--fleetform-previous"]["inspect"]["Id"]
     assert host.steps[2].current == previous
     assert not host.empties
@@ -419,6 +430,7 @@ def test_a_secret_is_compared_by_hash_and_never_shown() -> None:
         ("secret value changed: HF_TOKEN",),
         (),
     )
+    assert step.codes == ("secret-changed",)
 
     # No value here (a pull request's plan): not detected, and the plan says so.
     unknown = plan_of(TOK0, secrets=None)
@@ -544,6 +556,11 @@ def test_json_format(update_goldens: bool) -> None:
         "start": 1,
         "unchanged": 2,
     }
+    # Each reason has its code, for bots: a drift is told from a change without prose.
+    for step in (s for h in document["hosts"] for s in h["steps"]):
+        assert len(step["reason_codes"]) == len(step["reasons"]) > 0, step
+    codes = {s["name"]: s["reason_codes"] for h in document["hosts"] for s in h["steps"]}
+    assert codes["fleetform-api-0"] == ["drift"]
     # A saved plan reads back as the same plan.
     again = Plan.from_json(document)
     assert report.plan_json(again) == actual
@@ -639,6 +656,8 @@ def test_a_swap_stops_the_other_old_container_first() -> None:
         ("update", "fleetform-b-0", ()),
     ]
     assert host.steps[0].reasons[-1] == "stops fleetform-b-0 first (fleetform-b-0 holds port 41102)"
+    assert host.steps[0].codes[-1] == "frees"
+    assert len(host.steps[0].codes) == len(host.steps[0].reasons)
     assert "stops fleetform-b-0 first (fleetform-b-0 holds port 41102)" in text(host)
     saved = Plan.from_json(json.loads(json.dumps(Plan(PROJECT, (host,)).to_json())))
     assert saved.hosts[0].steps == host.steps

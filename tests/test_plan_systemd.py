@@ -73,7 +73,13 @@ def plan_of(
     plan = make_plan("fleet", [desired], observed, "io.fleetform")
     if plan.hosts[0].error:
         return [f"error: {plan.hosts[0].error}"]
+    assert all(len(s.codes) == len(s.reasons) for s in plan.steps)
+    last_codes[:] = [f"{s.name}: {','.join(s.codes)}" for s in plan.steps]
     return [f"{s.action} {s.name}: {'; '.join(s.reasons)}" for s in plan.steps]
+
+
+# The reason codes of the steps plan_of listed last (plan JSON's "reason_codes").
+last_codes: list[str] = []
 
 
 def test_steps_for_each_unit_state() -> None:
@@ -97,6 +103,14 @@ def test_steps_for_each_unit_state() -> None:
         "start fleet-d-0.service: unit is failed (failed)",
         "start fleet-e-0.service: its container is missing",
     ]
+    assert last_codes == [
+        "fleet-old-0.service: orphan",
+        "fleet-b-0.service: drift",
+        "fleet-f-0.service: missing",
+        "fleet-c-0.service: disabled",
+        "fleet-d-0.service: stopped",
+        "fleet-e-0.service: stopped",
+    ]
 
 
 def test_spec_change_and_drop_in_show_a_unified_diff() -> None:
@@ -114,6 +128,7 @@ def test_spec_change_and_drop_in_show_a_unified_diff() -> None:
         "spec changed (hash h1 -> h2)",
         f"drop-in {drop_in[0]} changes what runs (drift)",
     )
+    assert step.codes == ("spec-changed", "drop-in")
     assert "-X-Fleetform-Spec-Hash=h1" in step.diff
     assert "+X-Fleetform-Spec-Hash=h2" in step.diff
     assert f"--- {drop_in[0]} (removed)" in step.diff
@@ -145,6 +160,7 @@ def test_secret_change_is_an_update_without_the_value() -> None:
     plan = make_plan("fleet", [desired], {"h": ObservedHost("h", "systemd", units=units)}, "p")
     (step,) = plan.steps
     assert (step.action, step.reasons) == ("update", ("secret value changed: hf",))
+    assert step.codes == ("secret-changed",)
     assert step.diff == ()
 
 
@@ -165,6 +181,7 @@ def test_a_unit_running_an_older_container_than_its_file_is_an_update() -> None:
         f"update {name}.service: its container runs an older unit (hash h1 -> h2): not"
         " restarted since the file changed"
     ]
+    assert last_codes == [f"{name}.service: not-restarted"]
     current = observed_unit(name, unit_text(name, "h2"), container_hash="h2")
     assert plan_of([spec(name, "h2")], [current], texts) == []
 
@@ -188,3 +205,4 @@ def test_a_file_systemd_has_not_loaded_is_an_update_with_secrets_too() -> None:
         "update",
         ("systemd has not loaded the unit file on disk",),
     )
+    assert step.codes == ("not-loaded",)

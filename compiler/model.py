@@ -217,6 +217,10 @@ class Deployment(_Model):
     restart: Literal["no", "always", "on-failure", "unless-stopped"] | None = None
     health_check_path: HttpPath | Unset | None = None
     health_timeout: int | None = Field(default=None, ge=1, le=86_400)
+    # Seconds a replica gets to stop on SIGTERM before it is killed: `docker stop --time`
+    # in its unit, compose's stop_grace_period, the container's StopTimeout. Unset: 30
+    # in units, `apply --stop-timeout` for containers, compose's own 10 s.
+    stop_timeout: int | None = Field(default=None, ge=0, le=3600)
 
     @field_validator("name")
     @classmethod

@@ -493,6 +493,8 @@ def diff_container(
     }
     if not spec.shm_size:
         seen["shm_size"] = None  # the engine's default size, whatever its daemon says
+    if spec.stop_timeout is None:
+        seen["stop_timeout"] = None  # unset: whatever the engine or compose put there
     if spec.user is None and seen.get("user") == (container.image_user or None):
         seen["user"] = None  # the image's own user, which the engine filled in
     if spec.entrypoint is None:

@@ -89,6 +89,9 @@ class Workload(BaseModel):
     # "host" joins the host's IPC namespace (GPUStack's GPUSTACK_HOST_IPC); None keeps a
     # private one (with shm_size).
     ipc: Literal["host"] | None = None
+    # Seconds to stop before a kill (the deployment's stop_timeout); None: each
+    # artifact's default. Counts in the hash only when set.
+    stop_timeout: int | None = None
 
     @property
     def name(self) -> str:
@@ -800,6 +803,7 @@ class _Draft:
             labels=dict(sorted(labels.items())),
             health_check_path=self._health_check_path(runtime),
             health_timeout=values.get("health_timeout") or 600,
+            stop_timeout=values.get("stop_timeout"),
             secrets=secrets,
         )
 

@@ -376,6 +376,7 @@ DOCKER_RUN_FLAGS = {
     "--pull": True,
     "--network": True,
     "--shm-size": True,
+    "--stop-timeout": True,
     "--ipc": True,
     "--user": True,
     "--label": True,

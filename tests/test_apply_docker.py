@@ -1039,15 +1039,19 @@ def test_user_and_ipc_are_applied_observed_and_changed(fleet: Fleet) -> None:
 def test_sizes_port_ranges_and_ipv6_as_docker_reads_them_converge(fleet: Fleet) -> None:
     """shm_size in each form docker accepts reaches the engine as docker's own number
     (never its 64 MB default), port ranges and an IPv6 address bind as ``docker run -p``
-    binds them; then there is nothing to plan and no drift."""
+    binds them, a stop_timeout is the container's StopTimeout; then there is nothing to
+    plan and no drift."""
     fleet.deploy(
         deployment("a", shm_size="1.5g", ports=["9000-9001:80-81"]),
         deployment("b", shm_size="512m", ports=["[::1]:9100:90/udp"]),
         deployment("c", shm_size="1073741824", ports=["9200-9201:80"]),
-        deployment("d", shm_size="2GB"),
+        deployment("d", shm_size="2GB", stop_timeout=3),
     )
     fleet.apply()
     assert fleet.check() == (0, [])
+    # The deployment's stop_timeout is the container's own (docker stop's default grace).
+    assert fleet.inspect(f"{PROJECT}-d-0")["Config"]["StopTimeout"] == 3
+    assert "StopTimeout" not in fleet.inspect(f"{PROJECT}-a-0")["Config"]
     assert fleet.ff("reconcile").returncode == 0
     shm = {n: fleet.inspect(f"{PROJECT}-{n}-0")["HostConfig"]["ShmSize"] for n in "abcd"}
     assert shm == {"a": 1610612736, "b": 536870912, "c": 1073741824, "d": 2147483648}
@@ -1067,7 +1071,7 @@ def test_sizes_port_ranges_and_ipv6_as_docker_reads_them_converge(fleet: Fleet) 
         deployment("a", shm_size="2g", ports=["9000-9001:80-81"]),
         deployment("b", shm_size="512m", ports=["[::1]:9100:90/udp"]),
         deployment("c", shm_size="1073741824", ports=["9200-9201:80"]),
-        deployment("d", shm_size="2GB"),
+        deployment("d", shm_size="2GB", stop_timeout=3),
     )
     plan = fleet.ff("plan", "--format", "json")
     (step,) = [s for h in json.loads(plan.stdout)["hosts"] for s in h["steps"]]

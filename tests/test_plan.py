@@ -154,6 +154,7 @@ def test_reduction_of_a_recorded_gpu_container() -> None:
         "devices": [],
         "network_mode": "host",
         "shm_size": 64 * 1024**2,
+        "stop_timeout": None,  # no Config.StopTimeout: the engine's default
         # Config.User "" (the image's own, none) and IpcMode "private" (the engine's
         # default): both as a spec without them.
         "user": None,

@@ -198,3 +198,53 @@ def test_user_and_ipc_reach_the_systemd_unit(tmp_path: Path) -> None:
     assert option_values(options, "--user") == ["1000:1000"]
     assert option_values(options, "--ipc") == ["host"]
     assert option_values(options, "--shm-size") == ["10g"]
+
+
+def test_stop_timeout_reaches_compose_the_unit_and_the_container_alike(tmp_path: Path) -> None:
+    """A deployment's stop_timeout: compose's stop_grace_period, the unit's `docker stop
+    --time` (and systemd's own limit above it), `docker run --stop-timeout`, and the
+    create request's StopTimeout. Unset: the unit keeps 30 s, the others say nothing."""
+    from compiler.apply.docker import create_body
+    from compiler.render.container import container_spec
+
+    hosts = (
+        "- {name: c1, address: 10.9.0.1, labels: {k: c}, gpus: {framework: cuda, count: 3}}\n"
+        "- {name: s1, address: 10.9.0.2, labels: {k: s}, target: systemd,"
+        " gpus: {framework: cuda, count: 3}}\n"
+    )
+    deployments = "".join(
+        f"- {{name: {name}-{k}, backend: srv, local_path: /m/a, worker_selector: {{k: {k}}}"
+        + ("" if stop is None else f", stop_timeout: {stop}")
+        + "}\n"
+        for name, stop in (("slow", 120), ("quick", 0), ("plain", None))
+        for k in "cs"
+    )
+    make_repo(tmp_path, {"hosts.d/h.yaml": hosts, "deployments.d/d.yaml": deployments})
+    api.compile_repo(tmp_path)
+    compiled = api.build(tmp_path)
+    services = compose_config(tmp_path / "output" / "c1" / "compose.yaml")["services"]
+    grace = {name: service.get("stop_grace_period") for name, service in services.items()}
+    assert grace == {"slow-c-0": "2m0s", "quick-c-0": "0s", "plain-c-0": None}
+    units = {w.deployment: w for w in compiled.fleet.on_host("s1")}
+    expected = {
+        "slow-s": (120, "150", ["120"]),
+        "quick-s": (0, "30", ["0"]),
+        "plain-s": (30, "60", []),
+    }
+    for deployment, (stop, limit, option) in expected.items():
+        name = unit_name(units[deployment], compiled.fleet.settings)
+        unit = tmp_path / "output" / "s1" / "systemd" / name
+        text = unit.read_text()
+        assert f"ExecStop=/usr/bin/docker stop --time {stop} " in text
+        assert f"\nTimeoutStopSec={limit}\n" in text
+        argv = [exec_time_word(word) for word in systemd_exec_start(name, text)]
+        options, _, _ = split_docker_run(argv)
+        assert option_values(options, "--stop-timeout") == option
+        assert systemd_verify([unit]) == []
+    bodies = {
+        w.deployment: create_body(container_spec(w, compiled.fleet.settings, "10.9.0.1"), {}, {})
+        for w in compiled.fleet.on_host("c1")
+    }
+    assert {d: b.get("StopTimeout") for d, b in bodies.items()} == {
+        "slow-c": 120, "quick-c": 0, "plain-c": None
+    }  # fmt: skip

@@ -273,8 +273,11 @@ class DockerExecutor:
         return bool(self._inspect(container)["State"].get("Running"))
 
     def _stop(self, container: str) -> None:
-        # The engine answers once the container stopped: up to the grace time, then a kill.
-        seconds = self.options.stop_timeout
+        """Stop with the grace time the container was made with (its deployment's
+        stop_timeout, Config.StopTimeout), else ``apply --stop-timeout``. The engine
+        answers once the container stopped: up to the grace time, then a kill."""
+        own = (self._inspect(container).get("Config") or {}).get("StopTimeout")
+        seconds = own if isinstance(own, int) and own >= 0 else self.options.stop_timeout
         self.engine.post(
             f"/containers/{container}/stop", t=seconds, timeout=seconds + self.engine.timeout
         )
@@ -395,6 +398,8 @@ def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]
     }
     if spec.user is not None:
         body["User"] = spec.user
+    if spec.stop_timeout is not None:
+        body["StopTimeout"] = spec.stop_timeout
     if exposed:
         body["ExposedPorts"] = exposed
     return body

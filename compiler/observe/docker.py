@@ -142,6 +142,7 @@ def _container(
         ),
         "network_mode": host_config.get("NetworkMode", ""),
         "shm_size": host_config.get("ShmSize") or 0,
+        "stop_timeout": config.get("StopTimeout"),
         "user": config.get("User") or None,
         "ipc": ipc_view(host_config.get("IpcMode")),
         "restart": (host_config.get("RestartPolicy") or {}).get("Name") or "no",
@@ -198,6 +199,7 @@ def desired_view(spec: ContainerSpec, secret_env: dict[str, str]) -> dict[str, A
         "network_mode": spec.network_mode,
         # Unset: the engine's default (its daemon's default-shm-size), not fleetform's.
         "shm_size": size_in_bytes(spec.shm_size) if spec.shm_size else None,
+        "stop_timeout": spec.stop_timeout,
         "user": spec.user or None,  # as the engine: "" is no user of its own
         "ipc": ipc_view(spec.ipc),
         "restart": spec.restart,

@@ -75,6 +75,8 @@ def _service(workload: Workload, settings: Settings, marker: str) -> dict[str, A
     # still records it (HostConfig.ShmSize), so compose, the unit and apply make the same
     # container and a plan compares one value for all three.
     service["shm_size"] = workload.shm_size
+    if workload.stop_timeout is not None:
+        service["stop_grace_period"] = f"{workload.stop_timeout}s"
     service["restart"] = workload.restart
     volumes: list[Any] = []
     if workload.model_mount is not None:

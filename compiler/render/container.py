@@ -54,6 +54,8 @@ class ContainerSpec:
     # What only one container on the host can have: "port N" (a host port), "<framework>
     # GPU i". Apply stamps it on the container, so that a plan knows what an old one holds.
     holds: tuple[str, ...] = ()
+    # Seconds to stop before a kill (Config.StopTimeout); None: apply's --stop-timeout.
+    stop_timeout: int | None = None
 
 
 def container_spec(workload: Workload, settings: Settings, address: str) -> ContainerSpec:
@@ -88,6 +90,7 @@ def container_spec(workload: Workload, settings: Settings, address: str) -> Cont
         user=workload.user,
         ipc=workload.ipc,
         holds=_holds(workload),
+        stop_timeout=workload.stop_timeout,
     )
 
 

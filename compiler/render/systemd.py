@@ -14,6 +14,8 @@ from compiler.render import HEADER, container_name, ownership_labels
 from compiler.resolve import Workload
 
 DOCKER = "/usr/bin/docker"
+# `docker stop --time` of a unit whose deployment sets no stop_timeout.
+UNIT_STOP_TIMEOUT = 30
 SECRETS_DIR = "/etc/fleetform"
 
 _RESTART = {"no": "no", "on-failure": "on-failure", "always": "always", "unless-stopped": "always"}
@@ -38,6 +40,8 @@ def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
     name = container_name(workload, settings)
     argv = [DOCKER, "run", "--rm", "--name", name, "--pull", "missing"]
     argv += ["--network", workload.network_mode, "--shm-size", workload.shm_size]
+    if workload.stop_timeout is not None:
+        argv += ["--stop-timeout", str(workload.stop_timeout)]
     if workload.ipc is not None:
         # docker keeps --shm-size beside it, unused: the host's /dev/shm is shared.
         argv += ["--ipc", workload.ipc]
@@ -79,6 +83,7 @@ def docker_run_argv(workload: Workload, settings: Settings) -> list[str]:
 def render_unit(workload: Workload, settings: Settings) -> str:
     name = container_name(workload, settings)
     argv = docker_run_argv(workload, settings)
+    stop = UNIT_STOP_TIMEOUT if workload.stop_timeout is None else workload.stop_timeout
     description = f"fleetform {settings.project}: {workload.deployment} replica {workload.replica}"
     lines = [
         f"# {HEADER}",
@@ -97,11 +102,12 @@ def render_unit(workload: Workload, settings: Settings) -> str:
         *_environment_file(workload, settings),
         f"ExecStartPre=-{DOCKER} rm --force {name}",
         "ExecStart=" + _exec_line(argv),
-        f"ExecStop={DOCKER} stop --time 30 {name}",
+        f"ExecStop={DOCKER} stop --time {stop} {name}",
         f"Restart={_RESTART[workload.restart]}",
         "RestartSec=5",
         "TimeoutStartSec=1800",
-        "TimeoutStopSec=60",
+        # systemd's own limit covers docker's grace time and the kill after it.
+        f"TimeoutStopSec={stop + 30}",
         "",
         "[Install]",
         "WantedBy=multi-user.target",

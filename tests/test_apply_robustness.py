@@ -1070,6 +1070,42 @@ def test_missing_image_is_pulled_and_a_pull_failure_is_that_hosts_error(
     assert states(other) == {f"{PROJECT}-webb-0": ("running", "")}
 
 
+def test_a_pull_that_fails_mid_stream_leaves_the_host_unlocked_and_usable(
+    engines: EngineFactory, fleet: Fleet, registry: Registry, tmp_path: Path
+) -> None:
+    """The registry serves the image's manifest but has lost its layer: the engine starts
+    the pull and fails partway, in its streamed answer. fleetform stops reading there;
+    the rest of that answer must not poison the connection: the lock is released on it,
+    the host's failure is the pull's alone, and the next apply finds the host unlocked."""
+    empty = engines("pull", image=False)
+    other = engines("pushed")
+    image = f"{registry.address}/fleetform-test/busybox:layerless"
+    push(other, TEST_IMAGE, image)
+    blobs = sorted(
+        (tmp_path / "registry").rglob("blobs/sha256/*/*/data"), key=lambda p: p.stat().st_size
+    )
+    blobs[-1].unlink()  # the largest blob: the image's one layer
+    fleet.write(
+        [HostSpec("ha", empty.base_url, port_block(4))],
+        {"weba": {"image_name": image, "worker_selector": {"pool": "ha"}}},
+    )
+
+    applied = fleet.apply()
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert f"ha: pulling {image}\n" in applied.stderr
+    summary = applied.stdout[applied.stdout.index("Apply:\n") :].splitlines()
+    assert re.fullmatch(
+        rf"  ha: FAILED after 0 step\(s\): create {PROJECT}-weba-0: cannot pull {image}: .+",
+        summary[1],
+    ), summary[1]
+    assert "lock was not released" not in applied.stdout + applied.stderr
+    assert "locked" not in summary[1]
+    assert states(empty) == {}  # no lock container left behind, nothing created
+    again = fleet.apply()  # the same failure, not "locked by ..."
+    assert "locked" not in again.stdout + again.stderr, again.stdout + again.stderr
+    assert "cannot pull" in again.stdout
+
+
 # --- 5. the engine refuses the GPU request -----------------------------------------------
 
 

@@ -9,7 +9,6 @@ that was carried out, so a test (or a log) can compare them with the plan.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -141,6 +140,7 @@ def _apply_host(
         return HostResult(host, "failed", error=error.message)
     result = HostResult(host, "converged")
     in_steps = False  # an engine or transport error then names the step under way
+    left: str | None = None  # why the lock could not be released after a failure
     try:
         lock_id = host_lock.acquire(engine, host, project, options.label_prefix)
         try:
@@ -158,10 +158,9 @@ def _apply_host(
             run_steps(executor, host_plan.steps, specs, secrets, result.done)
             in_steps = False
         except BaseException:
-            # Report what failed, not the release that fails after it (an engine that
-            # went away); a lock left behind is reported by the next apply, with owner.
-            with contextlib.suppress(Exception):
-                host_lock.release(engine, lock_id)
+            # What failed is the error; a release that fails after it (an engine that
+            # went away) is said beside it, never swallowed: the lock stays behind.
+            left = _release_after_failure(lambda: host_lock.release(engine, lock_id))
             raise
         host_lock.release(engine, lock_id)
     except StepFailed as error:
@@ -176,7 +175,7 @@ def _apply_host(
         result.status, result.error = "failed", where + describe(error)
     finally:
         engine.close()
-    return result
+    return _with_lock_left(result, left)
 
 
 def _apply_systemd_host(
@@ -196,6 +195,7 @@ def _apply_systemd_host(
     host = host_plan.host
     desired = target.desired
     result = HostResult(host, "converged")
+    left: str | None = None  # why the lock could not be released after a failure
     shell = shell_for(target.ssh)
     try:
         systemd.acquire(shell, host, project, docker_lock.owner())
@@ -222,10 +222,9 @@ def _apply_systemd_host(
                 result.done,
             )
         except BaseException:
-            # Report what failed, not the release that fails after it (a host that went
-            # away); a lock left behind is reported by the next apply, with its owner.
-            with contextlib.suppress(Exception):
-                systemd.release(shell, project)
+            # What failed is the error; a release that fails after it (a host that went
+            # away) is said beside it, never swallowed: the lock stays behind.
+            left = _release_after_failure(lambda: systemd.release(shell, project))
             raise
         systemd.release(shell, project)
     except StepFailed as error:
@@ -234,6 +233,26 @@ def _apply_systemd_host(
         result.status, result.error = "failed", error.message
     finally:
         shell.close()
+    return _with_lock_left(result, left)
+
+
+def _release_after_failure(release: Callable[[], None]) -> str | None:
+    """Release a host's lock after a failure; why it could not be, or None."""
+    try:
+        release()
+    except FleetformError as error:
+        return error.message
+    except Exception as error:
+        return " ".join((str(error) or type(error).__name__).split())[:400]
+    return None
+
+
+def _with_lock_left(result: HostResult, left: str | None) -> HostResult:
+    if left is not None and result.error is not None:
+        result.error += (
+            f"; its apply lock was not released ({left}): once the host is back,"
+            f" `fleetform unlock {result.host}` removes it"
+        )
     return result
 
 

@@ -34,6 +34,9 @@ from compiler.errors import FleetformError
 from compiler.transport import ssh_message, ssh_options
 
 TIMEOUT = 20.0  # seconds for any one answer, the SSH handshake included
+# What an abandoned stream may still hold before the connection is closed instead.
+_DRAIN_SECONDS = 5.0
+_DRAIN_BYTES = 1 << 20
 
 
 class HostUnreachable(FleetformError):
@@ -108,10 +111,28 @@ class Engine:
                 if line.strip():
                     yield json.loads(line)
         except (OSError, http.client.HTTPException) as error:
+            self._abandon(response)
             raise self._unreachable(error) from None
         finally:
+            # A caller that stops early (a pull's error event) leaves the rest of the
+            # answer on the connection, where the next answer would be read from.
+            if not response.isclosed():
+                self._abandon(response)
             response.close()
             self._restore_timeout()
+
+    def _abandon(self, response: http.client.HTTPResponse) -> None:
+        """Drain what is left of an answer (a short tail: the engine ends a stream after
+        its error), else close the connection: the next request opens a new one."""
+        try:
+            if self._connection.sock is not None:
+                self._connection.sock.settimeout(_DRAIN_SECONDS)
+            left = response.read(_DRAIN_BYTES + 1)
+            if len(left) <= _DRAIN_BYTES and response.isclosed():
+                return
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        self._connection.close()
 
     def close(self) -> None:
         self._connection.close()

@@ -439,31 +439,31 @@ W0, W1, W0_PREV = f"{PROJECT}-web-0", f"{PROJECT}-web-1", f"{PROJECT}-web-0{PREV
 KILL_POINTS = [
     KillPoint(
         "old-stopped",  # stopped to free its GPUs and port, not yet renamed aside
-        r"^POST /containers/\w+/rename",
+        r"^POST /v1\.\d+/containers/\w+/rename",
         1,
         {W0: ("exited", "old"), W1: ("running", "old")},
     ),
     KillPoint(
         "old-aside",  # renamed aside, the new one not created yet
-        rf"^POST /containers/create\?name={W0} HTTP/",
+        rf"^POST /v1\.\d+/containers/create\?name={W0} HTTP/",
         1,
         {W0_PREV: ("exited", "old"), W1: ("running", "old")},
     ),
     KillPoint(
         "new-created",  # the new one created, not started
-        r"^POST /containers/\w+/start",
+        r"^POST /v1\.\d+/containers/\w+/start",
         1,
         {W0_PREV: ("exited", "old"), W0: ("created", "new"), W1: ("running", "old")},
     ),
     KillPoint(
         "new-started",  # the new one runs; the old one not yet removed
-        r"^DELETE /containers/{web0}\?",
+        r"^DELETE /v1\.\d+/containers/{web0}\?",
         1,
         {W0_PREV: ("exited", "old"), W0: ("running", "new"), W1: ("running", "old")},
     ),
     KillPoint(
         "between-replicas",  # replica 0 replaced, replica 1 about to be stopped
-        r"^POST /containers/\w+/stop",
+        r"^POST /v1\.\d+/containers/\w+/stop",
         2,
         {W0: ("running", "new"), W1: ("running", "old")},
     ),
@@ -626,7 +626,7 @@ def test_engine_that_dies_mid_update_fails_naming_the_step_and_converges_after_r
     fleet.write([HostSpec("h1", proxy.base_url, port_block(4))], {"web": _web("old")})
     fleet.assert_converges()
     fleet.deploy({"web": _web("new")})
-    hold = proxy.hold(r"^POST /containers/\w+/rename")
+    hold = proxy.hold(r"^POST /v1\.\d+/containers/\w+/rename")
     applying = fleet.start("apply", "--auto-approve", "--stop-timeout", "0")
     try:
         hold.wait(applying)
@@ -1160,7 +1160,7 @@ def test_saved_plan_is_refused_once_another_apply_changed_the_host(
     fleet.deploy({"web": _web("b")})
     saved = fleet.run("plan", "--out", str(plan_file))
     assert saved.returncode == 0, saved.stderr
-    hold = proxy.hold(rf"^POST /containers/create\?name=fleetform-lock-{PROJECT} ")
+    hold = proxy.hold(rf"^POST /v1\.\d+/containers/create\?name=fleetform-lock-{PROJECT} ")
     first = fleet.start("apply", str(plan_file), "--stop-timeout", "0")
     try:
         hold.wait(first)

@@ -10,8 +10,10 @@ How a host is reached is docker's own:
 * ``tcp://host:port``: plain HTTP, or TLS from ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``
   as the docker CLI reads them.
 
-Paths carry no API version: the engine answers in its own, and every field fleetform
-reads or writes is the same from API 1.41 (Docker 20.10) on.
+Requests are versioned as Docker documents (``/v1.NN/...``): the first exchange asks
+the engine's ``/_ping`` for its API version and uses it, capped at the newest this
+client knows (:data:`MAX_API`); an engine older than :data:`MIN_API` (Docker 20.10) is
+refused in one line. Every field fleetform reads or writes is the same across that range.
 
 Every request of an observation goes over the one connection (HTTP/1.1 keep-alive): over
 SSH that is one session and one ``dial-stdio`` per host. The SSH client runs in its own
@@ -34,6 +36,8 @@ from compiler.errors import FleetformError
 from compiler.transport import ssh_message, ssh_options
 
 TIMEOUT = 20.0  # seconds for any one answer, the SSH handshake included
+MIN_API = (1, 41)  # Docker Engine 20.10, the oldest this client drives
+MAX_API = (1, 47)  # Docker Engine 27: requests ask for no newer version than this
 # What an abandoned stream may still hold before the connection is closed instead.
 _DRAIN_SECONDS = 5.0
 _DRAIN_BYTES = 1 << 20
@@ -62,12 +66,22 @@ class Engine:
         self.timeout = timeout
         self._connection = _connection(base_url, timeout)
         self._sent: str | None = None  # a GET on the wire whose answer is unread
+        self._prefix: str | None = None  # "/v1.NN" once negotiated
+        self._pinged = False  # the negotiation's ping is on the wire, unanswered
+        self.api_version = ""  # the version requests use, once negotiated
 
     def send(self, path: str, **query: Any) -> None:
-        """Put a GET on the wire now; :meth:`get` of the same path reads its answer."""
+        """Start an exchange now: put a GET on the wire (or, before the API version is
+        known, the ping that asks for it); :meth:`get` of the same path reads its answer."""
+        if self._prefix is None:
+            if not self._pinged:
+                self._request("GET", "/_ping", None, {})
+                self._pinged = True
+            return
         self._finish_sent()
-        self._request("GET", _target(path, query), None, {})
-        self._sent = _target(path, query)
+        target = _target(path, query)
+        self._request("GET", self._prefix + target, None, {})
+        self._sent = target
 
     def get(self, path: str, **query: Any) -> Any:
         return _json(self._exchange("GET", _target(path, query)), self.base_url)
@@ -149,6 +163,7 @@ class Engine:
         read: bool = True,
     ) -> Any:
         """The answer's body (``read``) or the open response; errors raised."""
+        prefix = self._negotiated()
         headers: dict[str, str] = {}
         if body is not None:
             data = json.dumps(body).encode()
@@ -159,7 +174,7 @@ class Engine:
             self._sent = None  # sent early: its answer is the next one
         else:
             self._finish_sent()
-            self._request(method, target, data, headers)
+            self._request(method, prefix + target, data, headers)
         try:
             if timeout is not None and self._connection.sock is not None:
                 self._connection.sock.settimeout(timeout)
@@ -174,6 +189,34 @@ class Engine:
         finally:
             if read:
                 self._restore_timeout()
+
+    def _negotiated(self) -> str:
+        """The ``/v1.NN`` prefix of every request, asking the engine the first time."""
+        if self._prefix is not None:
+            return self._prefix
+        if not self._pinged:
+            self._request("GET", "/_ping", None, {})
+        self._pinged = False
+        try:
+            response = self._connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as error:
+            raise self._unreachable(error) from None
+        header = response.getheader("API-Version") or ""
+        found = _version(header)
+        if found is None:
+            raise HostUnreachable(
+                f"{self.base_url}: the engine's /_ping gave no API version"
+                f" (status {response.status}): is it a Docker Engine?"
+            )
+        if found < MIN_API:
+            raise HostUnreachable(
+                f"{self.base_url}: Docker Engine API {header} is older than"
+                f" {_shown(MIN_API)} (Docker 20.10), the oldest fleetform drives"
+            )
+        self.api_version = _shown(min(found, MAX_API))
+        self._prefix = f"/v{self.api_version}"
+        return self._prefix
 
     def _request(
         self, method: str, target: str, data: bytes | None, headers: dict[str, str]
@@ -221,6 +264,17 @@ def demultiplex(raw: bytes) -> bytes:
         out += raw[at + 8 : at + 8 + size]
         at += 8 + size
     return bytes(out) if at else raw
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    major, dot, minor = text.strip().partition(".")
+    if not (dot and major.isdigit() and minor.isdigit()):
+        return None
+    return int(major), int(minor)
+
+
+def _shown(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
 
 
 def _target(path: str, query: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ which the tests assert is empty — a fake that fails loudly.
     GET    /repos/{owner}/{repo}/issues?state=&labels=
     POST   /repos/{owner}/{repo}/issues
     PATCH  /repos/{owner}/{repo}/issues/{number}
+    GET    /repos/{owner}/{repo}/actions/workflows/{file}/runs?branch=&status=success
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class FakeGitHub:
         self.token = token
         self.comments: dict[int, Comment] = {}
         self.issues: dict[int, Issue] = {}
+        # Workflow runs the test says happened, newest last: (workflow file, branch,
+        # head commit, conclusion).
+        self.runs: list[tuple[str, str, str, str]] = []
         self.requests: list[tuple[str, str]] = []
         self.unexpected: list[str] = []
         self._next_id = 1000
@@ -118,6 +122,16 @@ class FakeGitHub:
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         prefix = f"/repos/{self.repository}/issues"
         path = parts.path
+        workflow = re.fullmatch(rf"/repos/{self.repository}/actions/workflows/([\w.-]+)/runs", path)
+        if workflow and method == "GET":
+            found = [
+                {"id": 9000 + i, "head_sha": sha, "head_branch": branch, "conclusion": end}
+                for i, (file, branch, sha, end) in reversed(list(enumerate(self.runs)))
+                if file == workflow[1]
+                and branch == query.get("branch", branch)
+                and end == query.get("status", end)
+            ][: int(query.get("per_page", 30))]
+            return 200, {"total_count": len(found), "workflow_runs": found}
         if not path.startswith(prefix):
             return 404, {"message": "Not Found"}
         rest = path[len(prefix) :]

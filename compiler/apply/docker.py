@@ -226,11 +226,13 @@ class DockerExecutor:
                 raise
         self.progress(f"pulling {image}")
         name, tag = split_reference(image)
+        headers = registry_auth(name)
         try:
             shown = 0.0
             for event in self.engine.stream(
-                "/images/create", fromImage=name, tag=tag, timeout=PULL_IDLE_SECONDS
-            ):
+                "/images/create", fromImage=name, tag=tag, timeout=PULL_IDLE_SECONDS,
+                headers=headers,
+            ):  # fmt: skip
                 if "error" in event:
                     raise StepFailed(f"cannot pull {image}: {event['error']}")
                 now = time.monotonic()
@@ -403,6 +405,27 @@ def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]
     if exposed:
         body["ExposedPorts"] = exposed
     return body
+
+
+def registry_auth(name: str) -> dict[str, str]:
+    """The X-Registry-Auth header for pulling ``name``, from the credentials the docker CLI
+    would use: ``$DOCKER_CONFIG/config.json`` (else ``~/.docker/config.json``): its
+    ``auths``, ``credsStore`` and ``credHelpers`` (a ``docker-credential-*`` helper), read
+    by the docker SDK's own auth and credentials modules. No credentials: no header (an
+    anonymous pull). The values never leave this header: an error names the registry."""
+    from docker import auth, errors
+
+    registry, _ = auth.resolve_repository_name(name)
+    try:
+        found = auth.resolve_authconfig(auth.load_config(), registry)
+    except (errors.DockerException, OSError, ValueError, RuntimeError) as error:
+        kind = type(error).__name__
+        raise StepFailed(
+            f"cannot read the credentials for {registry} (docker's config.json): {kind}"
+        ) from None
+    if not found:
+        return {}
+    return {"X-Registry-Auth": auth.encode_header(found).decode("ascii")}
 
 
 def split_reference(image: str) -> tuple[str, str]:

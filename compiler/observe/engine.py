@@ -114,11 +114,13 @@ class Engine:
         *,
         data: bytes | None = None,
         timeout: float | None = None,
+        headers: dict[str, str] | None = None,
         **query: Any,
     ) -> Iterator[Any]:
-        """POST, then the answer's JSON lines as they come (a pull's progress)."""
+        """POST, then the answer's JSON lines as they come (a pull's progress).
+        ``headers``: extra request headers (a pull's X-Registry-Auth)."""
         response = self._exchange(
-            "POST", _target(path, query), data=data, timeout=timeout, read=False
+            "POST", _target(path, query), data=data, timeout=timeout, read=False, extra=headers
         )
         try:
             while line := response.readline():
@@ -161,10 +163,11 @@ class Engine:
         data: bytes | None = None,
         timeout: float | None = None,
         read: bool = True,
+        extra: dict[str, str] | None = None,
     ) -> Any:
         """The answer's body (``read``) or the open response; errors raised."""
         prefix = self._negotiated()
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(extra or {})
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"

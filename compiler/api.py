@@ -28,6 +28,7 @@ from compiler.output import (
 )
 from compiler.render.fleet import render_fleet
 from compiler.resolve import Fleet, resolve_fleet
+from compiler.targets import driver_for
 
 if TYPE_CHECKING:
     from compiler.apply import Target
@@ -200,37 +201,21 @@ def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Targe
         specs = tuple(container_spec(w, fleet.settings, host.address) for w in fleet.on_host(name))
         names = {secret for spec in specs for secret in spec.secrets.values()}
         values, missing = secret_values(names)
-        units = None
-        if host.target == "systemd":
-            prefix = f"{name}/systemd/"
-            units = {
-                path.removeprefix(prefix): text.decode()
-                for path, text in compiled.files.items()
-                if path.startswith(prefix)
-            }
+        driver = driver_for(host.target)
+        compared = [
+            driver.compared_file(w, fleet.settings, compiled.files) for w in fleet.on_host(name)
+        ]
+        # The file each replica's plan compares, by its name on the host (systemd units).
+        units = dict(found for found in compared if found is not None) or None
         hashes = (
             None
             if missing
-            else {s.name: _secrets_hash(s, values, host.target) for s in specs if s.secrets}
+            else {s.name: driver.secrets_hash(s, values) for s in specs if s.secrets}
         )
         desired = DesiredHost(name, host.target, host.address, specs, hashes, units, host.unit_dir)
         base_url = host.docker_host or "unix:///var/run/docker.sock"
         targets[name] = Target(desired, base_url, host.ssh)
     return targets
-
-
-def _secrets_hash(spec: Any, values: dict[str, str], target: str) -> str:
-    """What the host shows for a container's current secrets: the hash label of a
-    Docker container, or the sha256 of a systemd unit's env file."""
-    import hashlib
-
-    from compiler.apply.systemd import env_file_text
-    from compiler.plan import secret_hash
-
-    if target == "systemd":
-        text = env_file_text({var: values[secret] for var, secret in spec.secrets.items()})
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-    return secret_hash(spec, values)
 
 
 def observe(
@@ -245,31 +230,9 @@ def observe(
     from concurrent.futures import ThreadPoolExecutor
 
     from compiler.observe import ObservedHost
-    from compiler.observe.docker import observe_docker_host
 
     def one(target: Target) -> ObservedHost:
-        desired = target.desired
-        if desired.target == "systemd":
-            from compiler.observe.systemd import observe_systemd_host
-            from compiler.transport import shell_for
-
-            shell = shell_for(target.ssh)
-            try:
-                return observe_systemd_host(
-                    shell,
-                    desired.host,
-                    settings.project,
-                    desired.unit_dir,
-                    desired.units or {},
-                    label_prefix=settings.label_prefix,
-                )
-            finally:
-                shell.close()
-        names = [spec.name for spec in desired.specs]
-        engine = early.take(target.base_url) if early else None
-        return observe_docker_host(
-            desired.host, target.base_url, settings.project, settings.label_prefix, names, engine
-        )
+        return driver_for(target.desired.target).observe(target, settings, early)
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         found = list(pool.map(one, targets.values()))
@@ -335,22 +298,6 @@ def check_plan_file(saved: Plan, planned: Planned) -> None:
 
 
 def unlock(root: Path, host: str) -> bool:
-    from compiler.apply import lock
-    from compiler.observe.engine import Engine
-
     compiled = build(root)
     target = targets_of(compiled, [host])[host]
-    if target.desired.target == "systemd":
-        from compiler.apply import systemd
-        from compiler.transport import shell_for
-
-        shell = shell_for(target.ssh)
-        try:
-            return systemd.break_lock(shell, compiled.repo.settings.project)
-        finally:
-            shell.close()
-    engine = Engine(target.base_url)
-    try:
-        return lock.break_lock(engine, compiled.repo.settings.project)
-    finally:
-        engine.close()
+    return driver_for(target.desired.target).unlock(target, compiled.repo.settings.project)

@@ -172,7 +172,7 @@ def _by_host(compiled: Compiled | None) -> dict[str, _Host]:
     """host -> (target, workloads by name, unit text by workload name)."""
     if compiled is None:
         return {}
-    from compiler.render.systemd import unit_name
+    from compiler.targets import driver_for
 
     out: dict[str, _Host] = {}
     for name, host in compiled.fleet.hosts.items():
@@ -180,11 +180,11 @@ def _by_host(compiled: Compiled | None) -> dict[str, _Host]:
     for workload in compiled.fleet.workloads:
         entry = out[workload.host]
         entry[1][workload.name] = workload
-        if workload.target == "systemd":
-            unit = unit_name(workload, compiled.fleet.settings)
-            text = compiled.files.get(f"{workload.host}/systemd/{unit}")
-            if text is not None:
-                entry[2][workload.name] = text.decode()
+        found = driver_for(workload.target).compared_file(
+            workload, compiled.fleet.settings, compiled.files
+        )
+        if found is not None:
+            entry[2][workload.name] = found[1]
     return out
 
 

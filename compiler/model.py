@@ -77,6 +77,25 @@ PortSpec = Annotated[str, AfterValidator(fields.port_spec)]
 Size = Annotated[str, AfterValidator(fields.size)]
 SshTarget = Annotated[str, AfterValidator(fields.ssh_target)]
 Volume = Annotated[str, AfterValidator(fields.volume)]
+
+
+def _known_kind(kind: str) -> str:
+    from compiler.targets import DRIVERS
+
+    if kind not in DRIVERS:
+        known = " or ".join(repr(k) for k in DRIVERS)
+        raise ValueError(f"{kind!r} is not a kind of host fleetform drives ({known})")
+    return kind
+
+
+def _kinds_schema(schema: dict[str, Any]) -> None:
+    from compiler.targets import DRIVERS
+
+    schema["enum"] = list(DRIVERS)
+
+
+# A kind of host: any registered driver's (compiler/targets).
+HostKind = Annotated[str, AfterValidator(_known_kind), Field(json_schema_extra=_kinds_schema)]
 # How many deployments one deployment may name in extends, and a GPU's highest index.
 MAX_EXTENDS = 64
 MAX_GPU_INDEX = 65_535
@@ -279,7 +298,7 @@ Gpus = Annotated[
 class Host(_Model):
     name: str
     address: Address
-    target: Literal["compose", "systemd"] | None = None
+    target: HostKind | None = None
     docker_host: DockerHost | None = None
     ssh: SshTarget | None = None
     gpus: Gpus | None = None
@@ -339,7 +358,7 @@ class Host(_Model):
 
 
 class Defaults(_Model):
-    target: Literal["compose", "systemd"] = "compose"
+    target: HostKind = "compose"
     model_dir: HostFolder = "/var/lib/fleetform/models"
     port_range: str = "40000-40063"
 

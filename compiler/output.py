@@ -60,6 +60,7 @@ from pydantic import ValidationError as PydanticError
 
 from compiler.errors import FleetformWarning, Mark, OutputError, printable
 from compiler.load import SETTINGS_FILE
+from compiler.model import HostKind
 from compiler.placement import Prior
 from compiler.render.index import INDEX_FILE, INDEX_SCHEMA
 
@@ -326,8 +327,11 @@ class _IndexEntry(BaseModel):
     replica: _Count
     spec_hash: _Text
     container: _Text
+    # A driver's artifact_path: one or two plain names below output/<host>/, none
+    # starting with "." (so never ".." or a hidden file), whatever the kind of host.
     artifact: Annotated[
-        str, Field(pattern=r"^(compose\.yaml|systemd/[A-Za-z0-9@_.:-]{1,200}\.service)$")
+        str,
+        Field(pattern=r"^[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199}(/[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199})?$"),
     ]
     image: _Text
     framework: _Text
@@ -342,7 +346,7 @@ class _Index(BaseModel):
     schema_: Literal["fleetform.index/v1"] = Field(alias="schema")
     project: _Text
     host: _Text
-    target: Literal["compose", "systemd"]
+    target: HostKind  # a registered driver's (compiler/targets)
     address: _Text
     workloads: tuple[_IndexEntry, ...]
 

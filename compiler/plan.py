@@ -231,17 +231,14 @@ def make_plan(
     project: str, desired: list[DesiredHost], observed: dict[str, ObservedHost], prefix: str
 ) -> Plan:
     """The plan for every desired host, from the observation of each."""
+    from compiler.targets import driver_for
+
     hosts = []
     for wanted in sorted(desired, key=lambda d: d.host):
         seen = observed.get(wanted.host)
         if seen is None:
             seen = ObservedHost(wanted.host, wanted.target, error="not observed")
-        if wanted.target == "systemd":
-            from compiler.plan_systemd import plan_systemd_host
-
-            hosts.append(plan_systemd_host(wanted, seen, project))
-        else:
-            hosts.append(plan_host(wanted, seen, prefix))
+        hosts.append(driver_for(wanted.target).plan(wanted, seen, project, prefix))
     return Plan(project=project, hosts=tuple(hosts))
 
 

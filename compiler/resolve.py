@@ -44,7 +44,7 @@ class ResolvedHost(BaseModel):
 
     name: str
     address: str
-    target: Literal["compose", "systemd"]
+    target: str  # a kind of host: a registered driver's (compiler/targets)
     docker_host: str | None
     ssh: str | None
     model_dir: str
@@ -62,7 +62,7 @@ class Workload(BaseModel):
     deployment: str
     replica: int
     host: str
-    target: Literal["compose", "systemd"]
+    target: str  # a kind of host: a registered driver's (compiler/targets)
     image: str
     entrypoint: tuple[str, ...] | None
     command: tuple[str, ...]

@@ -502,7 +502,7 @@ HOSTILE: list[tuple[str, Callable[[dict[str, Any]], None] | str, str]] = [
         "an artifact outside",
         _set("workloads.0.artifact", "../../etc/passwd"),
         "workloads.0.artifact: String should match pattern"
-        " '^(compose\\.yaml|systemd/[A-Za-z0-9@_.:-]{1,200}\\.service)$'",
+        " '^[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199}(/[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199})?$'",
     ),
     (
         "another schema",

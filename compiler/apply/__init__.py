@@ -113,10 +113,6 @@ def _apply_host(
     allow_empty: bool,
     say: Report,
 ) -> HostResult:
-    from compiler.apply import lock as host_lock
-    from compiler.observe.docker import describe, observe_engine
-    from compiler.observe.engine import Engine, EngineError, HostUnreachable
-
     host = host_plan.host
     if host_plan.error is not None:
         return HostResult(host, "failed", error=host_plan.error)
@@ -132,8 +128,26 @@ def _apply_host(
     secrets = _secrets_for(host_plan, target.desired)
     if isinstance(secrets, str):
         return HostResult(host, "failed", error=secrets)
-    if target.desired.target == "systemd":
-        return _apply_systemd_host(host_plan, target, project, options, secrets, say)
+    from compiler.targets import driver_for
+
+    driver = driver_for(target.desired.target)
+    return driver.apply(host_plan, target, project, options, secrets, say)
+
+
+def apply_docker_host(
+    host_plan: HostPlan,
+    target: Target,
+    project: str,
+    options: Options,
+    secrets: dict[str, Secrets],
+    say: Report,
+) -> HostResult:
+    """The compose driver's apply: lock the engine, check the plan is current, run it."""
+    from compiler.apply import lock as host_lock
+    from compiler.observe.docker import describe, observe_engine
+    from compiler.observe.engine import Engine, EngineError, HostUnreachable
+
+    host = host_plan.host
     try:
         engine = Engine(target.base_url)
     except FleetformError as error:
@@ -178,7 +192,7 @@ def _apply_host(
     return _with_lock_left(result, left)
 
 
-def _apply_systemd_host(
+def apply_systemd_host(
     host_plan: HostPlan,
     target: Target,
     project: str,
@@ -267,9 +281,10 @@ def _where(in_steps: bool, host_plan: HostPlan, result: HostResult) -> str:
 
 def _secrets_for(host_plan: HostPlan, desired: DesiredHost) -> dict[str, Secrets] | str:
     """Each container's secrets, or the error naming what is missing."""
+    from compiler.targets import driver_for
+
     needed = {
-        # A systemd step names the unit; its spec, the container.
-        step.name.removesuffix(".service") if step.target == "systemd" else step.name
+        driver_for(step.target).spec_name(step.name)
         for step in host_plan.steps
         if step.action in ("create", "update")
     }

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Target = Literal["compose", "systemd"]
+# A kind of host: a registered driver's (compiler/targets).
+Target = str
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compiler.render.compose import render_compose
 from compiler.render.index import INDEX_FILE, render_index
-from compiler.render.systemd import render_unit, unit_name
 from compiler.resolve import Fleet
+from compiler.targets import driver_for
 
 
 def render_fleet(
@@ -17,13 +16,8 @@ def render_fleet(
     files: dict[str, bytes] = {}
     for name, host in fleet.hosts.items():
         workloads = fleet.on_host(name)
-        texts: dict[str, str] = {}
-        if host.target == "compose":
-            texts[f"{name}/compose.yaml"] = render_compose(host, workloads, fleet.settings)
-        else:
-            for workload in workloads:
-                unit = unit_name(workload, fleet.settings)
-                texts[f"{name}/systemd/{unit}"] = render_unit(workload, fleet.settings)
+        rendered = driver_for(host.target).render(host, workloads, fleet.settings)
+        texts = {f"{name}/{path}": text for path, text in rendered.items()}
         texts[f"{name}/{INDEX_FILE}"] = render_index(host, workloads, fleet.settings)
         for path, text in texts.items():
             files[path] = text.encode()

@@ -7,7 +7,6 @@ from typing import Any
 
 from compiler.model import Settings
 from compiler.render import container_name
-from compiler.render.systemd import unit_name
 from compiler.resolve import ResolvedHost, Workload
 
 INDEX_SCHEMA = "fleetform.index/v1"
@@ -15,13 +14,12 @@ INDEX_FILE = "index.json"
 
 
 def render_index(host: ResolvedHost, workloads: list[Workload], settings: Settings) -> str:
+    from compiler.targets import driver_for
+
+    driver = driver_for(host.target)
     entries: list[dict[str, Any]] = []
     for workload in workloads:
-        artifact = (
-            "compose.yaml"
-            if host.target == "compose"
-            else f"systemd/{unit_name(workload, settings)}"
-        )
+        artifact = driver.artifact_path(workload, settings)
         entry: dict[str, Any] = {
             "name": workload.name,
             "deployment": workload.deployment,

@@ -1,0 +1,108 @@
+"""The systemd driver: a host reached over SSH (or this machine, in agent mode) whose
+replicas are systemd units running ``docker run`` (``output/<host>/systemd/``)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compiler.apply import HostResult, Target
+    from compiler.apply.docker import Options, Secrets
+    from compiler.model import Settings
+    from compiler.observe import ObservedHost
+    from compiler.observe.connections import Connections
+    from compiler.plan import DesiredHost, HostPlan
+    from compiler.render.container import ContainerSpec
+    from compiler.resolve import ResolvedHost, Workload
+
+UNIT_SUFFIX = ".service"
+
+
+class SystemdDriver:
+    kind = "systemd"
+
+    def render(
+        self, host: ResolvedHost, workloads: list[Workload], settings: Settings
+    ) -> dict[str, str]:
+        from compiler.render.systemd import render_unit
+
+        return {
+            self.artifact_path(workload, settings): render_unit(workload, settings)
+            for workload in workloads
+        }
+
+    def artifact_path(self, workload: Workload, settings: Settings) -> str:
+        from compiler.render.systemd import unit_name
+
+        return f"systemd/{unit_name(workload, settings)}"
+
+    def compared_file(
+        self, workload: Workload, settings: Settings, files: Mapping[str, bytes]
+    ) -> tuple[str, str] | None:
+        from compiler.render.systemd import unit_name
+
+        name = unit_name(workload, settings)
+        text = files.get(f"{workload.host}/systemd/{name}")
+        return None if text is None else (name, text.decode())
+
+    def secrets_hash(self, spec: ContainerSpec, values: dict[str, str]) -> str:
+        """The sha256 of the unit's env file, as the host has it."""
+        from compiler.apply.systemd import env_file_text
+
+        text = env_file_text({var: values[secret] for var, secret in spec.secrets.items()})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def observe(
+        self, target: Target, settings: Settings, early: Connections | None
+    ) -> ObservedHost:
+        from compiler.observe.systemd import observe_systemd_host
+        from compiler.transport import shell_for
+
+        desired = target.desired
+        shell = shell_for(target.ssh)
+        try:
+            return observe_systemd_host(
+                shell,
+                desired.host,
+                settings.project,
+                desired.unit_dir,
+                desired.units or {},
+                label_prefix=settings.label_prefix,
+            )
+        finally:
+            shell.close()
+
+    def plan(
+        self, desired: DesiredHost, observed: ObservedHost, project: str, prefix: str
+    ) -> HostPlan:
+        from compiler.plan_systemd import plan_systemd_host
+
+        return plan_systemd_host(desired, observed, project)
+
+    def apply(
+        self,
+        host_plan: HostPlan,
+        target: Target,
+        project: str,
+        options: Options,
+        secrets: dict[str, Secrets],
+        say: Callable[[str, str], None],
+    ) -> HostResult:
+        from compiler.apply import apply_systemd_host
+
+        return apply_systemd_host(host_plan, target, project, options, secrets, say)
+
+    def unlock(self, target: Target, project: str) -> bool:
+        from compiler.apply import systemd
+        from compiler.transport import shell_for
+
+        shell = shell_for(target.ssh)
+        try:
+            return systemd.break_lock(shell, project)
+        finally:
+            shell.close()
+
+    def spec_name(self, step_name: str) -> str:
+        return step_name.removesuffix(UNIT_SUFFIX)

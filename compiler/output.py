@@ -63,6 +63,7 @@ from compiler.load import SETTINGS_FILE
 from compiler.model import HostKind
 from compiler.placement import Prior
 from compiler.render.index import INDEX_FILE, INDEX_SCHEMA
+from compiler.targets import driver_for
 
 MAX_INDEX_BYTES = 16 * 2**20
 WAIT_NOTICE_AFTER = 1.0  # seconds of waiting for the lock before saying so
@@ -386,7 +387,12 @@ def read_state(tree: OutputTree) -> PriorState:
             used_gpus: set[int] = set()
             used_ports: set[int] = set()
             keys: set[tuple[str, int]] = set()
+            kind = driver_for(index.target)
             for entry in index.workloads:
+                if not kind.is_artifact_path(entry.artifact):
+                    raise _Ignored(
+                        f"'{printable(entry.artifact)}' is not a {index.target} host's artifact"
+                    )
                 key = (entry.deployment, entry.replica)
                 if key in keys or key in owner:
                     where = f" and in {tree.display(owner[key])}" if key in owner else " twice"

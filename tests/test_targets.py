@@ -46,6 +46,9 @@ class FakeDriver:
     def artifact_path(self, workload: Workload, settings: Settings) -> str:
         return "fake.txt"
 
+    def is_artifact_path(self, path: str) -> bool:
+        return path == "fake.txt"
+
     def compared_file(
         self, workload: Workload, settings: Settings, files: Mapping[str, bytes]
     ) -> tuple[str, str] | None:
@@ -173,3 +176,27 @@ def test_nothing_outside_the_drivers_branches_on_a_kind() -> None:
             if branching.search(line):
                 found.append(f"{relative}:{number}: {line.strip()}")
     assert found == []
+
+
+def test_an_index_may_claim_only_its_kinds_artifacts(tmp_path: Path) -> None:
+    """A pull request's index.json that names another file of the host's folder as a
+    replica's artifact (so that compile would treat it as fleetform's) is ignored."""
+    import warnings
+
+    from compiler.output import IndexIgnored
+
+    make_repo(tmp_path, {"deployments.d/d.yaml": "- {name: d, backend: srv, local_path: /m}\n"})
+    api.compile_repo(tmp_path)
+    index_path = tmp_path / "output" / "h1" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["workloads"][0]["artifact"] = "notes.txt"
+    index_path.write_text(json.dumps(index))
+    (tmp_path / "output" / "h1" / "notes.txt").write_text("a person's notes\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.build(tmp_path)
+    messages = [str(w.message) for w in caught if issubclass(w.category, IndexIgnored)]
+    assert messages == [
+        "warning: output/h1/index.json: ignored ('notes.txt' is not a compose host's"
+        " artifact); placement starts fresh for its replicas"
+    ]

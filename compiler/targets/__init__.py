@@ -41,6 +41,11 @@ class Driver(Protocol):
         """Where below ``output/<host>/`` a replica is written (for ``index.json``)."""
         ...
 
+    def is_artifact_path(self, path: str) -> bool:
+        """Whether ``path`` (below ``output/<host>/``) is one :meth:`artifact_path` makes:
+        an ``index.json`` read back may name only those as fleetform's own."""
+        ...
+
     def compared_file(
         self, workload: Workload, settings: Settings, files: Mapping[str, bytes]
     ) -> tuple[str, str] | None:

@@ -31,6 +31,9 @@ class ComposeDriver:
     def artifact_path(self, workload: Workload, settings: Settings) -> str:
         return "compose.yaml"
 
+    def is_artifact_path(self, path: str) -> bool:
+        return path == "compose.yaml"
+
     def compared_file(
         self, workload: Workload, settings: Settings, files: Mapping[str, bytes]
     ) -> tuple[str, str] | None:

@@ -4,6 +4,7 @@ replicas are systemd units running ``docker run`` (``output/<host>/systemd/``)."
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from compiler.resolve import ResolvedHost, Workload
 
 UNIT_SUFFIX = ".service"
+_UNIT_PATH = re.compile(r"systemd/[A-Za-z0-9@_.:-]{1,200}\.service", re.ASCII)
 
 
 class SystemdDriver:
@@ -37,6 +39,9 @@ class SystemdDriver:
         from compiler.render.systemd import unit_name
 
         return f"systemd/{unit_name(workload, settings)}"
+
+    def is_artifact_path(self, path: str) -> bool:
+        return _UNIT_PATH.fullmatch(path) is not None
 
     def compared_file(
         self, workload: Workload, settings: Settings, files: Mapping[str, bytes]

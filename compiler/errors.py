@@ -71,14 +71,6 @@ class FleetformWarning(UserWarning):
     """
 
 
-class HostError(FleetformError):
-    """A live host could not be observed or changed."""
-
-
-class PlanError(FleetformError):
-    """A plan that cannot be made, read or carried out as it stands."""
-
-
 class ErrorList(FleetformError):
     """Several independent errors found in one pass, reported together."""
 

@@ -510,20 +510,6 @@ def diff_output(output: Path | OutputTree, files: dict[str, bytes]) -> Changes:
 # --- writing ----------------------------------------------------------------------------
 
 
-def write_output(
-    tree: OutputTree, managed: set[str], files: dict[str, bytes], parent_fd: int
-) -> Changes:
-    """Bring ``output/`` to ``files`` (see :class:`Writer`); the caller holds the lock."""
-    writer = Writer(tree, managed, parent_fd)
-    try:
-        for path, content in sorted(files.items()):
-            writer.add(path, content)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.commit()
-
-
 class Writer:
     """Builds the new ``output/`` beside the old one while the caller is still rendering.
 

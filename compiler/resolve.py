@@ -26,8 +26,6 @@ from compiler.model import Backend, Deployment, Repo, SecretRef, Settings
 from compiler.placement import HostSlots, Placed, Prior, Request, place
 from compiler.versions import gpustack_latest
 
-BUILTINS = ("model_path", "port", "model_name", "worker_ip", "gpu_count", "gpu_ids")
-
 # Linux refuses an execve() argument (with its NUL) over MAX_ARG_STRLEN, 128 KiB.
 MAX_ARGUMENT_BYTES = 131_071
 # All of one container's arguments, env and labels: a systemd unit holds them in one

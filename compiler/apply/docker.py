@@ -371,7 +371,7 @@ def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]
         host_config["Devices"] = [
             dict(
                 zip(
-                    ("PathOnHost", "PathInContainer", "CgroupPermissions"),
+                    DEVICE_KEYS,
                     device_parts(d),
                     strict=True,
                 )

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from tests.engines import (
     start_engine,
 )
 from tests.systemd_hosts import (
+    HOST_IMAGE,
     SystemdHostFactory,
     build_host_image,
     require_systemd_host_tools,
@@ -90,13 +91,34 @@ def systemd_engine(engine_root: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def systemd_image(systemd_engine: Engine) -> str:
-    """The host image (Debian bookworm, systemd, sshd, docker.io) in the outer engine.
+def host_images(systemd_engine: Engine) -> Callable[[str], str]:
+    """The host image of a Debian release (``host_images("trixie")``) in the outer engine,
+    as ``fleetform-test/host:<release>``.
 
-    Built with debootstrap once and cached (``/var/cache/fleetform-test`` or
-    ``$FLEETFORM_TEST_CACHE``); imported once per session.
+    Each is built with debootstrap once and cached (``/var/cache/fleetform-test`` or
+    ``$FLEETFORM_TEST_CACHE``), and imported once per session.
     """
-    return build_host_image(systemd_engine)
+    imported: dict[str, str] = {}
+
+    def image(release: str) -> str:
+        if release not in imported:
+            tag = f"{HOST_IMAGE}:{release}"
+            build_host_image(systemd_engine, tag=tag, suite=release)
+            imported[release] = tag
+        return imported[release]
+
+    return image
+
+
+# The engine matrix of the systemd suite: every test that starts systemd hosts runs on
+# Debian 12 (systemd 252, docker.io 20.10) and on Debian 13 (systemd 257, docker.io 26.1).
+DEBIAN = {"debian12": "bookworm", "debian13": "trixie"}
+
+
+@pytest.fixture(scope="session", params=sorted(DEBIAN))
+def systemd_image(request: pytest.FixtureRequest, host_images: Callable[[str], str]) -> str:
+    """The host image the ``systemd_hosts`` of a test boot: one run per Debian release."""
+    return host_images(DEBIAN[request.param])
 
 
 @pytest.fixture
@@ -105,8 +127,27 @@ def systemd_hosts(
 ) -> Iterator[SystemdHostFactory]:
     """A factory of real systemd hosts (``systemd_hosts("h1")``, ``systemd_hosts.many(...)``)
     reached over ssh on loopback; all are removed when the test ends."""
-    factory = SystemdHostFactory(systemd_engine, engine_root)
+    factory = SystemdHostFactory(systemd_engine, engine_root, image=systemd_image)
     try:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture
+def systemd_hosts_of(
+    systemd_engine: Engine, engine_root: Path
+) -> Iterator[Callable[[str], SystemdHostFactory]]:
+    """Factories of systemd hosts of a given image (``systemd_hosts_of(image)``), for a
+    test that picks its Debian release itself; all hosts are removed when the test ends."""
+    factories: list[SystemdHostFactory] = []
+
+    def factory(image: str) -> SystemdHostFactory:
+        factories.append(SystemdHostFactory(systemd_engine, engine_root, image=image))
+        return factories[-1]
+
+    try:
+        yield factory
+    finally:
+        for made in factories:
+            made.close()

@@ -48,14 +48,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.engines import (
+    _HOME_LOCK,
     HOOK_NAME,
     REQUIRE_TOOLS_ENV,
     TEST_IMAGE,
     Engine,
     EngineStartError,
+    _environ,
     _keygen,
     _unmount_under,
     _write_gpu_hook,
@@ -67,10 +69,35 @@ from tests.engines import (
     trust_host_key,
 )
 
+if TYPE_CHECKING:
+    import docker
+
 HOST_IMAGE = "fleetform-test/host"
 CACHE_ENV = "FLEETFORM_TEST_CACHE"
 DEFAULT_CACHE_DIR = Path("/var/cache/fleetform-test")
 SUITE = "bookworm"
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a host image of one Debian release needs beyond :data:`PACKAGES`."""
+
+    init: tuple[str, ...]  # the image's CMD: PID 1 and its arguments
+    packages: tuple[str, ...] = ()
+
+
+# Debian releases a host image can be built from.
+RELEASES = {
+    # Debian 12: systemd 252, docker.io 20.10 (with its CLI).
+    "bookworm": Release(init=("/sbin/init",)),
+    # Debian 13: systemd 257, docker.io 26.1, whose CLI is a package of its own. systemd
+    # 256 and newer refuse to boot on cgroup v1 unless told to (this machine, and so its
+    # hosts, have v1 hierarchies only); in a container systemd reads PID 1's own arguments
+    # as the kernel command line, so the flag is an argument of /sbin/init.
+    "trixie": Release(
+        init=("/sbin/init", "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"), packages=("docker-cli",)
+    ),
+}
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "docker.io", "iproute2")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 GPU_HOOK_LOG = "/var/log/fleetform-gpu-hook.log"
@@ -179,20 +206,26 @@ def _which_sbin(name: str) -> str | None:
 # --- the host image ----------------------------------------------------------------------
 
 
-def recipe_key() -> str:
+def recipe_key(suite: str = SUITE) -> str:
     """A hash of everything that goes into the host rootfs: its cache name and image label."""
     recipe = json.dumps(
-        [_RECIPE_VERSION, SUITE, PACKAGES, _ROOTFS_FILES, _MASKED_UNITS, _PRUNED], sort_keys=True
+        [_RECIPE_VERSION, suite, _packages(suite), _ROOTFS_FILES, _MASKED_UNITS, _PRUNED],
+        sort_keys=True,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def _cached_rootfs(cache_dir: Path) -> Path:
-    return cache_dir / f"host-rootfs-{SUITE}-{recipe_key()}.tar"
+def _packages(suite: str) -> list[str]:
+    return [*PACKAGES, *RELEASES[suite].packages]
+
+
+def _cached_rootfs(cache_dir: Path, suite: str = SUITE) -> Path:
+    return cache_dir / f"host-rootfs-{suite}-{recipe_key(suite)}.tar"
 
 
 def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
-    """The Debian archive this machine's apt uses for the main suite (not -security)."""
+    """The Debian archive this machine's apt uses for its main suite (not -security):
+    the same archive serves every release a host image is built from."""
     uris: list[str] = []
     paths = [sources / "sources.list", *sorted(sources.glob("sources.list.d/*.list"))]
     for path in paths + sorted(sources.glob("sources.list.d/*.sources")):
@@ -223,24 +256,29 @@ def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
     return DEFAULT_MIRROR
 
 
-def build_host_rootfs(cache_dir: Path, mirror: str | None = None, timeout: float = 1200) -> Path:
-    """The host rootfs tarball, built with debootstrap unless the cache already has it.
+def build_host_rootfs(
+    cache_dir: Path, mirror: str | None = None, timeout: float = 1200, suite: str = SUITE
+) -> Path:
+    """The host rootfs tarball of Debian ``suite``, built with debootstrap unless the cache
+    already has it.
 
     One build at a time per cache folder (a file lock): a concurrent test run waits for the
     other's tarball instead of building its own.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = _cached_rootfs(cache_dir)
+    if suite not in RELEASES:
+        raise ValueError(f"no host image recipe for Debian {suite!r} (known: {sorted(RELEASES)})")
+    target = _cached_rootfs(cache_dir, suite)
     if target.exists():
         return target
-    with (cache_dir / "host-rootfs.lock").open("w") as lock:
+    with (cache_dir / f"host-rootfs-{suite}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             return target
         debootstrap = _which_sbin("debootstrap")
         if debootstrap is None:
             raise RuntimeError("debootstrap is not installed (apt: debootstrap)")
-        work = cache_dir / f"build-{recipe_key()}-{os.getpid()}"
+        work = cache_dir / f"build-{recipe_key(suite)}-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         rootfs = work / "rootfs"
         rootfs.mkdir(parents=True)
@@ -248,8 +286,8 @@ def build_host_rootfs(cache_dir: Path, mirror: str | None = None, timeout: float
         argv = [
             debootstrap,
             "--variant=minbase",
-            "--include=" + ",".join(PACKAGES),
-            SUITE,
+            "--include=" + ",".join(_packages(suite)),
+            suite,
             str(rootfs),
             mirror or debian_mirror(),
         ]
@@ -276,7 +314,7 @@ def build_host_rootfs(cache_dir: Path, mirror: str | None = None, timeout: float
         finally:
             _unmount_under(work)  # debootstrap mounts /proc and /sys in the chroot
             shutil.rmtree(work, ignore_errors=True)
-        for stale in cache_dir.glob("host-rootfs-*.tar"):
+        for stale in cache_dir.glob(f"host-rootfs-{suite}-*.tar"):
             if stale != target:
                 stale.unlink(missing_ok=True)
     return target
@@ -310,13 +348,17 @@ def _configure_rootfs(rootfs: Path) -> None:
 
 
 def build_host_image(
-    engine: Engine, cache_dir: Path | None = None, tag: str = f"{HOST_IMAGE}:latest"
+    engine: Engine,
+    cache_dir: Path | None = None,
+    tag: str = f"{HOST_IMAGE}:latest",
+    suite: str = SUITE,
 ) -> str:
-    """Import the host image into ``engine`` (building the cached rootfs first if needed).
+    """Import the host image of Debian ``suite`` into ``engine`` (building the cached
+    rootfs first if needed).
 
     Returns the image id. An image of the same recipe already in the engine is reused.
     """
-    key = recipe_key()
+    key = recipe_key(suite)
     existing = _docker(
         engine,
         ["images", "-q", "--no-trunc", "--filter", f"label={_IMAGE_LABEL}={key}"],
@@ -325,12 +367,12 @@ def build_host_image(
     if existing:
         _docker(engine, ["tag", existing[0], tag], check=True)
         return existing[0]
-    rootfs = build_host_rootfs(cache_dir or cache_dir_default())
+    rootfs = build_host_rootfs(cache_dir or cache_dir_default(), suite=suite)
     image_id = _docker(
         engine,
         [
             "import",
-            "--change", 'CMD ["/sbin/init"]',
+            "--change", f"CMD {json.dumps(list(RELEASES[suite].init))}",
             "--change", f"LABEL {_IMAGE_LABEL}={key}",
             str(rootfs),
             tag,
@@ -357,16 +399,21 @@ class LoopbackForwarder:
     """Relays TCP from ``address:port`` (this machine's loopback) to a network namespace.
 
     Every accepted connection gets a thread that enters the target namespace (``setns``
-    changes only the calling thread's namespace), connects to ``127.0.0.1:target_port``
-    there, returns to the original namespace and copies bytes both ways. The port is bound
-    from the start (reserved: nothing else takes it while the host boots or is down), but
-    only listens while attached, so a stopped host refuses connections.
+    changes only the calling thread's namespace), connects to
+    ``target_address:target_port`` there (``127.0.0.1:22``, the host's sshd, by default),
+    returns to the original namespace and copies bytes both ways. The port is bound from
+    the start (reserved: nothing else takes it while the host boots or is down), but only
+    listens while attached, so a stopped host refuses connections.
     """
 
-    def __init__(self, address: str, port: int, target_port: int = 22) -> None:
-        if not address.startswith("127."):
-            raise ValueError(f"the forwarder listens on loopback (127.0.0.0/8) only, not {address}")
+    def __init__(
+        self, address: str, port: int, target_port: int = 22, target_address: str = "127.0.0.1"
+    ) -> None:
+        for end in (address, target_address):
+            if not end.startswith("127."):
+                raise ValueError(f"the forwarder relays loopback (127.0.0.0/8) only, not {end}")
         self.address, self.port, self.target_port = address, port, target_port
+        self.target_address = target_address
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._netns: int | None = None
@@ -464,7 +511,9 @@ class LoopbackForwarder:
         try:
             _setns(netns)
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+                upstream = socket.create_connection(
+                    (self.target_address, self.target_port), timeout=10
+                )
             finally:
                 _setns(self._home_netns)
             upstream.settimeout(None)
@@ -528,6 +577,7 @@ class SystemdHost:
     forwarder: LoopbackForwarder = field(repr=False)
     user: str = "root"
     gpu_hook: bool = True
+    forwarded: list[LoopbackForwarder] = field(default_factory=list, repr=False)
 
     @property
     def ssh_target(self) -> str:
@@ -624,6 +674,14 @@ class SystemdHost:
             )
             self._mux_path.unlink(missing_ok=True)
 
+    def client(self, timeout: int = 60) -> docker.DockerClient:
+        """A docker SDK client of the host's inner docker over ssh (paramiko mode), as
+        :meth:`tests.engines.SshHost.client`."""
+        import docker
+
+        with _HOME_LOCK, _environ(HOME=str(self.client_home)):
+            return docker.DockerClient(base_url=self.url, use_ssh_client=False, timeout=timeout)
+
     def docker_inspect(self, name: str) -> dict[str, Any] | None:
         """``docker inspect`` of a container of the inner docker, or None."""
         result = self.exec(["docker", "inspect", "--type", "container", name], check=False)
@@ -662,10 +720,22 @@ class SystemdHost:
         _docker(self.engine, ["start", self.container], check=True)
         _wait_until_up(self, timeout)
 
+    def forward(self, address: str, port: int) -> None:
+        """Make ``address:port`` inside the host reachable at the same address and port of
+        this machine, as a host's own address is on a network: a service a container of the
+        host listens on (``network_mode: host``) answers the test and fleetform's health
+        checks. Until :meth:`remove`."""
+        forwarder = LoopbackForwarder(address, port, target_port=port, target_address=address)
+        pid = _docker(self.engine, ["inspect", "-f", "{{.State.Pid}}", self.container], check=True)
+        forwarder.attach(int(pid.stdout))
+        self.forwarded.append(forwarder)
+
     def remove(self) -> None:
         """Remove the host's container and its folder."""
         self._close_mux()
         self.forwarder.close()
+        for forwarder in self.forwarded:
+            forwarder.close()
         _docker(self.engine, ["rm", "-f", "-v", self.container], check=False, timeout=120)
         _unmount_under(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -883,13 +953,15 @@ class SystemdHostFactory:
     (127.0.1.2, 127.0.1.3, ...), the GPU stand-in and the busybox test image.
     """
 
-    def __init__(self, engine: Engine, root: Path) -> None:
+    def __init__(self, engine: Engine, root: Path, image: str = f"{HOST_IMAGE}:latest") -> None:
         self.engine = engine
         self.root = root
+        self.image = image
         self.hosts: list[SystemdHost] = []
 
     def __call__(self, name: str, **options: object) -> SystemdHost:
         options.setdefault("address", f"{ADDRESS_PREFIX}{2 + len(self.hosts)}")
+        options.setdefault("image", self.image)
         host = start_systemd_host(self.engine, self.root, name, **options)
         self.hosts.append(host)
         return host
@@ -897,6 +969,7 @@ class SystemdHostFactory:
     def many(self, *names: str, **options: object) -> list[SystemdHost]:
         """Start several hosts at once (in parallel: each boot is mostly waiting)."""
         results: dict[str, SystemdHost | BaseException] = {}
+        options.setdefault("image", self.image)
         base = len(self.hosts)
         ssh_client_home(self.root)  # made once, before the threads race for it
         build_rootfs(self.root)

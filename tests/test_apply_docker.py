@@ -25,11 +25,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import yaml
 from docker.types import DeviceRequest, Mount
@@ -39,6 +40,7 @@ from compiler.apply import apply_plan
 from compiler.apply import lock as host_lock
 from compiler.apply.docker import Options
 from tests.engines import TEST_IMAGE, Engine, EngineFactory
+from tests.systemd_hosts import SystemdHostFactory
 
 PROJECT = "fleetform"
 PREFIX = "io.fleetform"
@@ -104,22 +106,43 @@ def own_loopback_address() -> str:
     return address
 
 
+@dataclass
+class Target:
+    """How the test reaches the compose host ``h1``: fleetform's ``docker_host``, the
+    environment its commands need for that (the ssh client's folder), the test's own SDK
+    client of the engine and its GPU stand-in's log."""
+
+    docker_host: str
+    client: docker.DockerClient
+    gpu_assignments: Callable[[], dict[str, str]]
+    env: dict[str, str] = field(default_factory=dict)
+    # Makes a port of the host's address answer on this machine (a host in a network
+    # namespace of its own); nothing to do for an engine of this machine.
+    expose: Callable[[str, int], None] = lambda address, port: None
+    engine: Engine | None = None  # the engine, when it runs on this machine
+
+
+def local_target(engine: Engine) -> Target:
+    return Target(engine.base_url, engine.client(), engine.gpu_assignments, engine=engine)
+
+
 class Fleet:
     """A one-host repository (host ``h1`` = a real engine, on its own loopback
     address) and the commands that drive it."""
 
-    def __init__(self, root: Path, engine: Engine) -> None:
+    def __init__(self, root: Path, target: Target, models: Path | None = None) -> None:
         self.address = own_loopback_address()
         self.repo = root / "repo"
-        self.engine = engine
-        self.client = engine.client()
+        self.target = target
+        self.client = target.client
         self.api = self.client.api
-        self.models = root / "models"
+        self.gpu_assignments = target.gpu_assignments
+        self.models = models or root / "models"
         (self.models / "m").mkdir(parents=True)
         host = {
             "name": "h1",
             "address": self.address,
-            "docker_host": engine.base_url,
+            "docker_host": target.docker_host,
             "gpus": {"framework": "cuda", "count": 4},
             "port_range": PORTS,
         }
@@ -145,6 +168,7 @@ class Fleet:
     def ff(self, *args: str, env: dict[str, str] | None = None) -> Run:
         argv = [sys.executable, "-c", "from compiler.cli import main; main()", *args]
         environment = {k: v for k, v in os.environ.items() if k not in _CLEAN}
+        environment.update(self.target.env)
         environment.update(env or {})
         done = subprocess.run(
             [*argv, "--repo", str(self.repo)],
@@ -333,8 +357,42 @@ def wait_for(url: str, status: int = 200, timeout: float = 10) -> None:
 
 @pytest.fixture
 def fleet(engines: EngineFactory, tmp_path: Path) -> Iterator[Fleet]:
-    engine = engines("h1")
-    made = Fleet(tmp_path, engine)
+    """A fleet whose host is an engine of this machine, reached through its socket."""
+    made = Fleet(tmp_path, local_target(engines("h1")))
+    try:
+        yield made
+    finally:
+        made.client.close()
+
+
+# The engine matrix: the convergence, drift and rollback tests run against each Docker
+# Engine fleetform supports, on a compose host reached over ssh:// as users reach theirs.
+ENGINES = ("docker20-debian12", "docker26-debian13")
+
+
+@pytest.fixture(params=ENGINES)
+def ssh_fleet(
+    request: pytest.FixtureRequest, engines: EngineFactory, tmp_path: Path
+) -> Iterator[Fleet]:
+    """A fleet whose host ``h1`` is reached over ``ssh://``: Docker 20.10 (Debian 12's
+    docker.io, this machine's) behind an sshd on loopback, or Docker 26.1 (Debian 13's)
+    inside a Debian 13 host (tests/systemd_hosts.py) whose ssh answers on loopback."""
+    if request.param == "docker20-debian12":
+        engine = engines("h1")
+        host = engines.ssh(engine)
+        target = local_target(engine)
+        target.docker_host, target.env = host.url, dict(host.env)
+        made = Fleet(tmp_path, target)
+    else:
+        image = request.getfixturevalue("host_images")("trixie")
+        hosts: SystemdHostFactory = request.getfixturevalue("systemd_hosts_of")(image)
+        models = tmp_path / "models"
+        models.mkdir()
+        remote = hosts("h1", mounts=[(models, str(models))])
+        target = Target(
+            remote.url, remote.client(), remote.gpu_assignments, remote.env, remote.forward
+        )
+        made = Fleet(tmp_path, target, models=models)
     try:
         yield made
     finally:
@@ -347,7 +405,8 @@ H1 = "h1 "
 # --- 1. the repository changes, six steps each -------------------------------------------
 
 
-def test_repository_changes_converge_in_six_steps(fleet: Fleet) -> None:
+def test_repository_changes_converge_in_six_steps(ssh_fleet: Fleet) -> None:
+    fleet = ssh_fleet
     fleet.api.tag(TEST_IMAGE, "fleetform-test/busybox", "2")
     aux = deployment("aux", backend_version="cpu")
     web = deployment("web", env={"A": "1"}, gpu_selector={"gpu_ids": ["h1:cuda:0"]})
@@ -396,7 +455,7 @@ def test_repository_changes_converge_in_six_steps(fleet: Fleet) -> None:
             "Options": {},
         }
     ]
-    assert fleet.engine.gpu_assignments()[new["Id"]] == "2,3"
+    assert fleet.gpu_assignments()[new["Id"]] == "2,3"
 
     # replicas up
     fleet.deploy(web, {**aux, "replicas": 3})
@@ -475,7 +534,8 @@ def change_lines(report_text: str) -> list[str]:
     return [line.strip() for line in report_text.splitlines() if line.startswith("      ")]
 
 
-def test_drift_is_found_and_healed(fleet: Fleet) -> None:
+def test_drift_is_found_and_healed(ssh_fleet: Fleet) -> None:
+    fleet = ssh_fleet
     fleet.api.tag(TEST_IMAGE, "fleetform-test/busybox", "2")
     fleet.deploy(deployment(env={"A": "1"}, gpu_selector={"gpu_ids": ["h1:cuda:1"]}))
     converge(fleet, [H1 + "create fleetform-web-0"])
@@ -693,8 +753,9 @@ def test_saved_plan_is_applied_exactly_or_refused_when_stale(fleet: Fleet, tmp_p
 # --- 5. rollback ----------------------------------------------------------------------------
 
 
-def test_failed_update_rolls_back_to_the_previous_container(fleet: Fleet) -> None:
-    port = 41120
+def test_failed_update_rolls_back_to_the_previous_container(ssh_fleet: Fleet) -> None:
+    fleet, port = ssh_fleet, 41120
+    fleet.target.expose(fleet.address, port)
     web = deployment(env={"A": "1"}, port=port, gpu_selector={"gpu_ids": ["h1:cuda:0"]})
     fleet.deploy(web)
     fleet.apply()
@@ -847,7 +908,7 @@ def test_gpu_replicas_are_replaced_one_at_a_time(fleet: Fleet) -> None:
     assert [fleet.gpus(name) for name in names] == [["0"], ["1"]]
 
     events = fleet.events(since)
-    gpus = fleet.engine.gpu_assignments()  # container id → the GPUs it was started with
+    gpus = fleet.gpu_assignments()  # container id → the GPUs it was started with
     assert {gpus[i] for i in old + new} == {"0", "1"}
     timeline = [(e["Action"], e["id"]) for e in events if e["id"] in old + new]
     # Each old container dies before its successor starts; replica 1 is only touched
@@ -913,7 +974,7 @@ def test_concurrent_applies_and_stale_locks(fleet: Fleet) -> None:
     fleet.deploy(deployment("aux", backend_version="cpu", replicas=1))
     from compiler.observe.engine import Engine as EngineClient
 
-    lock_engine = EngineClient(fleet.engine.base_url)
+    lock_engine = EngineClient(fleet.target.docker_host)
     held = host_lock.acquire(lock_engine, "h1", PROJECT, PREFIX)
     lock_engine.close()
     before = fleet.snapshot()
@@ -1055,9 +1116,7 @@ def test_sizes_port_ranges_and_ipv6_as_docker_reads_them_converge(fleet: Fleet) 
     assert fleet.ff("reconcile").returncode == 0
     shm = {n: fleet.inspect(f"{PROJECT}-{n}-0")["HostConfig"]["ShmSize"] for n in "abcd"}
     assert shm == {"a": 1610612736, "b": 536870912, "c": 1073741824, "d": 2147483648}
-    bindings = {
-        n: fleet.inspect(f"{PROJECT}-{n}-0")["HostConfig"]["PortBindings"] for n in "abc"
-    }
+    bindings = {n: fleet.inspect(f"{PROJECT}-{n}-0")["HostConfig"]["PortBindings"] for n in "abc"}
     assert bindings == {
         "a": {
             "80/tcp": [{"HostIp": "", "HostPort": "9000"}],

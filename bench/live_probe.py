@@ -28,7 +28,7 @@ def main() -> None:
     counts = {"ssh": 0, "requests": 0}
     timers: dict[str, float] = {}
 
-    from compiler.observe import engine as engine_module
+    from compiler.remote import engine as engine_module
 
     opened: dict[int, float] = {}  # per Engine: when it was opened
     first: list[float] = []
@@ -71,7 +71,7 @@ def main() -> None:
 
         return wrapper
 
-    from compiler.observe import connections
+    from compiler.remote import connections
 
     connections_init = connections.Connections.__init__
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from compiler.errors import FleetformError, Mark, OutputError
 from compiler.load import load_repo
 from compiler.model import Repo, Settings, validate_repo
-from compiler.observe.connections import Connections
 from compiler.output import (
     Changes,
     OutputPlace,
@@ -26,6 +25,7 @@ from compiler.output import (
     recover,
     scan_output,
 )
+from compiler.remote.connections import Connections
 from compiler.render.fleet import render_fleet
 from compiler.resolve import Fleet, resolve_fleet
 from compiler.targets import driver_for
@@ -229,7 +229,7 @@ def observe(
     ``early``: connections opened while the repository was compiled."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from compiler.observe import ObservedHost
+    from compiler.observed import ObservedHost
 
     def one(target: Target) -> ObservedHost:
         return driver_for(target.desired.target).observe(target, settings, early)

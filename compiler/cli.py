@@ -270,7 +270,7 @@ def plan(
     detailed_exitcode: bool,
 ) -> None:
     """Show what apply would change on the live hosts."""
-    from compiler.observe.connections import Connections
+    from compiler.remote.connections import Connections
 
     early = Connections(repo, hosts)  # before the heavy imports: see its docstring
     from compiler import api, report
@@ -307,12 +307,11 @@ def apply(
     stop_timeout: int,
 ) -> None:
     """Carry out exactly the plan (a saved PLANFILE, or a new one you confirm)."""
-    from compiler.observe.connections import Connections
+    from compiler.remote.connections import Connections
 
     early = Connections(repo, hosts)  # before the heavy imports: see its docstring
     from compiler import api, report
-    from compiler.apply import apply_plan
-    from compiler.apply.docker import Options
+    from compiler.apply import Options, apply_plan
 
     planned = api.plan_repo(repo, hosts, early)
     plan = planned.plan
@@ -367,8 +366,7 @@ def reconcile(
     import time
 
     from compiler import api, report
-    from compiler.apply import apply_plan
-    from compiler.apply.docker import Options
+    from compiler.apply import Options, apply_plan
 
     while True:
         planned = api.plan_repo(repo, hosts)

@@ -120,3 +120,9 @@ def escape(char: str) -> str:
     if code <= 0xFFFF:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def describe(error: BaseException) -> str:
+    """One line for an unexpected error: its message, else its kind."""
+    message = error.message if isinstance(error, FleetformError) else str(error)
+    return " ".join((message or type(error).__name__).split())[:400]

@@ -144,7 +144,6 @@ def port_spec(value: str) -> str:
     return value
 
 
-
 def _is_normal_absolute(path: str) -> bool:
     return (
         path.startswith("/")
@@ -212,7 +211,6 @@ def volume(value: str) -> str:
                 f" (modes: {', '.join(sorted(_VOLUME_MODES))})"
             )
     return value
-
 
 
 def _is_device_permissions(text: str) -> bool:
@@ -360,7 +358,6 @@ def ssh_target(value: str) -> str:
     return value
 
 
-
 def docker_host(value: str) -> str:
     """``unix:///path``, ``ssh://[user@]host[:port]`` or ``tcp://host:port``."""
     scheme, sep, rest = value.partition("://")
@@ -377,7 +374,6 @@ def docker_host(value: str) -> str:
     return value
 
 
-
 def is_docker_host(value: str) -> bool:
     """Whether ``value`` is a ``docker_host`` that validation accepts."""
     try:
@@ -385,6 +381,7 @@ def is_docker_host(value: str) -> bool:
     except ValueError:
         return False
     return True
+
 
 # Names shown in messages and explain (backend names, version keys, GPU uuids):
 # printable, one line, no surrounding spaces.
@@ -395,4 +392,3 @@ def name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise ValueError(f"{_q(value)} is not a name (1-255 characters, no surrounding spaces)")
     return value
-

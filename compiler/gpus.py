@@ -123,6 +123,7 @@ VENDORS: dict[str, Vendor] = {
     )
 }
 
+
 @dataclass(frozen=True)
 class Visibility:
     """What makes a replica see its GPUs: variables that win over every env layer,

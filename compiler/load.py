@@ -290,9 +290,7 @@ def load_repo(root: Path) -> RawRepo:
     return RawRepo(root, settings, documents)
 
 
-def load_file(
-    path: Path, root: Path, kind: Kind, budget: _Budget | None = None
-) -> list[Document]:
+def load_file(path: Path, root: Path, kind: Kind, budget: _Budget | None = None) -> list[Document]:
     """The objects in one file (one mapping, a list, or several ``---`` documents)."""
     return [Document(kind, value, source) for value, source in load_objects(path, root, budget)]
 
@@ -347,8 +345,7 @@ def _read(path: Path, name: str) -> bytes:
 
 
 _LINK_MESSAGE = (
-    "is a symbolic link; fleetform follows no links (every file it reads is inside the"
-    " repository)"
+    "is a symbolic link; fleetform follows no links (every file it reads is inside the repository)"
 )
 
 
@@ -855,9 +852,7 @@ def yaml_files(folder: Path, root: Path | None = None) -> list[Path]:
     return paths
 
 
-def _walk(
-    folder: Path, root: Path, budget: _Budget
-) -> tuple[list[Path], list[FleetformError]]:
+def _walk(folder: Path, root: Path, budget: _Budget) -> tuple[list[Path], list[FleetformError]]:
     """The YAML files below ``folder``, and the problems met on the way.
 
     Iterative, never following a symbolic link: a link (to a file or a folder, inside
@@ -896,9 +891,7 @@ def _walk(
             elif path.suffix in (".yaml", ".yml"):
                 budget.files -= 1
                 if budget.files < 0:
-                    problems.append(
-                        _path_error(current, root, f"more than {MAX_FILES} YAML files")
-                    )
+                    problems.append(_path_error(current, root, f"more than {MAX_FILES} YAML files"))
                     return sorted(found), problems
                 found.append(path)
     return sorted(found), problems

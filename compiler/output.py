@@ -332,7 +332,9 @@ class _IndexEntry(BaseModel):
     # starting with "." (so never ".." or a hidden file), whatever the kind of host.
     artifact: Annotated[
         str,
-        Field(pattern=r"^[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199}(/[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199})?$"),
+        Field(
+            pattern=r"^[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199}(/[A-Za-z0-9@_:-][A-Za-z0-9@_.:-]{0,199})?$"
+        ),
     ]
     image: _Text
     framework: _Text

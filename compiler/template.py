@@ -223,9 +223,7 @@ def substitute_words(
     room = MAX_EXPANDED_TOTAL
     for word in words:
         if "{{" in word:
-            word = substitute(
-                word, lookup, defined, secrets, room=room, together="the arguments"
-            )
+            word = substitute(word, lookup, defined, secrets, room=room, together="the arguments")
             room -= len(word)
         out.append(word)
     return tuple(out)

@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from docker.types import DeviceRequest  # noqa: E402
 from docker.types import Mount as SdkMount  # noqa: E402
 
-from compiler.apply.docker import DockerExecutor, Options, Secrets  # noqa: E402
-from compiler.observe.engine import Engine as EngineClient  # noqa: E402
+from compiler.apply import Options, Secrets  # noqa: E402
 from compiler.plan import Step, secret_hash  # noqa: E402
+from compiler.remote.engine import Engine as EngineClient  # noqa: E402
 from compiler.render.container import ContainerSpec  # noqa: E402
+from compiler.targets.compose.apply import DockerExecutor  # noqa: E402
 from tests import plan_specs as specs  # noqa: E402
 from tests.engines import TEST_IMAGE, EngineFactory, cleanup_root, make_root  # noqa: E402
 

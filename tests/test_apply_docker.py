@@ -36,9 +36,8 @@ import yaml
 from docker.types import DeviceRequest, Mount
 
 from compiler import api, report
-from compiler.apply import apply_plan
-from compiler.apply import lock as host_lock
-from compiler.apply.docker import Options
+from compiler.apply import Options, apply_plan
+from compiler.targets.compose import lock as host_lock
 from tests.engines import TEST_IMAGE, Engine, EngineFactory
 from tests.systemd_hosts import SystemdHostFactory
 
@@ -972,7 +971,7 @@ def test_concurrent_applies_and_stale_locks(fleet: Fleet) -> None:
 
     # A lock left behind (here: taken and never released) blocks every apply ...
     fleet.deploy(deployment("aux", backend_version="cpu", replicas=1))
-    from compiler.observe.engine import Engine as EngineClient
+    from compiler.remote.engine import Engine as EngineClient
 
     lock_engine = EngineClient(fleet.target.docker_host)
     held = host_lock.acquire(lock_engine, "h1", PROJECT, PREFIX)

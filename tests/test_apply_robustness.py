@@ -700,7 +700,7 @@ def test_ssh_hosts_six_steps_and_host_keys(
 
     # A whole observation (list, inspect container, inspect image) runs one `ssh`, i.e.
     # one session and one `docker system dial-stdio` on the host, as the docker CLI does.
-    from compiler.observe.docker import observe_docker_host
+    from compiler.targets.compose.observe import observe_docker_host
 
     client_bin = ssh_hosts[0].client_home / "bin"
     log = tmp_path / "ssh-calls.log"

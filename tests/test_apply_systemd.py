@@ -33,8 +33,7 @@ import pytest
 import yaml
 
 from compiler import api, report
-from compiler.apply import apply_plan
-from compiler.apply.docker import Options
+from compiler.apply import Options, apply_plan
 from tests.engines import TEST_IMAGE, Engine, EngineFactory
 from tests.systemd_hosts import SystemdHost, SystemdHostFactory
 

@@ -1,11 +1,11 @@
-"""plan's early connections (compiler/observe/connections.py) open only what the schema
+"""plan's early connections (compiler/remote/connections.py) open only what the schema
 would accept: no text of a pull request's reaches ssh before it is validated."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.observe.connections import Connections
+from compiler.remote.connections import Connections
 
 
 def test_an_address_validation_refuses_is_never_opened(tmp_path: Path) -> None:

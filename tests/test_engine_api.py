@@ -1,4 +1,4 @@
-"""The Engine API client (compiler/observe/engine.py) speaks versioned API, negotiated.
+"""The Engine API client (compiler/remote/engine.py) speaks versioned API, negotiated.
 
 A real engine shows the negotiation's result; an HTTP server on a unix socket standing in
 for engines of other versions shows each request's path, the cap and the refusal of an
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from compiler.observe.docker import observe_docker_host
-from compiler.observe.engine import MAX_API, MIN_API, Engine, HostUnreachable
+from compiler.remote.engine import MAX_API, MIN_API, Engine, HostUnreachable
+from compiler.targets.compose.observe import observe_docker_host
 from tests.engines import EngineFactory
 
 

@@ -291,7 +291,7 @@ def test_every_accepted_port_is_bound_as_compose_binds_it(tmp_path: Path) -> Non
     range, a host range for one container port, an IPv6 address without brackets."""
     import yaml
 
-    from compiler.apply.docker import _ports
+    from compiler.targets.compose.apply import _ports
 
     specs = ACCEPTED[model.PortSpec]
     path = tmp_path / "compose.yaml"

@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 
 from compiler import report
-from compiler.observe import ObservedContainer, ObservedHost
-from compiler.observe.docker import _container, observe_engine
+from compiler.observed import ObservedContainer, ObservedHost
 from compiler.plan import (
     Change,
     DesiredHost,
     HostPlan,
     Plan,
-    plan_host,
     secret_hash,
 )
 from compiler.render.container import ContainerSpec, Mount
+from compiler.targets.compose.observe import _container, observe_engine
+from compiler.targets.compose.plan import plan_host
 from tests import plan_specs as specs
 from tests.plan_specs import API0, PREFIX, PROJECT, SQUAT0, TOK0, WEB0, WEB1, changed
 
@@ -573,7 +573,7 @@ def test_json_format(update_goldens: bool) -> None:
 
 def running_as(old: ContainerSpec, *, stamped: bool = True) -> ObservedContainer:
     """A container apply made from ``old``: its view, and the holds label apply stamps."""
-    from compiler.observe.docker import desired_view
+    from compiler.targets.compose.observe import desired_view
 
     view = desired_view(old, {})
     if stamped:

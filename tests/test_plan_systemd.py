@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from compiler.observe import ObservedHost, ObservedUnit
+from compiler.observed import ObservedHost, ObservedUnit
 from compiler.plan import DesiredHost, make_plan
 from compiler.render.container import ContainerSpec
 

@@ -204,8 +204,8 @@ def test_stop_timeout_reaches_compose_the_unit_and_the_container_alike(tmp_path:
     """A deployment's stop_timeout: compose's stop_grace_period, the unit's `docker stop
     --time` (and systemd's own limit above it), `docker run --stop-timeout`, and the
     create request's StopTimeout. Unset: the unit keeps 30 s, the others say nothing."""
-    from compiler.apply.docker import create_body
     from compiler.render.container import container_spec
+    from compiler.targets.compose.apply import create_body
 
     hosts = (
         "- {name: c1, address: 10.9.0.1, labels: {k: c}, gpus: {framework: cuda, count: 3}}\n"

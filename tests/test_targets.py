@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from compiler import api
-from compiler.apply import HostResult, Target, apply_plan
-from compiler.apply.docker import Options, Secrets
+from compiler.apply import HostResult, Options, Secrets, Target, apply_plan
 from compiler.model import Settings
-from compiler.observe import ObservedHost
-from compiler.observe.connections import Connections
+from compiler.observed import ObservedHost
 from compiler.plan import DesiredHost, HostPlan, Step
+from compiler.remote.connections import Connections
 from compiler.render.container import ContainerSpec
 from compiler.resolve import ResolvedHost, Workload
 from compiler.targets import DRIVERS
@@ -151,17 +150,7 @@ def test_an_unregistered_kind_is_a_validation_error(tmp_path: Path) -> None:
 
 
 # Modules that are one kind's own (its driver and the stages only it uses).
-_KIND_MODULES = {
-    "targets",
-    "render/compose.py",
-    "render/systemd.py",
-    "observe/docker.py",
-    "observe/systemd.py",
-    "apply/docker.py",
-    "apply/systemd.py",
-    "apply/lock.py",
-    "plan_systemd.py",
-}
+_KIND_MODULES = {"targets", "render/compose.py", "render/systemd.py"}
 
 
 def test_nothing_outside_the_drivers_branches_on_a_kind() -> None:

@@ -1,5 +1,5 @@
-"""SSH options and messages (compiler/transport.py), and the Engine API's small
-formats (compiler/observe/engine.py, compiler/apply/docker.py): no host needed.
+"""SSH options and messages (compiler/remote/ssh.py), and the Engine API's small
+formats (compiler/remote/engine.py, compiler/targets/compose/apply.py): no host needed.
 
 Against real sshd and engines: tests/test_apply_robustness.py (ssh:// hosts, the
 shared master connection) and tests/test_apply_systemd.py."""
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from compiler.apply.docker import create_body, split_reference
-from compiler.observe.engine import demultiplex
-from compiler.render.container import ContainerSpec, Mount
-from compiler.transport import (
+from compiler.remote.engine import demultiplex
+from compiler.remote.ssh import (
     TransportError,
     multiplexing,
     ssh_message,
     ssh_options,
 )
+from compiler.render.container import ContainerSpec, Mount
+from compiler.targets.compose.apply import create_body, split_reference
 
 UNKNOWN = (
     b"No ED25519 host key is known for [127.0.0.2]:2201 and you have requested strict"

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Protocol
 from compiler.errors import FleetformError
 
 if TYPE_CHECKING:
-    from compiler.apply import HostResult, Target
-    from compiler.apply.docker import Options, Secrets
+    from compiler.apply import HostResult, Options, Secrets, Target
     from compiler.model import Settings
-    from compiler.observe import ObservedHost
-    from compiler.observe.connections import Connections
+    from compiler.observed import ObservedHost
     from compiler.plan import DesiredHost, HostPlan
+    from compiler.remote.connections import Connections
     from compiler.render.container import ContainerSpec
     from compiler.resolve import ResolvedHost, Workload
 

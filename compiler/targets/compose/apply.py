@@ -15,47 +15,36 @@ from __future__ import annotations
 
 import contextlib
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.errors import FleetformError
+from compiler.apply import (
+    NO_SECRETS,
+    HostResult,
+    Options,
+    Progress,
+    Report,
+    Secrets,
+    StepFailed,
+    Target,
+    current_step,
+    release_after_failure,
+    step_prefix,
+    wait_healthy,
+    with_lock_left,
+)
+from compiler.errors import FleetformError, describe
 from compiler.fields import size_in_bytes
-from compiler.observe.docker import describe, device_parts
-from compiler.observe.engine import Engine, EngineError, demultiplex
-from compiler.plan import PREVIOUS_SUFFIX, Step
+from compiler.plan import HostPlan, Step
+from compiler.remote.engine import Engine, EngineError, HostUnreachable, demultiplex
 from compiler.render.container import ContainerSpec
+from compiler.targets.compose import lock as host_lock
+from compiler.targets.compose.observe import device_parts, observe_engine
+from compiler.targets.compose.plan import PREVIOUS_SUFFIX, plan_host
 
 # A container that has not exited within this long after start counts as started.
 SETTLE_SECONDS = 1.0
-HEALTH_POLL_SECONDS = 0.5
-
-
-class StepFailed(FleetformError):
-    """A step that could not be carried out (after any rollback it did)."""
-
-
-@dataclass(frozen=True)
-class Options:
-    stop_timeout: int = 30
-    wait: bool = False
-    label_prefix: str = "io.fleetform"
-
-
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """One container's secret variables with their values, and their hash label."""
-
-    env: dict[str, str]
-    hash: str
-
-
-NO_SECRETS = Secrets({}, "")
 
 
 @dataclass(frozen=True)
@@ -442,31 +431,6 @@ def split_reference(image: str) -> tuple[str, str]:
     return name, "latest"
 
 
-def wait_healthy(spec: ContainerSpec, running: Callable[[], bool], progress: Progress) -> None:
-    """Poll ``http://<address>:<port><health_check_path>`` until it answers 200, the
-    deployment's health timeout passes, or the container stops running."""
-    url = f"http://{spec.address}:{spec.port}{spec.health_check_path}"
-    progress(f"waiting for {url} (up to {spec.health_timeout:.0f} s)")
-    deadline = time.monotonic() + spec.health_timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-                last = f"HTTP {answer.status}"
-        except urllib.error.HTTPError as error:
-            last = f"HTTP {error.code}"
-        except (OSError, ValueError) as error:
-            last = describe(error)
-        if not running():
-            raise StepFailed(f"container exited while waiting for {url}")
-        time.sleep(HEALTH_POLL_SECONDS)
-    raise StepFailed(
-        f"health check {url} did not answer 200 within {spec.health_timeout:.0f} s ({last})"
-    )
-
-
 def _ports(ports: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
     """compose's short port syntax → the API's exposed ports and port bindings, read by
     the docker SDK's own parser (``docker.utils.ports.split_port``, as ``docker run -p``
@@ -489,3 +453,58 @@ def _ports(ports: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, list[dict[
                 {"HostIp": host_ip or "", "HostPort": host_port or ""}
             )
     return exposed, bindings
+
+
+def apply_host(
+    host_plan: HostPlan,
+    target: Target,
+    project: str,
+    options: Options,
+    secrets: dict[str, Secrets],
+    say: Report,
+) -> HostResult:
+    """The compose driver's apply: lock the engine, check the plan is current, run it."""
+    host = host_plan.host
+    try:
+        engine = Engine(target.base_url)
+    except FleetformError as error:
+        return HostResult(host, "failed", error=error.message)
+    result = HostResult(host, "converged")
+    in_steps = False  # an engine or transport error then names the step under way
+    left: str | None = None  # why the lock could not be released after a failure
+    try:
+        lock_id = host_lock.acquire(engine, host, project, options.label_prefix)
+        try:
+            names = [spec.name for spec in target.desired.specs]
+            seen = observe_engine(engine, host, project, options.label_prefix, names)
+            if seen.fingerprint() != host_plan.observed:
+                fresh = plan_host(target.desired, seen, options.label_prefix)
+                raise FleetformError(
+                    "the host changed since the plan was made (stale plan): plan again"
+                    + (f" ({len(fresh.steps)} steps now)" if fresh.error is None else "")
+                )
+            executor = DockerExecutor(engine, options, lambda m: say(host, m))
+            specs = {spec.name: spec for spec in target.desired.specs}
+            in_steps = True
+            run_steps(executor, host_plan.steps, specs, secrets, result.done)
+            in_steps = False
+        except BaseException:
+            # What failed is the error; a release that fails after it (an engine that
+            # went away) is said beside it, never swallowed: the lock stays behind.
+            left = release_after_failure(lambda: host_lock.release(engine, lock_id))
+            raise
+        host_lock.release(engine, lock_id)
+    except StepFailed as error:
+        step = current_step(host_plan, result)
+        result.status, result.error = "failed", f"{step}: {error.message}"
+    except (EngineError, HostUnreachable) as error:  # this host's failure, in that step
+        where = step_prefix(in_steps, host_plan, result)
+        result.status, result.error = "failed", where + error.message
+    except FleetformError as error:
+        result.status, result.error = "failed", error.message
+    except Exception as error:  # a bug's, or the transport's: this host's failure
+        where = step_prefix(in_steps, host_plan, result)
+        result.status, result.error = "failed", where + describe(error)
+    finally:
+        engine.close()
+    return with_lock_left(result, left)

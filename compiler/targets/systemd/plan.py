@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 
-from compiler.observe import ObservedHost, ObservedUnit
+from compiler.observed import ObservedHost, ObservedUnit
 from compiler.plan import ACTION_ORDER, DesiredHost, HostPlan, Reason, Step
 from compiler.render.container import ContainerSpec
 

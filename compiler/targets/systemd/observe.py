@@ -12,8 +12,8 @@ import posixpath
 import re
 from collections.abc import Iterable
 
-from compiler.observe import ObservedHost, ObservedUnit
-from compiler.transport import Shell, TransportError
+from compiler.observed import ObservedHost, ObservedUnit
+from compiler.remote.ssh import Shell, TransportError
 
 SHOW_PROPERTIES = (
     "Id",

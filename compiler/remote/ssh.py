@@ -210,3 +210,13 @@ class SshShell:
 
 def shell_for(ssh: str | None) -> Shell:
     return SshShell(ssh) if ssh else LocalShell()
+
+
+def write_file(shell: Shell, path: str, content: bytes, mode: str) -> None:
+    """``content`` to ``path`` atomically: a temporary file beside it, then a rename."""
+    temp = f"{path}.fleetform-tmp"
+    check(
+        shell.run(["install", "-D", "-m", mode, "/dev/stdin", temp], data=content),
+        f"writing {shlex.quote(path)}",
+    )
+    check(shell.run(["mv", "-f", "--", temp, path]), f"writing {shlex.quote(path)}")

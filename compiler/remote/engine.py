@@ -6,7 +6,7 @@ How a host is reached is docker's own:
 * ``ssh://[user@]host[:port]``: OpenSSH's ``ssh`` running ``docker system dial-stdio`` on
   the host, as the docker CLI does. The user's ``~/.ssh/config``, keys, agent and
   known_hosts apply as they do for ``ssh`` and ``docker``; an unknown host key is refused
-  unless ``FLEETFORM_SSH_TRUST_UNKNOWN_HOSTS=1`` (see :mod:`compiler.transport`).
+  unless ``FLEETFORM_SSH_TRUST_UNKNOWN_HOSTS=1`` (see :mod:`compiler.remote.ssh`).
 * ``tcp://host:port``: plain HTTP, or TLS from ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``
   as the docker CLI reads them.
 
@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from compiler.errors import FleetformError
-from compiler.transport import ssh_message, ssh_options
+from compiler.remote.ssh import ssh_message, ssh_options
 
 TIMEOUT = 20.0  # seconds for any one answer, the SSH handshake included
 MIN_API = (1, 41)  # Docker Engine 20.10, the oldest this client drives

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from compiler.errors import FleetformError
 from compiler.fields import size_in_bytes
-from compiler.observe import ObservedContainer, ObservedHost
-from compiler.observe.engine import Engine, EngineError
+from compiler.observed import ObservedContainer, ObservedHost
+from compiler.remote.engine import Engine, EngineError
 
 if TYPE_CHECKING:
     from compiler.render.container import ContainerSpec
@@ -29,12 +29,6 @@ def open_engine(base_url: str) -> Engine:
     engine = Engine(base_url)
     engine.send(CONTAINER_LIST, all=1)
     return engine
-
-
-def describe(error: BaseException) -> str:
-    """One line for an unexpected error: its message, else its kind."""
-    message = error.message if isinstance(error, FleetformError) else str(error)
-    return " ".join((message or type(error).__name__).split())[:400]
 
 
 def observe_docker_host(

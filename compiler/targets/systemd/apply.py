@@ -15,61 +15,35 @@ from __future__ import annotations
 
 import json
 import posixpath
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from compiler.apply.docker import Options, StepFailed
-from compiler.apply.lock import HostLocked
+from compiler.apply import (
+    HostResult,
+    Options,
+    Report,
+    Secrets,
+    StepFailed,
+    Target,
+    current_step,
+    owner,
+    release_after_failure,
+    wait_healthy,
+    with_lock_left,
+)
 from compiler.errors import FleetformError
-from compiler.observe import ObservedUnit
-from compiler.observe.systemd import env_file
+from compiler.observed import ObservedUnit
 from compiler.plan import HostPlan, Step
+from compiler.remote.ssh import Shell, check, shell_for, write_file
 from compiler.render.container import ContainerSpec
-from compiler.transport import Shell, check
+from compiler.targets.systemd import lock as host_lock
+from compiler.targets.systemd.observe import env_file, observe_systemd_host
+from compiler.targets.systemd.plan import plan_systemd_host
 
 SETTLE_SECONDS = 2.0
 START_TIMEOUT = 1800.0  # the units' TimeoutStartSec=: docker run may be pulling
 Say = Callable[[str], None]
-
-
-def lock_dir(project: str) -> str:
-    return f"/run/lock/fleetform-{project}.lock"
-
-
-def acquire(shell: Shell, host: str, project: str, owner: str) -> None:
-    path = lock_dir(project)
-    made = shell.run(["mkdir", path])
-    if made.code != 0:
-        held = shell.run(["cat", f"{path}/owner"])
-        if held.code == 0:
-            owner_line, _, since = held.text.strip().rpartition(" since ")
-            age = int(time.time() - float(since)) if since.isdigit() else 0
-            raise HostLocked(
-                f"host '{host}' is locked by {owner_line or 'unknown'} ({age // 60} min"
-                f" {age % 60} s ago); if that apply is gone, `fleetform unlock {host}`"
-                " breaks the lock"
-            )
-        if shell.run(["test", "-d", path]).code == 0:
-            # mkdir succeeded for another apply that died (or is) before writing its name.
-            raise HostLocked(
-                f"host '{host}' is locked by an apply that left no owner in {path} (it died"
-                f" taking the lock, or is taking it now); if no apply is running,"
-                f" `fleetform unlock {host}` breaks the lock"
-            )
-        raise HostLocked(f"cannot lock host '{host}': {made.error}")
-    _write(shell, f"{path}/owner", f"{owner} since {time.time():.0f}\n".encode(), "0644")
-
-
-def release(shell: Shell, project: str) -> None:
-    shell.run(["rm", "-rf", "--", lock_dir(project)])
-
-
-def break_lock(shell: Shell, project: str) -> bool:
-    found = shell.run(["test", "-d", lock_dir(project)]).code == 0
-    release(shell, project)
-    return found
 
 
 def env_file_text(values: dict[str, str]) -> str:
@@ -209,8 +183,6 @@ class SystemdExecutor:
                 waiting = True
             time.sleep(1.0)
         if self.options.wait and spec.health_check_path:
-            from compiler.apply.docker import wait_healthy
-
             wait_healthy(spec, lambda: self._show(name).get("ActiveState") == "active", self.say)
 
     def _log_tail(self, name: str, main_pid: str = "") -> str:
@@ -268,7 +240,7 @@ class SystemdExecutor:
         )
 
     def _write_unit(self, name: str, text: str) -> None:
-        _write(self.shell, posixpath.join(self.unit_dir, name), text.encode(), "0644")
+        write_file(self.shell, posixpath.join(self.unit_dir, name), text.encode(), "0644")
 
     def _write_secrets(self, name: str, secrets: dict[str, str]) -> None:
         """The unit's env file, the previous one kept beside it (on the host, mode
@@ -276,7 +248,7 @@ class SystemdExecutor:
         path = env_file(self.project, name)
         check(self.shell.run(["rm", "-f", "--", _previous(path)]), f"writing {path}")
         self.shell.run(["cp", "-p", "--", path, _previous(path)])  # fails when there is none
-        _write(self.shell, path, env_file_text(secrets).encode(), "0600")
+        write_file(self.shell, path, env_file_text(secrets).encode(), "0600")
 
     def _restore_secrets(self, name: str) -> None:
         path = env_file(self.project, name)
@@ -302,11 +274,54 @@ def _previous(path: str) -> str:
     return f"{path}.fleetform-previous"
 
 
-def _write(shell: Shell, path: str, content: bytes, mode: str) -> None:
-    """``content`` to ``path`` atomically: a temporary file beside it, then a rename."""
-    temp = f"{path}.fleetform-tmp"
-    check(
-        shell.run(["install", "-D", "-m", mode, "/dev/stdin", temp], data=content),
-        f"writing {shlex.quote(path)}",
-    )
-    check(shell.run(["mv", "-f", "--", temp, path]), f"writing {shlex.quote(path)}")
+def apply_host(
+    host_plan: HostPlan,
+    target: Target,
+    project: str,
+    options: Options,
+    secrets: dict[str, Secrets],
+    say: Report,
+) -> HostResult:
+    host = host_plan.host
+    desired = target.desired
+    result = HostResult(host, "converged")
+    left: str | None = None  # why the lock could not be released after a failure
+    shell = shell_for(target.ssh)
+    try:
+        host_lock.acquire(shell, host, project, owner())
+        try:
+            units = desired.units or {}
+            seen = observe_systemd_host(
+                shell, host, project, desired.unit_dir, units, label_prefix=options.label_prefix
+            )
+            if seen.fingerprint() != host_plan.observed:
+                fresh = plan_systemd_host(desired, seen, project)
+                raise FleetformError(
+                    "the host changed since the plan was made (stale plan): plan again"
+                    + (f" ({len(fresh.steps)} steps now)" if fresh.error is None else "")
+                )
+            executor = SystemdExecutor(
+                shell, project, desired.unit_dir, options, lambda m: say(host, m)
+            )
+            executor.run(
+                host_plan,
+                units,
+                {f"{spec.name}.service": spec for spec in desired.specs},
+                {unit.name: unit for unit in seen.units},
+                {f"{name}.service": s.env for name, s in secrets.items()},
+                result.done,
+            )
+        except BaseException:
+            # What failed is the error; a release that fails after it (a host that went
+            # away) is said beside it, never swallowed: the lock stays behind.
+            left = release_after_failure(lambda: host_lock.release(shell, project))
+            raise
+        host_lock.release(shell, project)
+    except StepFailed as error:
+        step = current_step(host_plan, result)
+        result.status, result.error = "failed", f"{step}: {error.message}"
+    except FleetformError as error:
+        result.status, result.error = "failed", error.message
+    finally:
+        shell.close()
+    return with_lock_left(result, left)

@@ -8,12 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from compiler.apply import HostResult, Target
-    from compiler.apply.docker import Options, Secrets
+    from compiler.apply import HostResult, Options, Secrets, Target
     from compiler.model import Settings
-    from compiler.observe import ObservedHost
-    from compiler.observe.connections import Connections
+    from compiler.observed import ObservedHost
     from compiler.plan import DesiredHost, HostPlan
+    from compiler.remote.connections import Connections
     from compiler.render.container import ContainerSpec
     from compiler.resolve import ResolvedHost, Workload
 
@@ -47,7 +46,7 @@ class ComposeDriver:
     def observe(
         self, target: Target, settings: Settings, early: Connections | None
     ) -> ObservedHost:
-        from compiler.observe.docker import observe_docker_host
+        from compiler.targets.compose.observe import observe_docker_host
 
         desired = target.desired
         names = [spec.name for spec in desired.specs]
@@ -59,7 +58,7 @@ class ComposeDriver:
     def plan(
         self, desired: DesiredHost, observed: ObservedHost, project: str, prefix: str
     ) -> HostPlan:
-        from compiler.plan import plan_host
+        from compiler.targets.compose.plan import plan_host
 
         return plan_host(desired, observed, prefix)
 
@@ -72,13 +71,13 @@ class ComposeDriver:
         secrets: dict[str, Secrets],
         say: Callable[[str, str], None],
     ) -> HostResult:
-        from compiler.apply import apply_docker_host
+        from compiler.targets.compose.apply import apply_host
 
-        return apply_docker_host(host_plan, target, project, options, secrets, say)
+        return apply_host(host_plan, target, project, options, secrets, say)
 
     def unlock(self, target: Target, project: str) -> bool:
-        from compiler.apply import lock
-        from compiler.observe.engine import Engine
+        from compiler.remote.engine import Engine
+        from compiler.targets.compose import lock
 
         engine = Engine(target.base_url)
         try:

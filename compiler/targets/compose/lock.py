@@ -9,23 +9,17 @@ left by a crashed apply stays until ``fleetform unlock HOST`` removes it.
 
 from __future__ import annotations
 
-import getpass
 import io
-import os
-import socket
 import tarfile
 import time
 from dataclasses import dataclass
 
+from compiler.apply import HostLocked, owner
 from compiler.errors import FleetformError
-from compiler.observe.docker import LOCK_LABEL_SUFFIX
-from compiler.observe.engine import Engine, EngineError
+from compiler.remote.engine import Engine, EngineError
+from compiler.targets.compose.observe import LOCK_LABEL_SUFFIX
 
 LOCK_IMAGE = "fleetform/lock:1"
-
-
-class HostLocked(FleetformError):
-    """Another apply holds the host's lock."""
 
 
 @dataclass(frozen=True)
@@ -45,14 +39,6 @@ class LockInfo:
 
 def lock_name(project: str) -> str:
     return f"fleetform-lock-{project}"
-
-
-def owner() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name in a bare container
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
 
 
 def acquire(engine: Engine, host: str, project: str, prefix: str) -> str:

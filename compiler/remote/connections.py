@@ -19,7 +19,7 @@ from compiler.fields import is_docker_host
 from compiler.load import FOLDERS, load_file, yaml_files
 
 if TYPE_CHECKING:
-    from compiler.observe.engine import Engine
+    from compiler.remote.engine import Engine
 
 
 class Connections:
@@ -59,7 +59,7 @@ class Connections:
 
     @staticmethod
     def _open(url: str) -> Engine | None:
-        from compiler.observe.docker import open_engine
+        from compiler.targets.compose.observe import open_engine
 
         try:
             return open_engine(url)

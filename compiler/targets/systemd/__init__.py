@@ -9,12 +9,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from compiler.apply import HostResult, Target
-    from compiler.apply.docker import Options, Secrets
+    from compiler.apply import HostResult, Options, Secrets, Target
     from compiler.model import Settings
-    from compiler.observe import ObservedHost
-    from compiler.observe.connections import Connections
+    from compiler.observed import ObservedHost
     from compiler.plan import DesiredHost, HostPlan
+    from compiler.remote.connections import Connections
     from compiler.render.container import ContainerSpec
     from compiler.resolve import ResolvedHost, Workload
 
@@ -54,7 +53,7 @@ class SystemdDriver:
 
     def secrets_hash(self, spec: ContainerSpec, values: dict[str, str]) -> str:
         """The sha256 of the unit's env file, as the host has it."""
-        from compiler.apply.systemd import env_file_text
+        from compiler.targets.systemd.apply import env_file_text
 
         text = env_file_text({var: values[secret] for var, secret in spec.secrets.items()})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -62,8 +61,8 @@ class SystemdDriver:
     def observe(
         self, target: Target, settings: Settings, early: Connections | None
     ) -> ObservedHost:
-        from compiler.observe.systemd import observe_systemd_host
-        from compiler.transport import shell_for
+        from compiler.remote.ssh import shell_for
+        from compiler.targets.systemd.observe import observe_systemd_host
 
         desired = target.desired
         shell = shell_for(target.ssh)
@@ -82,7 +81,7 @@ class SystemdDriver:
     def plan(
         self, desired: DesiredHost, observed: ObservedHost, project: str, prefix: str
     ) -> HostPlan:
-        from compiler.plan_systemd import plan_systemd_host
+        from compiler.targets.systemd.plan import plan_systemd_host
 
         return plan_systemd_host(desired, observed, project)
 
@@ -95,17 +94,17 @@ class SystemdDriver:
         secrets: dict[str, Secrets],
         say: Callable[[str, str], None],
     ) -> HostResult:
-        from compiler.apply import apply_systemd_host
+        from compiler.targets.systemd.apply import apply_host
 
-        return apply_systemd_host(host_plan, target, project, options, secrets, say)
+        return apply_host(host_plan, target, project, options, secrets, say)
 
     def unlock(self, target: Target, project: str) -> bool:
-        from compiler.apply import systemd
-        from compiler.transport import shell_for
+        from compiler.remote.ssh import shell_for
+        from compiler.targets.systemd import lock
 
         shell = shell_for(target.ssh)
         try:
-            return systemd.break_lock(shell, project)
+            return lock.break_lock(shell, project)
         finally:
             shell.close()
 

@@ -164,6 +164,9 @@ _MASKED_UNITS = (
     "fstrim.timer",
     "getty@tty1.service",
     "systemd-pstore.service",
+    # Debian 13 mounts a tmpfs on /tmp; the tests bind folders of this machine's /tmp
+    # into a host at the same path, which that tmpfs would hide.
+    "tmp.mount",
 )
 
 

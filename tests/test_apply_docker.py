@@ -38,7 +38,7 @@ from docker.types import DeviceRequest, Mount
 from compiler import api, report
 from compiler.apply import Options, apply_plan
 from compiler.targets.compose import lock as host_lock
-from tests.engines import TEST_IMAGE, Engine, EngineFactory
+from tests.engines import TEST_IMAGE, Engine, EngineFactory, _environ
 from tests.systemd_hosts import SystemdHostFactory
 
 PROJECT = "fleetform"
@@ -193,7 +193,7 @@ class Fleet:
         """``apply --auto-approve``; asserts it carried out exactly the plan it printed
         (all of it when it succeeded, a prefix when it failed)."""
         run = self.ff("apply", "--auto-approve", "--stop-timeout", "1", *extra, env=env)
-        assert run.returncode == expect, run
+        assert run.returncode == expect, str(run)
         planned, done = printed_steps(run.stdout), done_steps(run.stderr)
         if expect == 0:
             assert done == planned, run
@@ -206,12 +206,13 @@ class Fleet:
     def apply_library(self) -> list[str]:
         """Plan and apply through the library: what was done is exactly what was planned,
         and a plan right after has no steps."""
-        planned = api.plan_repo(self.repo)
-        options = Options(stop_timeout=1, label_prefix=planned.settings.label_prefix)
-        result = apply_plan(planned.plan, planned.targets, planned.settings.project, options)
-        assert result.ok, [(h.host, h.error) for h in result.hosts]
-        assert report.steps_text(result.done) == report.steps_text(planned.plan.steps)
-        assert not api.plan_repo(self.repo).plan.steps
+        with _environ(**self.target.env):  # the ssh client's folder, as for the CLI
+            planned = api.plan_repo(self.repo)
+            options = Options(stop_timeout=1, label_prefix=planned.settings.label_prefix)
+            result = apply_plan(planned.plan, planned.targets, planned.settings.project, options)
+            assert result.ok, [(h.host, h.error) for h in result.hosts]
+            assert report.steps_text(result.done) == report.steps_text(planned.plan.steps)
+            assert not api.plan_repo(self.repo).plan.steps
         return report.steps_text(result.done)
 
     # --- the engine ---

@@ -78,26 +78,6 @@ DEFAULT_CACHE_DIR = Path("/var/cache/fleetform-test")
 SUITE = "bookworm"
 
 
-@dataclass(frozen=True)
-class Release:
-    """What a host image of one Debian release needs beyond :data:`PACKAGES`."""
-
-    init: tuple[str, ...]  # the image's CMD: PID 1 and its arguments
-    packages: tuple[str, ...] = ()
-
-
-# Debian releases a host image can be built from.
-RELEASES = {
-    # Debian 12: systemd 252, docker.io 20.10 (with its CLI).
-    "bookworm": Release(init=("/sbin/init",)),
-    # Debian 13: systemd 257, docker.io 26.1, whose CLI is a package of its own. systemd
-    # 256 and newer refuse to boot on cgroup v1 unless told to (this machine, and so its
-    # hosts, have v1 hierarchies only); in a container systemd reads PID 1's own arguments
-    # as the kernel command line, so the flag is an argument of /sbin/init.
-    "trixie": Release(
-        init=("/sbin/init", "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"), packages=("docker-cli",)
-    ),
-}
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "docker.io", "iproute2")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 GPU_HOOK_LOG = "/var/log/fleetform-gpu-hook.log"
@@ -164,10 +144,63 @@ _MASKED_UNITS = (
     "fstrim.timer",
     "getty@tty1.service",
     "systemd-pstore.service",
+    "systemd-modules-load.service",  # a container loads no kernel module (fails on 13)
     # Debian 13 mounts a tmpfs on /tmp; the tests bind folders of this machine's /tmp
     # into a host at the same path, which that tmpfs would hide.
     "tmp.mount",
 )
+
+
+# Debian 13's runc (1.1.15), driven through systemd 257 on cgroup v1, records cgroup
+# paths for a container that miss the host's own cgroup, and every `docker exec` then
+# fails ("error adding pid to cgroups"). There the inner dockerd uses the cgroupfs driver
+# with a parent below the host's own cgroup, read from /proc/self/cgroup when docker
+# starts (EnvironmentFile= is read as each command of the unit starts).
+_CGROUPFS_BELOW_THE_HOST = {
+    "etc/docker/daemon.json": json.dumps(
+        {
+            "iptables": False,
+            "ip6tables": False,
+            "bridge": "none",
+            "exec-opts": ["native.cgroupdriver=cgroupfs"],
+        },
+        indent=2,
+    )
+    + "\n",
+    "etc/systemd/system/docker.service.d/fleetform-test.conf": (
+        "[Service]\n"
+        f"Environment=FFE_GPU_HOOK_LOG={GPU_HOOK_LOG}\n"
+        "ExecStartPre=/bin/sh -c 'echo DOCKER_OPTS=--cgroup-parent=$(sed -n"
+        ' "s|^[0-9]*:name=systemd:\\(.*\\)/system.slice/.*|\\1|p" /proc/self/cgroup)'
+        "/docker >/run/fleetform-docker.env'\n"
+        "EnvironmentFile=-/run/fleetform-docker.env\n"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a host image of one Debian release needs beyond :data:`PACKAGES`."""
+
+    init: tuple[str, ...]  # the image's CMD: PID 1 and its arguments
+    packages: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # over _ROOTFS_FILES
+
+
+# Debian releases a host image can be built from.
+RELEASES = {
+    # Debian 12: systemd 252, docker.io 20.10 (with its CLI).
+    "bookworm": Release(init=("/sbin/init",)),
+    # Debian 13: systemd 257, docker.io 26.1, whose CLI is a package of its own. systemd
+    # 256 and newer refuse to boot on cgroup v1 unless told to (this machine, and so its
+    # hosts, have v1 hierarchies only); in a container systemd reads PID 1's own arguments
+    # as the kernel command line, so the flag is an argument of /sbin/init.
+    "trixie": Release(
+        init=("/sbin/init", "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"),
+        packages=("docker-cli",),
+        files=_CGROUPFS_BELOW_THE_HOST,
+    ),
+}
 
 
 # --- requirements ------------------------------------------------------------------------
@@ -212,10 +245,14 @@ def _which_sbin(name: str) -> str | None:
 def recipe_key(suite: str = SUITE) -> str:
     """A hash of everything that goes into the host rootfs: its cache name and image label."""
     recipe = json.dumps(
-        [_RECIPE_VERSION, suite, _packages(suite), _ROOTFS_FILES, _MASKED_UNITS, _PRUNED],
+        [_RECIPE_VERSION, suite, _packages(suite), _files(suite), _MASKED_UNITS, _PRUNED],
         sort_keys=True,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def _files(suite: str) -> dict[str, str]:
+    return {**_ROOTFS_FILES, **RELEASES[suite].files}
 
 
 def _packages(suite: str) -> list[str]:
@@ -305,7 +342,7 @@ def build_host_rootfs(
                 raise RuntimeError(
                     f"{shlex.join(argv)} failed (exit {result.returncode})\n{_log_tail(log)}"
                 )
-            _configure_rootfs(rootfs)
+            _configure_rootfs(rootfs, suite)
             partial = target.with_suffix(".partial")
             subprocess.run(
                 ["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(partial), "."],
@@ -323,7 +360,7 @@ def build_host_rootfs(
     return target
 
 
-def _configure_rootfs(rootfs: Path) -> None:
+def _configure_rootfs(rootfs: Path, suite: str) -> None:
     """Turn the debootstrapped tree into a test host (see :data:`_ROOTFS_FILES`)."""
     for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*", "etc/ssh/ssh_host_*"):
         for path in rootfs.glob(pattern):
@@ -334,7 +371,7 @@ def _configure_rootfs(rootfs: Path) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink()
-    for name, text in _ROOTFS_FILES.items():
+    for name, text in _files(suite).items():
         path = rootfs / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

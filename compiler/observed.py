@@ -21,7 +21,7 @@ class ObservedContainer:
     """One container on a host, reduced to what a plan compares.
 
     ``owned``: it carries fleetform's ownership labels for this project. ``view`` has
-    the compared fields in the normal form of ``observe.docker.desired_view``;
+    the compared fields in the normal form of ``compiler.targets.compose.fields``;
     ``image_env`` is the image's own env (not set on the container, so not compared
     unless the spec sets the same variable); ``image_user`` the image's own user, which
     the engine puts in Config.User when the container sets none (so not compared unless

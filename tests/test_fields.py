@@ -291,7 +291,7 @@ def test_every_accepted_port_is_bound_as_compose_binds_it(tmp_path: Path) -> Non
     range, a host range for one container port, an IPv6 address without brackets."""
     import yaml
 
-    from compiler.targets.compose.apply import _ports
+    from compiler.targets.compose.fields import published_ports
 
     specs = ACCEPTED[model.PortSpec]
     path = tmp_path / "compose.yaml"
@@ -303,7 +303,7 @@ def test_every_accepted_port_is_bound_as_compose_binds_it(tmp_path: Path) -> Non
         (f"{p['target']}/{p['protocol']}", p.get("host_ip") or "", p.get("published") or "")
         for p in compose_config(path)["services"]["s"]["ports"]
     )
-    exposed, bindings = _ports(tuple(specs))
+    exposed, bindings = published_ports(tuple(specs))
     by_apply = sorted(
         (key, b["HostIp"], b["HostPort"]) for key, found in bindings.items() for b in found
     )

@@ -573,7 +573,7 @@ def test_json_format(update_goldens: bool) -> None:
 
 def running_as(old: ContainerSpec, *, stamped: bool = True) -> ObservedContainer:
     """A container apply made from ``old``: its view, and the holds label apply stamps."""
-    from compiler.targets.compose.observe import desired_view
+    from compiler.targets.compose.fields import desired_view
 
     view = desired_view(old, {})
     if stamped:

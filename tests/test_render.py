@@ -205,7 +205,7 @@ def test_stop_timeout_reaches_compose_the_unit_and_the_container_alike(tmp_path:
     --time` (and systemd's own limit above it), `docker run --stop-timeout`, and the
     create request's StopTimeout. Unset: the unit keeps 30 s, the others say nothing."""
     from compiler.render.container import container_spec
-    from compiler.targets.compose.apply import create_body
+    from compiler.targets.compose.fields import Wanted, create_request
 
     hosts = (
         "- {name: c1, address: 10.9.0.1, labels: {k: c}, gpus: {framework: cuda, count: 3}}\n"
@@ -242,7 +242,9 @@ def test_stop_timeout_reaches_compose_the_unit_and_the_container_alike(tmp_path:
         assert option_values(options, "--stop-timeout") == option
         assert systemd_verify([unit]) == []
     bodies = {
-        w.deployment: create_body(container_spec(w, compiled.fleet.settings, "10.9.0.1"), {}, {})
+        w.deployment: create_request(
+            Wanted(container_spec(w, compiled.fleet.settings, "10.9.0.1"), {}, {})
+        )
         for w in compiled.fleet.on_host("c1")
     }
     assert {d: b.get("StopTimeout") for d, b in bodies.items()} == {

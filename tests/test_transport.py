@@ -22,7 +22,8 @@ from compiler.remote.ssh import (
     ssh_options,
 )
 from compiler.render.container import ContainerSpec, Mount
-from compiler.targets.compose.apply import create_body, split_reference
+from compiler.targets.compose.apply import split_reference
+from compiler.targets.compose.fields import Wanted, create_request
 
 UNKNOWN = (
     b"No ED25519 host key is known for [127.0.0.2]:2201 and you have requested strict"
@@ -178,7 +179,7 @@ def test_create_body_is_the_engine_api_form() -> None:
         health_check_path="/health",
         health_timeout=60.0,
     )
-    body = create_body(spec, {"A": "1", "B": "2", "S": "secret"}, {"l": "v"})
+    body = create_request(Wanted(spec, {"A": "1", "B": "2", "S": "secret"}, {"l": "v"}))
     assert body == {
         "Image": "img:1",
         "Cmd": ["serve", "--port", "8000"],
@@ -249,9 +250,9 @@ def test_create_body_sets_user_and_ipc_only_when_given() -> None:
         health_check_path=None,
         health_timeout=60.0,
     )
-    plain = create_body(spec, {}, {})
+    plain = create_request(Wanted(spec, {}, {}))
     assert "User" not in plain and "IpcMode" not in plain["HostConfig"]
-    body = create_body(dataclasses.replace(spec, user="1000:1000", ipc="host"), {}, {})
+    body = create_request(Wanted(dataclasses.replace(spec, user="1000:1000", ipc="host"), {}, {}))
     assert body["User"] == "1000:1000"
     # ShmSize is sent beside IpcMode host, as `docker run --ipc host --shm-size` does.
     assert (body["HostConfig"]["IpcMode"], body["HostConfig"]["ShmSize"]) == ("host", 16 * 1024**3)
@@ -259,3 +260,60 @@ def test_create_body_sets_user_and_ipc_only_when_given() -> None:
         **plain,
         "HostConfig": {**plain["HostConfig"], "IpcMode": "host"},
     }
+
+
+def test_every_container_field_reads_back_what_it_wrote() -> None:
+    """The table of container fields is one place per field: for each row, the create
+    request it writes, read back as ``docker inspect`` shows it (Config and HostConfig),
+    is the view the plan wants — so a field written one way and read another would be
+    drift forever (as shm_size once was). Every row is set to a non-default value."""
+    from compiler.observed import ObservedContainer
+    from compiler.targets.compose.fields import (
+        FIELDS,
+        left_to_engine,
+        observed_view,
+        wanted_view,
+    )
+
+    spec = ContainerSpec(
+        name="p-web-0",
+        deployment="web",
+        replica=0,
+        spec_hash="0123456789abcdef",
+        image="img:1",
+        entrypoint=("python3", "-m"),
+        command=("serve", "--port", "8000"),
+        env={"B": "2", "A": "1"},
+        secrets={},
+        labels={"io.fleetform.project": "p"},
+        gpu_driver="nvidia",
+        gpu_ids=("0", "1"),
+        mounts=(Mount("/srv/models/m", "/models/m", True),),
+        binds=("/data:/data:rw", "/cache:/cache"),
+        devices=("/dev/infiniband", "/dev/kfd:/dev/kfd:rw"),
+        network_mode="host",
+        shm_size="1.5g",
+        restart="unless-stopped",
+        ports=("127.0.0.1:8000-8001:8000-8001", "[::1]:9000:90/udp"),
+        address="10.0.0.1",
+        port=8000,
+        health_check_path="/health",
+        health_timeout=60.0,
+        stop_timeout=45,
+        user="1000:1000",
+        ipc="host",
+    )
+    wanted = Wanted(spec, dict(spec.env), dict(spec.labels))
+    body = create_request(wanted)
+    inspect = {
+        "Config": {k: v for k, v in body.items() if k != "HostConfig"},
+        "HostConfig": body["HostConfig"],
+    }
+    assert observed_view(inspect) == wanted_view(wanted)
+    assert observed_view(inspect)["shm_size"] == 1610612736  # docker's 1.5g, not 0
+    seen = ObservedContainer(
+        id="c", name=spec.name, state="running", owned=True, deployment="web", replica=0,
+        spec_hash=spec.spec_hash, secret_hash="", view=observed_view(inspect),
+    )  # fmt: skip
+    assert left_to_engine(spec, seen) == set()  # every field is the spec's here
+    assert len({f.name for f in FIELDS}) == len(FIELDS)

@@ -35,12 +35,12 @@ from compiler.apply import (
     with_lock_left,
 )
 from compiler.errors import FleetformError, describe
-from compiler.fields import size_in_bytes
 from compiler.plan import HostPlan, Step
 from compiler.remote.engine import Engine, EngineError, HostUnreachable, demultiplex
 from compiler.render.container import ContainerSpec
 from compiler.targets.compose import lock as host_lock
-from compiler.targets.compose.observe import device_parts, observe_engine
+from compiler.targets.compose.fields import Wanted, create_request
+from compiler.targets.compose.observe import observe_engine
 from compiler.targets.compose.plan import PREVIOUS_SUFFIX, plan_host
 
 # A container that has not exited within this long after start counts as started.
@@ -244,7 +244,7 @@ class DockerExecutor:
             labels[f"{self.options.label_prefix}.secret-vars"] = ",".join(sorted(secrets.env))
         try:
             created = self.engine.post(
-                "/containers/create", create_body(spec, env, labels), name=spec.name
+                "/containers/create", create_request(Wanted(spec, env, labels)), name=spec.name
             )
         except EngineError as error:
             raise StepFailed(f"cannot create the container: {error.message}") from None
@@ -334,68 +334,6 @@ def run_steps(
     settle()
 
 
-DEVICE_KEYS = ("PathOnHost", "PathInContainer", "CgroupPermissions")
-
-
-def create_body(spec: ContainerSpec, env: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
-    """The Engine API's container config for ``spec`` (``POST /containers/create``)."""
-    exposed, bindings = _ports(spec.ports)
-    host_config: dict[str, Any] = {
-        "NetworkMode": spec.network_mode or "default",
-        "Mounts": [
-            {"Target": m.target, "Source": m.source, "Type": "bind", "ReadOnly": m.read_only}
-            for m in spec.mounts
-        ],
-    }
-    shm_size = size_in_bytes(spec.shm_size) if spec.shm_size else 0
-    if shm_size:
-        host_config["ShmSize"] = shm_size  # with IpcMode host too, as `docker run` sends it
-    if spec.ipc is not None:
-        host_config["IpcMode"] = spec.ipc
-    if spec.restart != "no":
-        host_config["RestartPolicy"] = {"Name": spec.restart}
-    if spec.binds:
-        host_config["Binds"] = list(spec.binds)
-    if spec.devices:
-        host_config["Devices"] = [
-            dict(
-                zip(
-                    DEVICE_KEYS,
-                    device_parts(d),
-                    strict=True,
-                )
-            )
-            for d in spec.devices
-        ]
-    if spec.gpu_driver:
-        host_config["DeviceRequests"] = [
-            {
-                "Driver": spec.gpu_driver,
-                "Count": 0,
-                "DeviceIDs": list(spec.gpu_ids),
-                "Capabilities": [["gpu"]],
-                "Options": {},
-            }
-        ]
-    if bindings:
-        host_config["PortBindings"] = bindings
-    body: dict[str, Any] = {
-        "Image": spec.image,
-        "Cmd": list(spec.command) or None,
-        "Entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
-        "Env": [f"{key}={value}" for key, value in sorted(env.items())],
-        "Labels": labels,
-        "HostConfig": host_config,
-    }
-    if spec.user is not None:
-        body["User"] = spec.user
-    if spec.stop_timeout is not None:
-        body["StopTimeout"] = spec.stop_timeout
-    if exposed:
-        body["ExposedPorts"] = exposed
-    return body
-
-
 def registry_auth(name: str) -> dict[str, str]:
     """The X-Registry-Auth header for pulling ``name``, from the credentials the docker CLI
     would use: ``$DOCKER_CONFIG/config.json`` (else ``~/.docker/config.json``): its
@@ -429,30 +367,6 @@ def split_reference(image: str) -> tuple[str, str]:
     if colon > slash:
         return name[:colon], name[colon + 1 :]
     return name, "latest"
-
-
-def _ports(ports: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
-    """compose's short port syntax → the API's exposed ports and port bindings, read by
-    the docker SDK's own parser (``docker.utils.ports.split_port``, as ``docker run -p``
-    reads it): ranges give a binding per port (``9000-9001:80-81``) or a host range for
-    one port (``9000-9001:80``); ``[::1]:8080:80`` binds ``::1``; ``80`` publishes on a
-    port the engine picks."""
-    from docker.utils.ports import split_port
-
-    exposed: dict[str, Any] = {}
-    bindings: dict[str, list[dict[str, str]]] = {}
-    for text in ports:
-        internal, external = split_port(text)
-        for index, port in enumerate(internal):
-            key = port if "/" in port else f"{port}/tcp"
-            exposed[key] = {}
-            # No host side ("80"): published on a port the engine picks, as `-p 80`.
-            published = "" if external is None else external[index]
-            host_ip, host_port = published if isinstance(published, tuple) else ("", published)
-            bindings.setdefault(key, []).append(
-                {"HostIp": host_ip or "", "HostPort": host_port or ""}
-            )
-    return exposed, bindings
 
 
 def apply_host(

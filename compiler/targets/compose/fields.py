@@ -346,6 +346,11 @@ FIELDS: tuple[Field, ...] = (
 WRITE_ONLY: tuple[Callable[[Wanted, Body], None], ...] = (_write_ports,)
 
 
+def desired_view(spec: ContainerSpec, secret_env: dict[str, str]) -> dict[str, Any]:
+    """A spec in the normal form of an observed container (secrets as given)."""
+    return wanted_view(Wanted(spec, {**spec.env, **secret_env}, spec.labels))
+
+
 def observed_view(details: Inspect) -> dict[str, Any]:
     """A container's fields as ``docker inspect`` shows them, in the normal form."""
     return {field.name: field.read(details) for field in FIELDS}

@@ -2,23 +2,19 @@
 
 What is read: every container fleetform owns (by its labels, for this project), plus
 any container that carries a name fleetform must use (a squatter). Nothing else on
-the engine is looked at. Each container is reduced to the fields a plan compares
-(image, argv, env, GPUs, mounts, devices, network, shm size, user, IPC namespace,
-restart policy, labels), in the same normal form :func:`desired_view` gives a spec.
+the engine is looked at. Each container is reduced to the fields a plan compares, as
+the table of container fields reads them (:mod:`compiler.targets.compose.fields`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from compiler.errors import FleetformError
-from compiler.fields import size_in_bytes
 from compiler.observed import ObservedContainer, ObservedHost
 from compiler.remote.engine import Engine, EngineError
-
-if TYPE_CHECKING:
-    from compiler.render.container import ContainerSpec
+from compiler.targets.compose.fields import env_map, observed_view
 
 LOCK_LABEL_SUFFIX = "lock"
 CONTAINER_LIST = "/containers/json"
@@ -94,7 +90,7 @@ def _image_config(engine: Engine, image: str) -> tuple[dict[str, str], str]:
             return {}, ""
         raise
     config = details.get("Config") or {}
-    return _env_map(config.get("Env") or []), config.get("User") or ""
+    return env_map(config.get("Env") or []), config.get("User") or ""
 
 
 def _container(
@@ -104,44 +100,10 @@ def _container(
     image_env: dict[str, str],
     image_user: str = "",
 ) -> ObservedContainer:
-    config = details.get("Config") or {}
-    host_config = details.get("HostConfig") or {}
-    labels = config.get("Labels") or {}
+    labels = (details.get("Config") or {}).get("Labels") or {}
     state = (details.get("State") or {}).get("Status", "unknown")
-    env = _env_map(config.get("Env") or [])
     replica = labels.get(f"{prefix}.replica", "")
-    view = {
-        "image": config.get("Image", ""),
-        "entrypoint": config.get("Entrypoint"),
-        "command": list(config.get("Cmd") or []),
-        "env": dict(sorted(env.items())),
-        "gpus": _gpus(host_config.get("DeviceRequests") or []),
-        # A bind made through the mount API and one written as SRC:DST:ro are the same
-        # bind (compose writes the long syntax as the latter): one normal form for both.
-        "mounts": sorted(
-            [
-                _bind(m.get("Source", ""), m.get("Target", ""), bool(m.get("ReadOnly")))
-                for m in host_config.get("Mounts") or []
-                if m.get("Type", "bind") == "bind"
-            ]
-            + [_normal_bind(b) for b in host_config.get("Binds") or []]
-        ),
-        "devices": sorted(
-            _device(
-                d.get("PathOnHost", ""),
-                d.get("PathInContainer", ""),
-                d.get("CgroupPermissions", "rwm"),
-            )
-            for d in host_config.get("Devices") or []
-        ),
-        "network_mode": host_config.get("NetworkMode", ""),
-        "shm_size": host_config.get("ShmSize") or 0,
-        "stop_timeout": config.get("StopTimeout"),
-        "user": config.get("User") or None,
-        "ipc": ipc_view(host_config.get("IpcMode")),
-        "restart": (host_config.get("RestartPolicy") or {}).get("Name") or "no",
-        "labels": dict(sorted(labels.items())),
-    }
+    view = observed_view(details)
     return ObservedContainer(
         id=details["Id"],
         name=details.get("Name", "").lstrip("/"),
@@ -155,82 +117,3 @@ def _container(
         image_env=image_env,
         image_user=image_user,
     )
-
-
-def _env_map(items: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        env[key] = value
-    return env
-
-
-def _gpus(requests: list[dict[str, Any]]) -> list[str]:
-    """Device requests as ``driver:id,id`` (``driver:all`` for a count)."""
-    out = []
-    for request in requests:
-        ids = request.get("DeviceIDs")
-        count = request.get("Count") or 0
-        shown = ",".join(ids) if ids else ("all" if count == -1 else f"count={count}")
-        out.append(f"{request.get('Driver') or 'default'}:{shown}")
-    return sorted(out)
-
-
-def desired_view(spec: ContainerSpec, secret_env: dict[str, str]) -> dict[str, Any]:
-    """A spec in the same normal form as an observed container (secrets as given)."""
-    env = {**spec.env, **secret_env}
-    return {
-        "image": spec.image,
-        "entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
-        "command": list(spec.command),
-        "env": dict(sorted(env.items())),
-        "gpus": [f"{spec.gpu_driver}:{','.join(spec.gpu_ids)}"] if spec.gpu_driver else [],
-        "mounts": sorted(
-            [_bind(m.source, m.target, m.read_only) for m in spec.mounts]
-            + [_normal_bind(b) for b in spec.binds]
-        ),
-        "devices": sorted(_device(*device_parts(d)) for d in spec.devices),
-        "network_mode": spec.network_mode,
-        # Unset: the engine's default (its daemon's default-shm-size), not fleetform's.
-        "shm_size": size_in_bytes(spec.shm_size) if spec.shm_size else None,
-        "stop_timeout": spec.stop_timeout,
-        "user": spec.user or None,  # as the engine: "" is no user of its own
-        "ipc": ipc_view(spec.ipc),
-        "restart": spec.restart,
-        "labels": dict(sorted(spec.labels.items())),
-    }
-
-
-# The IPC modes an engine gives a container that asks for none: "private" or
-# "shareable", as its daemon's default-ipc-mode says ("" on old engines).
-_DEFAULT_IPC = frozenset({"", "private", "shareable"})
-
-
-def ipc_view(mode: str | None) -> str | None:
-    """HostConfig.IpcMode in one normal form: None for the engine's default, whichever
-    the daemon is configured with, else the mode (``host``; by hand: ``none``, ...)."""
-    return None if (mode or "") in _DEFAULT_IPC else mode
-
-
-def _bind(source: str, target: str, read_only: bool) -> str:
-    return f"{source}:{target}" + (":ro" if read_only else "")
-
-
-def _normal_bind(text: str) -> str:
-    """``SRC:DST[:MODE]`` with the default mode ``rw`` left out."""
-    parts = text.split(":")
-    if len(parts) >= 3 and parts[-1] == "rw":
-        parts = parts[:-1]
-    return ":".join(parts)
-
-
-def device_parts(text: str) -> tuple[str, str, str]:
-    parts = text.split(":")
-    host = parts[0]
-    container = parts[1] if len(parts) > 1 and parts[1] else host
-    return host, container, parts[2] if len(parts) > 2 else "rwm"
-
-
-def _device(host: str, container: str, permissions: str) -> str:
-    text = host if container in ("", host) else f"{host}:{container}"
-    return text if permissions in ("", "rwm") else f"{text}:{permissions}"

@@ -26,6 +26,7 @@ from compiler.plan import (
     changes_between,
 )
 from compiler.render.container import ContainerSpec
+from compiler.targets.compose.fields import desired_view, left_to_engine
 
 PREVIOUS_SUFFIX = "--fleetform-previous"
 
@@ -250,10 +251,11 @@ def diff_container(
     spec: ContainerSpec, container: ObservedContainer, prefix: str
 ) -> tuple[Change, ...]:
     """The compared fields that differ, with secrets masked, sorted by field."""
-    from compiler.targets.compose.observe import desired_view
-
     wanted = desired_view(spec, {})
     seen = dict(container.view)
+    for name in left_to_engine(spec, container):
+        wanted.pop(name, None)
+        seen.pop(name, None)
     secret_names = set(spec.secrets)
     # Variables that held secrets when the container was made: never shown.
     masked = set(filter(None, seen["labels"].get(f"{prefix}.secret-vars", "").split(",")))
@@ -276,16 +278,4 @@ def diff_container(
         for k, v in seen["labels"].items()
         if k not in own_labels and (k in wanted["labels"] or k.startswith(prefix + "."))
     }
-    if not spec.shm_size:
-        seen["shm_size"] = None  # the engine's default size, whatever its daemon says
-    if spec.stop_timeout is None:
-        seen["stop_timeout"] = None  # unset: whatever the engine or compose put there
-    if spec.user is None and seen.get("user") == (container.image_user or None):
-        seen["user"] = None  # the image's own user, which the engine filled in
-    if spec.entrypoint is None:
-        wanted.pop("entrypoint")
-        seen.pop("entrypoint", None)
-    if not spec.command:
-        wanted.pop("command")
-        seen.pop("command", None)
     return changes_between(seen, wanted)

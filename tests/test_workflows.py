@@ -32,7 +32,7 @@ import pytest
 from tests import workflows
 from tests.engines import EngineFactory
 from tests.github_fake import FakeGitHub
-from tests.test_apply_docker import Fleet, deployment, done_steps
+from tests.test_apply_docker import Fleet, deployment, done_steps, local_target
 from tests.workflows import ROOT, Act, ActRun
 
 pytestmark = pytest.mark.usefixtures("tools")
@@ -71,7 +71,7 @@ class GitFleet(Fleet):
     """The busybox fleet as a Git repository with this repository's workflows."""
 
     def __init__(self, root: Path, engine: Any) -> None:
-        super().__init__(root, engine)
+        super().__init__(root, local_target(engine))
         shutil.copytree(ROOT / ".github", self.repo / ".github")
         self.git("init", "-q", "-b", "main")
         self.git("remote", "add", "origin", f"https://github.com/{workflows.REPOSITORY}.git")
@@ -282,7 +282,7 @@ def test_push_plans_then_applies_exactly_that_plan_to_the_engine(
     hook = git_fleet.repo.parent / "between-jobs.sh"
     hook.write_text(
         f'#!/bin/sh\nexec {sys.executable} -c "import docker;'
-        f" docker.DockerClient(base_url='{git_fleet.engine.base_url}')"
+        f" docker.DockerClient(base_url='{git_fleet.target.docker_host}')"
         ".containers.get('fleetform-api-0').stop(timeout=1)\"\n",
         encoding="utf-8",
     )

@@ -6,6 +6,7 @@ systemd hosts run the same image, argv, env, GPUs and mounts by construction.
 
 from __future__ import annotations
 
+from compiler.labels import DEPLOYMENT, MANAGED_BY, MANAGER, PROJECT, REPLICA, SPEC_HASH, label
 from compiler.model import Settings
 from compiler.resolve import Workload
 
@@ -25,11 +26,11 @@ def ownership_labels(workload: Workload, settings: Settings) -> dict[str, str]:
     labels = dict(workload.labels)
     labels.update(
         {
-            f"{prefix}.managed-by": "fleetform",
-            f"{prefix}.project": settings.project,
-            f"{prefix}.deployment": workload.deployment,
-            f"{prefix}.replica": str(workload.replica),
-            f"{prefix}.spec-hash": workload.spec_hash(),
+            label(prefix, MANAGED_BY): MANAGER,
+            label(prefix, PROJECT): settings.project,
+            label(prefix, DEPLOYMENT): workload.deployment,
+            label(prefix, REPLICA): str(workload.replica),
+            label(prefix, SPEC_HASH): workload.spec_hash(),
         }
     )
     return dict(sorted(labels.items()))

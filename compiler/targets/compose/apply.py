@@ -35,6 +35,7 @@ from compiler.apply import (
     with_lock_left,
 )
 from compiler.errors import FleetformError, describe
+from compiler.labels import HOLDS, SECRET_HASH, SECRET_VARS, label
 from compiler.plan import HostPlan, Step
 from compiler.remote.engine import Engine, EngineError, HostUnreachable, demultiplex
 from compiler.render.container import ContainerSpec
@@ -237,11 +238,11 @@ class DockerExecutor:
         env = {**spec.env, **secrets.env}
         labels = dict(spec.labels)
         if spec.holds:  # what the next plan orders by (``plan.holds``)
-            labels[f"{self.options.label_prefix}.holds"] = ",".join(spec.holds)
+            labels[label(self.options.label_prefix, HOLDS)] = ",".join(spec.holds)
         if secrets.env:
-            labels[f"{self.options.label_prefix}.secret-hash"] = secrets.hash
+            labels[label(self.options.label_prefix, SECRET_HASH)] = secrets.hash
             # Which variables hold secrets: a later plan masks them, whatever the spec.
-            labels[f"{self.options.label_prefix}.secret-vars"] = ",".join(sorted(secrets.env))
+            labels[label(self.options.label_prefix, SECRET_VARS)] = ",".join(sorted(secrets.env))
         try:
             created = self.engine.post(
                 "/containers/create", create_request(Wanted(spec, env, labels)), name=spec.name

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from compiler.apply import HostLocked, owner
 from compiler.errors import FleetformError
+from compiler.labels import LOCK, LOCK_OWNER, LOCK_SINCE, label
 from compiler.remote.engine import Engine, EngineError
-from compiler.targets.compose.observe import LOCK_LABEL_SUFFIX
 
 LOCK_IMAGE = "fleetform/lock:1"
 
@@ -45,9 +45,9 @@ def acquire(engine: Engine, host: str, project: str, prefix: str) -> str:
     """Take the lock; its container id. Raises HostLocked naming the holder."""
     _ensure_lock_image(engine)
     labels = {
-        f"{prefix}.{LOCK_LABEL_SUFFIX}": project,
-        f"{prefix}.lock-owner": owner(),
-        f"{prefix}.lock-since": f"{time.time():.0f}",
+        label(prefix, LOCK): project,
+        label(prefix, LOCK_OWNER): owner(),
+        label(prefix, LOCK_SINCE): f"{time.time():.0f}",
     }
     body = {
         "Image": LOCK_IMAGE,
@@ -78,9 +78,9 @@ def holder(engine: Engine, project: str, prefix: str) -> LockInfo | None:
             return None
         raise
     labels = details["Config"].get("Labels") or {}
-    since = labels.get(f"{prefix}.lock-since", "0")
+    since = labels.get(label(prefix, LOCK_SINCE), "0")
     return LockInfo(
-        owner=labels.get(f"{prefix}.lock-owner", "unknown"),
+        owner=labels.get(label(prefix, LOCK_OWNER), "unknown"),
         since=float(since) if since.isdigit() else 0.0,
     )
 

@@ -12,11 +12,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from compiler.errors import FleetformError
+from compiler.labels import (
+    DEPLOYMENT,
+    LOCK,
+    MANAGED_BY,
+    MANAGER,
+    PROJECT,
+    REPLICA,
+    SECRET_HASH,
+    SPEC_HASH,
+    label,
+)
 from compiler.observed import ObservedContainer, ObservedHost
 from compiler.remote.engine import Engine, EngineError
 from compiler.targets.compose.fields import env_map, observed_view
 
-LOCK_LABEL_SUFFIX = "lock"
 CONTAINER_LIST = "/containers/json"
 
 
@@ -59,10 +69,10 @@ def observe_engine(
     for summary in engine.get(CONTAINER_LIST, all=1):
         labels = summary.get("Labels") or {}
         name = (summary.get("Names") or ["/"])[0].lstrip("/")
-        owned = labels.get(f"{prefix}.managed-by") == "fleetform" and (
-            labels.get(f"{prefix}.project") == project
+        owned = labels.get(label(prefix, MANAGED_BY)) == MANAGER and (
+            labels.get(label(prefix, PROJECT)) == project
         )
-        if labels.get(f"{prefix}.{LOCK_LABEL_SUFFIX}"):
+        if labels.get(label(prefix, LOCK)):
             continue
         if not owned and name not in wanted:
             continue
@@ -102,17 +112,17 @@ def _container(
 ) -> ObservedContainer:
     labels = (details.get("Config") or {}).get("Labels") or {}
     state = (details.get("State") or {}).get("Status", "unknown")
-    replica = labels.get(f"{prefix}.replica", "")
+    replica = labels.get(label(prefix, REPLICA), "")
     view = observed_view(details)
     return ObservedContainer(
         id=details["Id"],
         name=details.get("Name", "").lstrip("/"),
         state=state,
         owned=owned,
-        deployment=labels.get(f"{prefix}.deployment", "") if owned else "",
+        deployment=labels.get(label(prefix, DEPLOYMENT), "") if owned else "",
         replica=int(replica) if owned and replica.isdigit() else -1,
-        spec_hash=labels.get(f"{prefix}.spec-hash", "") if owned else "",
-        secret_hash=labels.get(f"{prefix}.secret-hash", "") if owned else "",
+        spec_hash=labels.get(label(prefix, SPEC_HASH), "") if owned else "",
+        secret_hash=labels.get(label(prefix, SECRET_HASH), "") if owned else "",
         view=view,
         image_env=image_env,
         image_user=image_user,

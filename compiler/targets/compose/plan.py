@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from compiler.labels import HOLDS, SECRET_VARS, STAMPED_BY_APPLY, label
 from compiler.observed import ObservedContainer, ObservedHost
 from compiler.plan import (
     ACTION_ORDER,
@@ -211,7 +212,7 @@ def holds(container: ObservedContainer, prefix: str) -> set[str]:
     """The ports and GPUs a container holds: what apply stamped on it, else the GPU ids
     of its device request (a container made by ``docker compose up`` from output/)."""
     labels = container.view.get("labels", {})
-    stamped = labels.get(f"{prefix}.holds")
+    stamped = labels.get(label(prefix, HOLDS))
     if stamped is not None:
         return set(filter(None, stamped.split(",")))
     return {
@@ -258,7 +259,7 @@ def diff_container(
         seen.pop(name, None)
     secret_names = set(spec.secrets)
     # Variables that held secrets when the container was made: never shown.
-    masked = set(filter(None, seen["labels"].get(f"{prefix}.secret-vars", "").split(",")))
+    masked = set(filter(None, seen["labels"].get(label(prefix, SECRET_VARS), "").split(",")))
     wanted_env = {k: v for k, v in wanted["env"].items() if k not in secret_names}
     seen["env"] = {
         k: MASK if k in masked else v
@@ -266,12 +267,7 @@ def diff_container(
         if k not in secret_names and (k in wanted_env or container.image_env.get(k) != v)
     }
     wanted["env"] = wanted_env
-    own_labels = {
-        f"{prefix}.spec-hash",
-        f"{prefix}.secret-hash",
-        f"{prefix}.secret-vars",
-        f"{prefix}.holds",
-    }
+    own_labels = {label(prefix, name) for name in STAMPED_BY_APPLY}
     wanted["labels"] = {k: v for k, v in wanted["labels"].items() if k not in own_labels}
     seen["labels"] = {
         k: v

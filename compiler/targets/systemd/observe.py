@@ -12,6 +12,7 @@ import posixpath
 import re
 from collections.abc import Iterable
 
+from compiler.labels import SPEC_HASH, label
 from compiler.observed import ObservedHost, ObservedUnit
 from compiler.remote.ssh import Shell, TransportError
 
@@ -73,7 +74,7 @@ def _observe(
     contents = _read(shell, files + drop_in_paths)
     env_hashes = _env_hashes(shell, [env_file(project, name) for name in names])
     containers = _containers(
-        shell, [name.removesuffix(".service") for name in names], f"{label_prefix}.spec-hash"
+        shell, [name.removesuffix(".service") for name in names], label(label_prefix, SPEC_HASH)
     )
     units = []
     for name in names:

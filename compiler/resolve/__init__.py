@@ -1,0 +1,139 @@
+"""Stage 3: inheritance, env precedence, placeholders and placement → frozen workloads.
+
+The result, a :class:`Fleet`, is the single intermediate form both renderers consume:
+one :class:`Workload` per deployment replica, with the exact image, argv, env, GPUs,
+mounts and port, plus where each value came from (for ``explain``). A module per
+concern: :mod:`.workload` (the result), :mod:`.layers` (values and their origins),
+:mod:`.backends`, :mod:`.hosts` and :mod:`.draft` (a deployment, then its replicas).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from compiler import inheritance
+from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
+from compiler.model import Repo
+from compiler.placement import HostSlots, Placed, Prior, place
+from compiler.resolve.backends import resolve_backends
+from compiler.resolve.draft import Draft, draft_deployment
+from compiler.resolve.hosts import check_unique, port_range, resolve_hosts
+from compiler.resolve.layers import LazyLayers
+from compiler.resolve.workload import (
+    MAX_ARGUMENT_BYTES,
+    MAX_CONTAINER_BYTES,
+    MAX_FLEET_GPUS,
+    MAX_WORKLOADS,
+    Explanation,
+    Fleet,
+    Origin,
+    ResolvedHost,
+    Workload,
+)
+
+__all__ = [
+    "MAX_ARGUMENT_BYTES",
+    "MAX_CONTAINER_BYTES",
+    "MAX_FLEET_GPUS",
+    "MAX_WORKLOADS",
+    "Explanation",
+    "Fleet",
+    "Origin",
+    "ResolvedHost",
+    "Workload",
+    "resolve_fleet",
+]
+
+
+def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None) -> Fleet:
+    """Resolve the whole repository; every independent error is reported at once."""
+    errors: list[FleetformError] = []
+    settings = repo.settings
+    hosts = resolve_hosts(repo, errors)
+    backends = resolve_backends(repo, errors)
+    deployments = {d.name: (d, doc) for d, doc in repo.deployments}
+    check_unique([(d.name, doc) for d, doc in repo.deployments], "deployment", "name", errors)
+    if errors:
+        raise ErrorList(errors)
+
+    parents = {name: list(d.extends or []) for name, (d, _) in deployments.items()}
+    docs = {name: doc for name, (_, doc) in deployments.items()}
+    concrete = sorted(name for name, (d, _) in deployments.items() if not d.abstract)
+    chains = inheritance.chains(concrete, parents, docs, "deployment", errors)
+    own_layers = LazyLayers(deployments)
+    drafts: list[Draft] = []
+    for name, chain in chains.items():
+        try:
+            drafts.append(draft_deployment(name, chain, deployments, backends, own_layers))
+        except FleetformError as error:
+            errors.append(error)
+    if errors:
+        raise ErrorList(errors)
+
+    _check_workload_count(drafts)
+    slots = [
+        HostSlots(
+            host.name,
+            host.labels,
+            dict(host.gpus),
+            port_range(host.port_range),
+            repo_host_mark,
+        )
+        for host, repo_host_mark in ((hosts[name][0], hosts[name][1]) for name in sorted(hosts))
+    ]
+    placed = place(slots, [draft.request for draft in drafts], prior or {})
+    by_deployment: dict[str, list[Placed]] = {}
+    for item in placed:
+        by_deployment.setdefault(item.deployment, []).append(item)
+
+    workloads: list[Workload] = []
+    for draft in drafts:
+        try:
+            for item in by_deployment.get(draft.name, []):
+                workloads.append(draft.workload(item, hosts[item.host][0], settings))
+        except FleetformError as error:
+            errors.append(error)
+    if errors:
+        raise ErrorList(errors)
+    workloads.sort(key=lambda w: (w.host, w.deployment, w.replica))
+    return Fleet(
+        settings=settings,
+        hosts={name: value[0] for name, value in sorted(hosts.items())},
+        workloads=tuple(workloads),
+        explanations=_Explanations({d.name: d for d in drafts}, by_deployment, hosts),
+    )
+
+
+def _check_workload_count(drafts: list[Draft]) -> None:
+    total = 0
+    for draft in drafts:
+        total += draft.request.replicas
+        if total > MAX_WORKLOADS:
+            raise ResolveError(
+                f"the fleet has more than {MAX_WORKLOADS} replicas in all",
+                draft.request.locate("replicas"),
+                "replicas",
+            )
+
+
+class _Explanations(Mapping[str, Explanation]):
+    """Each deployment's explanation, built only when ``explain`` asks for it."""
+
+    def __init__(
+        self,
+        drafts: dict[str, Draft],
+        placed: dict[str, list[Placed]],
+        hosts: dict[str, tuple[ResolvedHost, Mark]],
+    ) -> None:
+        self._drafts = drafts
+        self._placed = placed
+        self._hosts = hosts
+
+    def __getitem__(self, name: str) -> Explanation:
+        return self._drafts[name].explanation(self._placed.get(name, []), self._hosts)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._drafts)
+
+    def __len__(self) -> int:
+        return len(self._drafts)

@@ -11,6 +11,7 @@ from typing import Any
 
 from compiler import runtime_env, template
 from compiler.errors import Mark, ResolveError
+from compiler.gpus import Visibility
 from compiler.gpus import visibility as gpu_visibility
 from compiler.load import Document
 from compiler.model import Deployment, SecretRef, Settings
@@ -27,6 +28,9 @@ from compiler.resolve.workload import (
     Workload,
 )
 from compiler.versions import gpustack_latest
+
+# A part of a container's argv, env or labels, by the key that wrote it (for the size check).
+Part = tuple[str, Iterable[str]]
 
 
 @dataclass
@@ -63,98 +67,15 @@ class Draft:
         return ResolveError(message, origin.mark, origin.key or key)
 
     def workload(self, placed: Placed, host: ResolvedHost, settings: Settings) -> Workload:
+        """One placed replica: its placeholders filled, its env, argv, GPUs and mounts."""
         values = self.values
         defaults = settings.defaults
-        framework = values["framework"]
         # As GPUStack (`sorted(gpu_indexes)`): the written order of gpu_ids never reorders
         # which GPU a replica numbers first.
         gpus = tuple(sorted(placed.gpus))
         model_path = model_path_on(values, host)
-        builtins = {
-            "model_name": values.get("served_name") or self.name,
-            "port": str(placed.port),
-            "worker_ip": host.address,
-            "gpu_count": str(len(gpus)),
-            "gpu_ids": ",".join(str(i) for i in gpus),
-        }
-        if model_path is not None:
-            builtins["model_path"] = model_path
-
-        def failure(key: str, error: template.TemplateError) -> ResolveError:
-            if (
-                model_path is None
-                and isinstance(error, template.UndefinedPlaceholder)
-                and "model_path" in error.names
-            ):
-                return ResolveError(
-                    "no model: set local_path, huggingface_repo_id or model_scope_model_id"
-                    f" ({{{{model_path}}}} is used at {self.origin(key).mark})",
-                    self.doc.mark,
-                    "local_path",
-                )
-            origin = self.origin(key)
-            if isinstance(error, (template.UndefinedPlaceholder, template.SecretPlaceholder)):
-                origin = self._placeholder_origin(key, error.names) or origin
-            same_as = ""
-            if isinstance(error, template.UndefinedPlaceholder):
-                # Met through every deployment of a backend, with other defined names.
-                same_as = f"{origin.mark}|{origin.key}|undefined {error.names}"
-            return ResolveError(str(error), origin.mark, origin.key or key, same_as=same_as)
-
-        # A secret's value is given at apply time: it reaches the container as an
-        # environment variable and can be the value of no placeholder.
-        plain: dict[str, str] = {}
-        secrets: dict[str, str] = {}
-        for name, value in (values.get("env") or {}).items():
-            if isinstance(value, SecretRef):
-                secrets[name] = value.secret
-            else:
-                plain[name] = value
-        secrets = dict(sorted(secrets.items()))
-        env, env_errors = template.render_env(plain, builtins, secrets)
-        for key, error in sorted(env_errors.items()):
-            raise failure(f"env.{key}", error)
-        defined = sorted(builtins) + sorted(k for k in env if k not in builtins)
-
-        def lookup(name: str) -> str | None:
-            return builtins.get(name, env.get(name))
-
-        def render(words: Iterable[str], key: str) -> tuple[str, ...]:
-            try:
-                return template.substitute_words(words, lookup, defined, secrets)
-            except template.TemplateError as error:
-                raise failure(key, error) from None
-
-        def words_of(key: str) -> list[str]:
-            text = values.get(key)
-            if text is None:
-                return []
-            try:
-                return template.split(text)
-            except template.TemplateError as error:
-                raise failure(key, error) from None
-
-        # Each part of the argv by the key that wrote it, for the size check.
-        argv_parts: list[tuple[str, Iterable[str]]] = []
-        entry_words = words_of("entrypoint")
-        entrypoint = render(entry_words, "entrypoint") if values.get("entrypoint") else None
-        argv_parts.append(("entrypoint", entrypoint or ()))
-        command = list(render(words_of("run_command"), "run_command"))
-        argv_parts.append(("run_command", tuple(command)))
-        # The backend's default parameters, then the deployment's: flattened each, then
-        # normalised to parameter_format as one list (as GPUStack's form holds them: a
-        # flag ending one list takes its value from the start of the next).
-        words: list[str] = []
-        for key in ("default_backend_param", "backend_parameters"):
-            try:
-                words.extend(template.flat_parameters(tuple(values.get(key) or ())))
-            except template.TemplateError as error:
-                raise failure(key, error) from None
-        params = template.normalised_parameters(tuple(words), values.get("parameter_format"))
-        rendered = render(params, "backend_parameters")
-        argv_parts.append(("backend_parameters", rendered))
-        command.extend(rendered)
-
+        words = _Placeholders.of(self, placed, host, gpus, model_path)
+        entrypoint, command, argv_parts = words.argv()
         image = values.get("image_name")
         if not image:
             raise ResolveError(
@@ -163,14 +84,61 @@ class Draft:
                 self.doc.mark,
                 "image_name",
             )
+        env, seen = self._gpu_env(words.env, words.secrets, gpus, host)
+        runtime = self._runtime_settings(words.env, words.plain, words.secrets)
+        labels = values.get("labels") or {}
+        self._check_sizes(
+            [
+                *argv_parts,
+                *((f"env.{k}", (f"{k}={v}",)) for k, v in words.env.items()),
+                *((f"labels.{k}", (f"{k}={v}",)) for k, v in labels.items()),
+            ]
+        )
+        model_mount = model_folder_mount(values, model_path, host) if model_path else None
+        return Workload(
+            deployment=self.name,
+            replica=placed.replica,
+            host=host.name,
+            target=host.target,
+            image=image,
+            entrypoint=entrypoint,
+            command=command,
+            env=dict(sorted(env.items())),
+            framework=values["framework"],
+            gpus=gpus,
+            port=placed.port,
+            network_mode=values.get("network_mode") or defaults.network_mode,
+            # The deployment's shm_size, else GPUStack's variable, else the default.
+            shm_size=values.get("shm_size") or runtime.shm_size or defaults.shm_size,
+            user=runtime.user,
+            ipc=runtime.ipc,
+            restart=values.get("restart") or defaults.restart,
+            model_mount=model_mount,
+            volumes=self._volumes(model_mount),
+            devices=tuple(dict.fromkeys([*seen.devices, *(values.get("devices") or [])])),
+            ports=tuple(values.get("ports") or ()),
+            labels=dict(sorted(labels.items())),
+            health_check_path=self._health_check_path(runtime),
+            health_timeout=values.get("health_timeout") or 600,
+            stop_timeout=values.get("stop_timeout"),
+            secrets=words.secrets,
+        )
 
-        # The replica's GPUs: the vendor's variables win over every env layer (a
-        # deployment's own env may not set them: checked in draft_deployment), its ordering
-        # defaults do not.
+    def _gpu_env(
+        self,
+        env: dict[str, str],
+        secrets: dict[str, str],
+        gpus: tuple[int, ...],
+        host: ResolvedHost,
+    ) -> tuple[dict[str, str], Visibility]:
+        """The container's env with the replica's GPUs: the vendor's variables win over
+        every env layer (a deployment's own env may not set them: checked in
+        draft_deployment), its ordering defaults do not."""
+        framework = self.values["framework"]
         seen = gpu_visibility(
             framework, gpus, tuple(index for index, kind in host.gpus if kind == framework)
         )
-        if gpus:
+        if gpus:  # the variables that pick GPUs leave ``env`` (for the size check too)
             for name in sorted(seen.picks & (set(env) | set(secrets))):
                 if name in self.own_env:
                     origin = self.origin(f"env.{name}")
@@ -181,26 +149,18 @@ class Draft:
                         origin.key or f"env.{name}",
                     )
                 env.pop(name, None)
-        env_final = {**seen.defaults, **env, **seen.env}
-        runtime = self._runtime_settings(env, plain, secrets)
-        labels = values.get("labels") or {}
-        self._check_sizes(
-            [
-                *argv_parts,
-                *((f"env.{k}", (f"{k}={v}",)) for k, v in env.items()),
-                *((f"labels.{k}", (f"{k}={v}",)) for k, v in labels.items()),
-            ]
-        )
-        devices = [*seen.devices, *(values.get("devices") or [])]
-        model_mount = model_folder_mount(values, model_path, host) if model_path else None
-        volumes = list(dict.fromkeys(values.get("volumes") or []))
+        return {**seen.defaults, **env, **seen.env}, seen
+
+    def _volumes(self, model_mount: str | None) -> tuple[str, ...]:
+        """The deployment's volumes, none mounted onto the model's folder or another's."""
+        volumes = list(dict.fromkeys(self.values.get("volumes") or []))
         targets = {model_mount: "the model's folder"} if model_mount else {}
         for volume in volumes:
             target = volume.split(":")[1]
             if target in targets:
                 # docker refuses a container with two mounts on one path ("Duplicate
                 # mount point"), and compose would let the later one hide the model.
-                index = values["volumes"].index(volume)
+                index = self.values["volumes"].index(volume)
                 origin = self.origin_below("volumes", index)
                 raise ResolveError(
                     f"volume '{volume}' mounts onto {targets[target]} ({target})",
@@ -208,35 +168,7 @@ class Draft:
                     f"volumes[{index}]",
                 )
             targets[target] = f"volume '{volume}'"
-
-        return Workload(
-            deployment=self.name,
-            replica=placed.replica,
-            host=host.name,
-            target=host.target,
-            image=image,
-            entrypoint=entrypoint,
-            command=tuple(command),
-            env=dict(sorted(env_final.items())),
-            framework=framework,
-            gpus=gpus,
-            port=placed.port,
-            network_mode=values.get("network_mode") or defaults.network_mode,
-            # The deployment's shm_size, else GPUStack's variable, else the default.
-            shm_size=values.get("shm_size") or runtime.shm_size or defaults.shm_size,
-            user=runtime.user,
-            ipc=runtime.ipc,
-            restart=values.get("restart") or defaults.restart,
-            model_mount=model_mount,
-            volumes=tuple(volumes),
-            devices=tuple(dict.fromkeys(devices)),
-            ports=tuple(values.get("ports") or ()),
-            labels=dict(sorted(labels.items())),
-            health_check_path=self._health_check_path(runtime),
-            health_timeout=values.get("health_timeout") or 600,
-            stop_timeout=values.get("stop_timeout"),
-            secrets=secrets,
-        )
+        return tuple(volumes)
 
     def _runtime_settings(
         self, env: dict[str, str], written: dict[str, str], secrets: dict[str, str]
@@ -262,7 +194,7 @@ class Draft:
             return runtime.health_check_path or None
         return path or None
 
-    def _check_sizes(self, parts: list[tuple[str, Iterable[str]]]) -> None:
+    def _check_sizes(self, parts: list[Part]) -> None:
         """Refuse a container that no kernel or systemd would start: an argument (an
         env or label entry is one) over Linux's MAX_ARG_STRLEN, or all of them together
         over what fits a unit's ExecStart line with room for quoting."""
@@ -487,3 +419,117 @@ def draft_deployment(
             name for layer in deployment_layers for name in layer.values.get("env") or ()
         ),
     )
+
+
+@dataclass
+class _Placeholders:
+    """One replica's placeholder values (``{{port}}``, ``{{model_path}}``, its env, ...)
+    and the words they fill in; a failure is reported where the word was written."""
+
+    draft: Draft
+    builtins: dict[str, str]
+    model_path: str | None
+    plain: dict[str, str]  # the env without secrets, as written
+    secrets: dict[str, str]  # variable → secret name
+    env: dict[str, str] = field(default_factory=dict)  # plain, placeholders filled
+    defined: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        draft: Draft,
+        placed: Placed,
+        host: ResolvedHost,
+        gpus: tuple[int, ...],
+        model_path: str | None,
+    ) -> _Placeholders:
+        values = draft.values
+        builtins = {
+            "model_name": values.get("served_name") or draft.name,
+            "port": str(placed.port),
+            "worker_ip": host.address,
+            "gpu_count": str(len(gpus)),
+            "gpu_ids": ",".join(str(i) for i in gpus),
+        }
+        if model_path is not None:
+            builtins["model_path"] = model_path
+        # A secret's value is given at apply time: it reaches the container as an
+        # environment variable and can be the value of no placeholder.
+        plain: dict[str, str] = {}
+        secrets: dict[str, str] = {}
+        for name, value in (values.get("env") or {}).items():
+            if isinstance(value, SecretRef):
+                secrets[name] = value.secret
+            else:
+                plain[name] = value
+        made = cls(draft, builtins, model_path, plain, dict(sorted(secrets.items())))
+        env, env_errors = template.render_env(plain, builtins, made.secrets)
+        for key, error in sorted(env_errors.items()):
+            raise made.failure(f"env.{key}", error)
+        made.env = env
+        made.defined = sorted(builtins) + sorted(k for k in env if k not in builtins)
+        return made
+
+    def argv(self) -> tuple[tuple[str, ...] | None, tuple[str, ...], list[Part]]:
+        """The entrypoint, the command (run_command, then the backend's and the
+        deployment's parameters) and each part of them by the key that wrote it."""
+        values = self.draft.values
+        parts: list[Part] = []
+        entry_words = self.words_of("entrypoint")
+        entrypoint = self.render(entry_words, "entrypoint") if values.get("entrypoint") else None
+        parts.append(("entrypoint", entrypoint or ()))
+        command = list(self.render(self.words_of("run_command"), "run_command"))
+        parts.append(("run_command", tuple(command)))
+        # The backend's default parameters, then the deployment's: flattened each, then
+        # normalised to parameter_format as one list (as GPUStack's form holds them: a
+        # flag ending one list takes its value from the start of the next).
+        words: list[str] = []
+        for key in ("default_backend_param", "backend_parameters"):
+            try:
+                words.extend(template.flat_parameters(tuple(values.get(key) or ())))
+            except template.TemplateError as error:
+                raise self.failure(key, error) from None
+        params = template.normalised_parameters(tuple(words), values.get("parameter_format"))
+        rendered = self.render(params, "backend_parameters")
+        parts.append(("backend_parameters", rendered))
+        return entrypoint, (*command, *rendered), parts
+
+    def lookup(self, name: str) -> str | None:
+        return self.builtins.get(name, self.env.get(name))
+
+    def render(self, words: Iterable[str], key: str) -> tuple[str, ...]:
+        try:
+            return template.substitute_words(words, self.lookup, self.defined, self.secrets)
+        except template.TemplateError as error:
+            raise self.failure(key, error) from None
+
+    def words_of(self, key: str) -> list[str]:
+        text = self.draft.values.get(key)
+        if text is None:
+            return []
+        try:
+            return template.split(text)
+        except template.TemplateError as error:
+            raise self.failure(key, error) from None
+
+    def failure(self, key: str, error: template.TemplateError) -> ResolveError:
+        draft = self.draft
+        if (
+            self.model_path is None
+            and isinstance(error, template.UndefinedPlaceholder)
+            and "model_path" in error.names
+        ):
+            return ResolveError(
+                "no model: set local_path, huggingface_repo_id or model_scope_model_id"
+                f" ({{{{model_path}}}} is used at {draft.origin(key).mark})",
+                draft.doc.mark,
+                "local_path",
+            )
+        origin = draft.origin(key)
+        if isinstance(error, (template.UndefinedPlaceholder, template.SecretPlaceholder)):
+            origin = draft._placeholder_origin(key, error.names) or origin
+        same_as = ""
+        if isinstance(error, template.UndefinedPlaceholder):
+            # Met through every deployment of a backend, with other defined names.
+            same_as = f"{origin.mark}|{origin.key}|undefined {error.names}"
+        return ResolveError(str(error), origin.mark, origin.key or key, same_as=same_as)

@@ -17,6 +17,7 @@ Python's version), fleetform's own wheel once per session.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -106,6 +107,16 @@ def dependency_wheels(cache_dir: Path | None = None) -> Path:
     target = (cache_dir or cache_dir_default()) / f"fleetform-wheels-{key}"
     if (target / ".complete").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time (test workers, concurrent runs): the others wait for it.
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        return _build_wheels(target)
+
+
+def _build_wheels(target: Path) -> Path:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -62,6 +62,7 @@ CHANGED_HOST, CHANGED = "h2", "web-h2-03"  # the one deployment whose env change
 PROJECT = "fleetform"  # fleetform's default project: compose project and name prefix
 LABEL = "io.fleetform.deployment"  # every workload container carries it
 TARGET_RATIO = 0.5
+TARGET_FIRST_DEPLOY = 1.0  # fleetform's first deploy ≤ 1× compose-farm's, same run
 STOP_TIMEOUT = 1  # seconds: fleetform --stop-timeout and plain compose's --timeout
 COMMAND_TIMEOUT = 180.0  # any single measured command
 
@@ -817,7 +818,13 @@ def run_bench(bench: Bench, args: argparse.Namespace, out: Outcome) -> None:
             recreated_cell(dc_change),
         ),
     ]
+    first_ratio = ff_initial / cf_initial
     out.checks = [
+        (
+            f"first deploy of 30 containers ≤ {TARGET_FIRST_DEPLOY:g}× compose-farm's `up --all`",
+            first_ratio <= TARGET_FIRST_DEPLOY,
+            f"{ff_initial:.2f} s vs {cf_initial:.2f} s = {first_ratio:.2f}×",
+        ),
         (
             f"no-op plan ≤ {TARGET_RATIO}× compose-farm's no-op `up --all`",
             *versus_cf("ff_plan"),

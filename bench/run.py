@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fleetgen  # noqa: E402
+import floor  # noqa: E402
 import kapitangen  # noqa: E402
 from measure import Result, files_written, run, snapshot  # noqa: E402
 
@@ -39,6 +40,7 @@ TARGET_RATIO = 0.1  # fleetform ≤ 0.1× kapitan's wall time at 1,000 deploymen
 TARGET_B_WALL = 3.0  # s, 10,000 deployments
 TARGET_B_RSS = 300.0  # MB, 10,000 deployments
 TARGET_HELP = 0.25  # s, best of 5
+TARGET_FLOOR = 2.0  # fleetform compile ≤ 2× the floor (bench/floor.py), at 1,000 and 10,000
 MAX_REPEAT_SECONDS = 45.0  # stop repeating a measurement once this much time went into it
 
 
@@ -226,6 +228,48 @@ def bench_fleetform(bench: Bench, name: str, repo: Path) -> tuple[float, float]:
         )
     )
     return wall, rss
+
+
+def bench_floor(bench: Bench, name: str, repo: Path, compile_wall: float) -> None:
+    """The floor (bench/floor.py: the same inputs parsed by PyYAML's C loader, the same
+    output bytes written into a fresh folder), timed as the fresh compile was, and the
+    compile's ratio to it."""
+    deployments = WORKLOADS[name][0]
+    blob = WORK / f"output-{name}.pickle"
+    size = floor.capture(repo / "output", blob)
+    out = WORK / f"floor-{name}"
+    trash = WORK / f"trash-floor-{name}"
+    shutil.rmtree(trash, ignore_errors=True)
+    trash.mkdir()
+
+    def fresh() -> None:
+        if out.exists():
+            out.rename(trash / str(len(list(trash.iterdir()))))
+
+    log(f"floor (C-loader parse + the same output bytes) on {name}")
+    argv = [sys.executable, str(HERE / "floor.py"), str(repo), str(blob), str(out)]
+    results = repeated(argv, bench.repeats, prepare=fresh, log_file=WORK / f"floor-{name}.log")
+    settle(trash)
+    shutil.rmtree(out, ignore_errors=True)
+    wall, rss = median(results)
+    files = len(floor.inputs(repo))
+    bench.rows.append(
+        Row(
+            f"{name}: {deployments:,} deployments",
+            "floor: PyYAML C loader + write the same bytes",
+            wall,
+            rss,
+            f"{runs_note(results)}; {files} input files, {size / 1e6:.1f} MB written",
+        )
+    )
+    ratio = compile_wall / wall
+    bench.checks.append(
+        Check(
+            f"{deployments:,}: fleetform compile ≤ {TARGET_FLOOR:g}× the floor",
+            f"{compile_wall:.3f} s / {wall:.3f} s = {ratio:.2f}×",
+            ratio <= TARGET_FLOOR,
+        )
+    )
 
 
 def settle(trash: Path | None) -> None:
@@ -505,6 +549,7 @@ def main() -> int:
 
     fleet_a, repo_a = generate("A")
     wall_a, _ = bench_fleetform(bench, "A", repo_a)
+    bench_floor(bench, "A", repo_a, wall_a)
     bench_help(bench)
 
     kapitan_exe = None if args.no_kapitan else ensure_kapitan(bench)
@@ -530,6 +575,7 @@ def main() -> int:
 
     fleet_b, repo_b = generate("B")
     wall_b, rss_b = bench_fleetform(bench, "B", repo_b)
+    bench_floor(bench, "B", repo_b, wall_b)
     bench.checks.insert(
         1,
         Check(

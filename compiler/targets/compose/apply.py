@@ -14,8 +14,10 @@ row of them, then watches them together.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,9 @@ class Started:
 
 
 PULL_IDLE_SECONDS = 600  # a pull may say nothing for this long (a big layer unpacking)
+# New containers created and started at once on one host (as compose starts a project's
+# containers side by side), each over a connection of its own.
+LAUNCHES_AT_ONCE = 4
 
 
 class DockerExecutor:
@@ -67,6 +72,7 @@ class DockerExecutor:
         self.engine = engine
         self.options = options
         self.progress = progress
+        self._images: set[str] = set()  # on the engine already: asked once per apply
 
     def run(self, step: Step, spec: ContainerSpec | None, secrets: Secrets) -> None:
         if step.action == "delete":
@@ -154,6 +160,51 @@ class DockerExecutor:
             raise StepFailed(f"container did not start: {error.message}") from None
         return Started(spec, created, time.monotonic())
 
+    def launch_all(
+        self, specs: Sequence[tuple[ContainerSpec, Secrets]]
+    ) -> list[Started | BaseException]:
+        """Launch new containers side by side: each one's outcome, in order.
+
+        Their images are made present first, one by one on this connection (a pull says
+        its progress); then up to LAUNCHES_AT_ONCE create-and-start at once, each over a
+        connection of its own to the same engine (over ssh://, a session on the host's
+        one SSH connection)."""
+        outcomes: list[Started | BaseException] = []
+        try:
+            for image in dict.fromkeys(spec.image for spec, _ in specs):
+                self._ensure_image(image)
+        except BaseException as error:  # the first container's step fails with it
+            return [error for _ in specs]
+        if len(specs) == 1:
+            try:
+                return [self.launch(*specs[0])]
+            except BaseException as error:
+                return [error]
+        local = threading.local()
+        engines: list[Engine] = []
+        lock = threading.Lock()
+
+        def one(item: tuple[ContainerSpec, Secrets]) -> Started | BaseException:
+            if not hasattr(local, "executor"):
+                engine = Engine(self.engine.base_url, timeout=self.engine.timeout)
+                with lock:
+                    engines.append(engine)
+                local.executor = DockerExecutor(engine, self.options, self.progress)
+                local.executor._images = set(self._images)
+            try:
+                launched: Started = local.executor.launch(*item)
+                return launched
+            except BaseException as error:
+                return error
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(LAUNCHES_AT_ONCE, len(specs))) as pool:
+                outcomes = list(pool.map(one, specs))
+        finally:
+            for engine in engines:
+                engine.close()
+        return outcomes
+
     def settle(self, started: Started) -> None:
         """Fail (and remove it) unless the container stays up SETTLE_SECONDS after its start."""
         try:
@@ -208,8 +259,11 @@ class DockerExecutor:
     # --- engine calls ----------------------------------------------------------------
 
     def _ensure_image(self, image: str) -> None:
+        if image in self._images:
+            return
         try:
             self.engine.get(f"/images/{image}/json")
+            self._images.add(image)
             return
         except EngineError as error:
             if error.status != 404:
@@ -233,6 +287,7 @@ class DockerExecutor:
             if isinstance(error, StepFailed):
                 raise
             raise StepFailed(f"cannot pull {image}: {error.message}") from None
+        self._images.add(image)
 
     def _create(self, spec: ContainerSpec, secrets: Secrets) -> str:
         env = {**spec.env, **secrets.env}
@@ -292,30 +347,45 @@ def run_steps(
     """Carry out ``steps`` in order, adding each to ``done`` once it is done.
 
     New containers in a row (create steps that displace and free nothing) are launched
-    one after another, then settled together, so a first deploy waits SETTLE_SECONDS
-    once. When one of them fails, those launched after it are removed again: ``done``
-    is always the plan's first N steps, and the step that failed is the next one.
+    together, up to LAUNCHES_AT_ONCE at a time over connections of their own, then
+    settled together, so a first deploy waits SETTLE_SECONDS once and the engine starts
+    them side by side. When one of them fails, those after it are removed again:
+    ``done`` is always the plan's first N steps, and the step that failed is the next.
     """
     total = len(steps)
     say = executor.progress
-    launched: list[tuple[int, Step, Started, float]] = []
+    row: list[tuple[int, Step, ContainerSpec, float]] = []
 
     def finish(number: int, step: Step, began: float) -> None:
         done.append(step)
         seconds = time.monotonic() - began
         say(f"[{number}/{total}] {step.action} {step.name}: done ({seconds:.1f} s)")
 
-    def settle() -> None:
-        while launched:
-            number, step, started, began = launched.pop(0)
+    def launch_row() -> None:
+        if not row:
+            return
+        items, row[:] = list(row), []
+        outcomes = executor.launch_all(
+            [(spec, secrets.get(step.name, NO_SECRETS)) for _, step, spec, _ in items]
+        )
+        failed = next((i for i, o in enumerate(outcomes) if isinstance(o, BaseException)), None)
+        launched = outcomes if failed is None else outcomes[:failed]
+        for outcome in outcomes[len(launched) + 1 :]:  # after the first failure: undone
+            if isinstance(outcome, Started):
+                executor.discard(outcome)
+        for index, started in enumerate(launched):
+            number, step, _, began = items[index]
+            assert isinstance(started, Started)
             try:
                 executor.settle(started)
             except BaseException:
-                for *_, later, _ in launched:
+                for later in launched[index + 1 :]:
+                    assert isinstance(later, Started)
                     executor.discard(later)
-                launched.clear()
                 raise
             finish(number, step, began)
+        if failed is not None:
+            raise outcomes[failed]  # type: ignore[misc]
 
     for number, step in enumerate(steps, 1):
         say(f"[{number}/{total}] {step.action} {step.name} ...")
@@ -323,16 +393,12 @@ def run_steps(
         spec = specs.get(step.name) if step.action != "delete" else None
         secret = secrets.get(step.name, NO_SECRETS)
         if step.action == "create" and not (step.displace or step.frees) and spec is not None:
-            try:
-                launched.append((number, step, executor.launch(spec, secret), began))
-            except BaseException:
-                settle()  # the ones before it, so that `done` stays in order
-                raise
+            row.append((number, step, spec, began))
             continue
-        settle()
+        launch_row()
         executor.run(step, spec, secret)
         finish(number, step, began)
-    settle()
+    launch_row()
 
 
 def registry_auth(name: str) -> dict[str, str]:

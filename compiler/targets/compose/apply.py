@@ -14,10 +14,8 @@ row of them, then watches them together.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +58,6 @@ class Started:
 
 
 PULL_IDLE_SECONDS = 600  # a pull may say nothing for this long (a big layer unpacking)
-# New containers created and started at once on one host (as compose starts a project's
-# containers side by side), each over a connection of its own.
-LAUNCHES_AT_ONCE = 4
 
 
 class DockerExecutor:
@@ -159,51 +154,6 @@ class DockerExecutor:
             self._remove(created)
             raise StepFailed(f"container did not start: {error.message}") from None
         return Started(spec, created, time.monotonic())
-
-    def launch_all(
-        self, specs: Sequence[tuple[ContainerSpec, Secrets]]
-    ) -> list[Started | BaseException]:
-        """Launch new containers side by side: each one's outcome, in order.
-
-        Their images are made present first, one by one on this connection (a pull says
-        its progress); then up to LAUNCHES_AT_ONCE create-and-start at once, each over a
-        connection of its own to the same engine (over ssh://, a session on the host's
-        one SSH connection)."""
-        outcomes: list[Started | BaseException] = []
-        try:
-            for image in dict.fromkeys(spec.image for spec, _ in specs):
-                self._ensure_image(image)
-        except BaseException as error:  # the first container's step fails with it
-            return [error for _ in specs]
-        if len(specs) == 1:
-            try:
-                return [self.launch(*specs[0])]
-            except BaseException as error:
-                return [error]
-        local = threading.local()
-        engines: list[Engine] = []
-        lock = threading.Lock()
-
-        def one(item: tuple[ContainerSpec, Secrets]) -> Started | BaseException:
-            if not hasattr(local, "executor"):
-                engine = Engine(self.engine.base_url, timeout=self.engine.timeout)
-                with lock:
-                    engines.append(engine)
-                local.executor = DockerExecutor(engine, self.options, self.progress)
-                local.executor._images = set(self._images)
-            try:
-                launched: Started = local.executor.launch(*item)
-                return launched
-            except BaseException as error:
-                return error
-
-        try:
-            with ThreadPoolExecutor(max_workers=min(LAUNCHES_AT_ONCE, len(specs))) as pool:
-                outcomes = list(pool.map(one, specs))
-        finally:
-            for engine in engines:
-                engine.close()
-        return outcomes
 
     def settle(self, started: Started) -> None:
         """Fail (and remove it) unless the container stays up SETTLE_SECONDS after its start."""
@@ -347,45 +297,30 @@ def run_steps(
     """Carry out ``steps`` in order, adding each to ``done`` once it is done.
 
     New containers in a row (create steps that displace and free nothing) are launched
-    together, up to LAUNCHES_AT_ONCE at a time over connections of their own, then
-    settled together, so a first deploy waits SETTLE_SECONDS once and the engine starts
-    them side by side. When one of them fails, those after it are removed again:
-    ``done`` is always the plan's first N steps, and the step that failed is the next.
+    one after another, then settled together, so a first deploy waits SETTLE_SECONDS
+    once. When one of them fails, those launched after it are removed again: ``done``
+    is always the plan's first N steps, and the step that failed is the next one.
     """
     total = len(steps)
     say = executor.progress
-    row: list[tuple[int, Step, ContainerSpec, float]] = []
+    launched: list[tuple[int, Step, Started, float]] = []
 
     def finish(number: int, step: Step, began: float) -> None:
         done.append(step)
         seconds = time.monotonic() - began
         say(f"[{number}/{total}] {step.action} {step.name}: done ({seconds:.1f} s)")
 
-    def launch_row() -> None:
-        if not row:
-            return
-        items, row[:] = list(row), []
-        outcomes = executor.launch_all(
-            [(spec, secrets.get(step.name, NO_SECRETS)) for _, step, spec, _ in items]
-        )
-        failed = next((i for i, o in enumerate(outcomes) if isinstance(o, BaseException)), None)
-        launched = outcomes if failed is None else outcomes[:failed]
-        for outcome in outcomes[len(launched) + 1 :]:  # after the first failure: undone
-            if isinstance(outcome, Started):
-                executor.discard(outcome)
-        for index, started in enumerate(launched):
-            number, step, _, began = items[index]
-            assert isinstance(started, Started)
+    def settle() -> None:
+        while launched:
+            number, step, started, began = launched.pop(0)
             try:
                 executor.settle(started)
             except BaseException:
-                for later in launched[index + 1 :]:
-                    assert isinstance(later, Started)
+                for *_, later, _ in launched:
                     executor.discard(later)
+                launched.clear()
                 raise
             finish(number, step, began)
-        if failed is not None:
-            raise outcomes[failed]  # type: ignore[misc]
 
     for number, step in enumerate(steps, 1):
         say(f"[{number}/{total}] {step.action} {step.name} ...")
@@ -393,12 +328,16 @@ def run_steps(
         spec = specs.get(step.name) if step.action != "delete" else None
         secret = secrets.get(step.name, NO_SECRETS)
         if step.action == "create" and not (step.displace or step.frees) and spec is not None:
-            row.append((number, step, spec, began))
+            try:
+                launched.append((number, step, executor.launch(spec, secret), began))
+            except BaseException:
+                settle()  # the ones before it, so that `done` stays in order
+                raise
             continue
-        launch_row()
+        settle()
         executor.run(step, spec, secret)
         finish(number, step, began)
-    launch_row()
+    settle()
 
 
 def registry_auth(name: str) -> dict[str, str]:

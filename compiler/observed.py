@@ -1,8 +1,7 @@
-"""Stage 6: what the live hosts run. The only code that reads hosts.
-
-Each observer returns plain, frozen records: a plan is computed from them and the
-desired specs alone, so plan tests need no daemon (observations can be written as
-literals, or recorded from a real engine and replayed).
+"""Stage 6: what the live hosts run, as plain, frozen records. Each driver's observer
+(``compiler/targets/*/observe.py``, the only code that reads hosts) returns them; a plan
+is computed from them and the desired specs alone, so plan tests need no daemon
+(observations can be written as literals, or recorded from a real engine and replayed).
 """
 
 from __future__ import annotations

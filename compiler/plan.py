@@ -1,10 +1,7 @@
-"""Stage 7: desired containers vs what the hosts run → a Plan. Pure: no I/O.
-
-Change is detected by the spec hash fleetform stamps on what it creates, and by
-comparing the container's own config with the spec (so a container recreated by
-hand with other env, image or GPUs is drift even when it kept fleetform's labels).
-deepdiff only explains *what* differs. Secrets are compared through a hash label and
-never shown.
+"""Stage 7: the Plan model — steps with their reasons and reason codes, per host — and
+its one JSON form. Pure: no I/O. Each kind of host's driver makes its hosts' plans
+(``compiler/targets/*/plan.py``: desired specs against what the host runs); deepdiff
+only explains *what* differs (:func:`changes_between`).
 
 Steps are ordered per host: deletes first (they free GPUs and ports), then updates,
 creates and starts, each by container name; hosts by name. That order is the plan's

@@ -35,7 +35,7 @@ PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_.]*)\}\}")
 MAX_EXPANDED = 128 * 1024
 # What substitution may produce in all, for one command's words or one env's values: a
 # run command of 20,000 {{V}} with V of 128 KiB would be 2.6 GB. Far above what one
-# container may hold (compiler/resolve.py checks that, and says so, once rendered).
+# container may hold (compiler/resolve/draft.py checks that, and says so, once rendered).
 MAX_EXPANDED_TOTAL = 1024 * 1024
 # Names shown in one message (the defined names, a cycle): a message stays one short line.
 _SHOWN_NAMES = 20
@@ -218,7 +218,7 @@ def substitute_words(
 ) -> tuple[str, ...]:
     """:func:`substitute` in each of ``words`` (most hold no placeholder); the words
     substitution makes no longer than MAX_EXPANDED_TOTAL together (the others are text
-    as written, which compiler/resolve.py measures)."""
+    as written, which compiler/resolve/draft.py measures)."""
     out: list[str] = []
     room = MAX_EXPANDED_TOTAL
     for word in words:

@@ -214,8 +214,9 @@ def missing_systemd_host_tools(cache_dir: Path | None = None) -> list[str]:
     """What this machine lacks to run systemd hosts, one readable line each."""
     missing = missing_engine_tools()
     cache_dir = cache_dir or cache_dir_default()
-    if not _cached_rootfs(cache_dir).exists() and not _which_sbin("debootstrap"):
-        missing.append("debootstrap (apt: debootstrap), to build the host image once")
+    cached = all(_cached_rootfs(cache_dir, release).exists() for release in RELEASES)
+    if not cached and not _which_sbin("debootstrap"):
+        missing.append("debootstrap (apt: debootstrap), to build the host images once")
     if _cgroup_layout() == "unified":
         missing.append("cgroup v1 (this harness binds v1 hierarchies; the machine has v2 only)")
     return missing

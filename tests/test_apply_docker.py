@@ -118,11 +118,10 @@ class Target:
     # Makes a port of the host's address answer on this machine (a host in a network
     # namespace of its own); nothing to do for an engine of this machine.
     expose: Callable[[str, int], None] = lambda address, port: None
-    engine: Engine | None = None  # the engine, when it runs on this machine
 
 
 def local_target(engine: Engine) -> Target:
-    return Target(engine.base_url, engine.client(), engine.gpu_assignments, engine=engine)
+    return Target(engine.base_url, engine.client(), engine.gpu_assignments)
 
 
 class Fleet:
@@ -934,9 +933,9 @@ def test_gpu_replicas_are_replaced_one_at_a_time(fleet: Fleet) -> None:
 
 
 def test_concurrent_applies_and_stale_locks(fleet: Fleet) -> None:
-    # `sleep` as PID 1 ignores SIGTERM: replacing it waits out its own stop_timeout (3 s),
+    # `sleep` as PID 1 ignores SIGTERM: replacing it waits out its own stop_timeout (5 s),
     # the window in which a second apply finds the first one's lock.
-    slow = {"run_command": "sleep 3600", "stop_timeout": 3}
+    slow = {"run_command": "sleep 3600", "stop_timeout": 5}
     fleet.deploy(deployment("aux", backend_version="cpu", env={"V": "1"}, **slow))
     fleet.apply()
     fleet.deploy(deployment("aux", backend_version="cpu", env={"V": "2"}, **slow))

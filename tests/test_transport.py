@@ -153,7 +153,7 @@ def test_log_frames_are_stripped() -> None:
     assert demultiplex(b"plain text from a TTY\n") == b"plain text from a TTY\n"
 
 
-def test_create_body_is_the_engine_api_form() -> None:
+def test_create_request_is_the_engine_api_form() -> None:
     spec = ContainerSpec(
         name="p-web-0",
         deployment="web",
@@ -224,7 +224,7 @@ def test_create_body_is_the_engine_api_form() -> None:
     }
 
 
-def test_create_body_sets_user_and_ipc_only_when_given() -> None:
+def test_create_request_sets_user_and_ipc_only_when_given() -> None:
     spec = ContainerSpec(
         name="p-web-0",
         deployment="web",

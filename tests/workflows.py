@@ -143,13 +143,18 @@ def _build_wheels(target: Path) -> Path:
 def fleetform_wheel(folder: Path, dependencies: Path) -> Path:
     """This checkout of fleetform as a wheel, built offline from the dependency wheels."""
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
-         "--find-links", str(dependencies), "--wheel-dir", str(folder), str(ROOT)],
-        check=True,
-        timeout=300,
-        cwd=folder,
-    )  # fmt: skip
+    # pip builds in the checkout (setuptools' build/ and egg-info): one build at a time
+    # (test workers), from a build/ emptied first so no deleted module lingers in it.
+    with (dependencies.parent / f"{dependencies.name}.build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
+             "--find-links", str(dependencies), "--wheel-dir", str(folder), str(ROOT)],
+            check=True,
+            timeout=300,
+            cwd=folder,
+        )  # fmt: skip
     (wheel,) = folder.glob("fleetform-*.whl")
     return wheel
 

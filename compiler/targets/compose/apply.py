@@ -242,7 +242,7 @@ class DockerExecutor:
     def _create(self, spec: ContainerSpec, secrets: Secrets) -> str:
         env = {**spec.env, **secrets.env}
         labels = dict(spec.labels)
-        if spec.holds:  # what the next plan orders by (``plan.holds``)
+        if spec.holds:  # what the next plan orders by (``compiler.targets.compose.plan.holds``)
             labels[label(self.options.label_prefix, HOLDS)] = ",".join(spec.holds)
         if secrets.env:
             labels[label(self.options.label_prefix, SECRET_HASH)] = secrets.hash

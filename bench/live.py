@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -48,7 +47,13 @@ RESULTS = BENCH / "live-results.md"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from measure import Result, run  # noqa: E402
+from measure import (  # noqa: E402
+    Result,
+    fleetform_argv,
+    install_tool,
+    pin_compiler,
+    run,
+)
 
 from tests import engines as E  # noqa: E402
 
@@ -461,80 +466,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def fleetform_argv() -> list[str]:
-    """The installed console script itself (not a pyenv shim), else ``python -m``."""
-    direct = Path(sys.executable).parent / "fleetform"
-    if direct.exists():
-        return [str(direct)]
-    found = shutil.which("fleetform")
-    return [found] if found else [sys.executable, "-m", "compiler.cli"]
-
-
-def compiler_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def git_state() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), *args], capture_output=True, text=True
-        ).stdout.strip()
-
-    dirty = git("status", "--porcelain", "compiler")
-    return (git("rev-parse", "--short", "HEAD") or "?") + (
-        " + uncommitted changes in compiler/" if dirty else ""
-    )
-
-
-def pin_compiler(live: bool) -> tuple[str, str | None]:
-    """A snapshot of compiler/ first on PYTHONPATH (concurrent edits cannot mix in)."""
-    if live:
-        return (
-            f"live working tree: {git_state()}, sha256 {compiler_digest(ROOT / 'compiler')}",
-            None,
-        )
-    pinned = LIVE / "pinned"
-    shutil.rmtree(pinned, ignore_errors=True)
-    shutil.copytree(
-        ROOT / "compiler", pinned / "compiler", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(pinned)], check=True)
-    path = os.environ.get("PYTHONPATH")
-    pythonpath = str(pinned) + (os.pathsep + path if path else "")
-    where = subprocess.run(
-        [sys.executable, "-c", "import compiler; print(compiler.__file__)"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": pythonpath},
-        cwd=LIVE,
-    ).stdout.strip()
-    if not where.startswith(str(pinned)):
-        raise BenchError(f"pinned compiler/ is not the one imported ({where})")
-    code = f"snapshot of compiler/ taken at start: {git_state()}, sha256 {compiler_digest(pinned)}"
-    return code, pythonpath
-
-
 def ensure_compose_farm() -> Path:
     venv = WORK / "compose-farm-venv"
-    exe = venv / "bin" / "cf"
-    if exe.exists():
-        return exe
-    log("installing compose-farm into bench/.work/compose-farm-venv (pip, PyPI)")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "compose-farm"]
-    first = subprocess.run(pip, capture_output=True, text=True)
-    if first.returncode != 0:
-        log("pip install compose-farm failed; retrying without the machine's pip constraints")
-        second = subprocess.run(
-            pip, capture_output=True, text=True, env={**os.environ, "PIP_CONSTRAINT": ""}
-        )
-        if second.returncode != 0:
-            raise BenchError("compose-farm could not be installed:\n" + second.stderr[-800:])
-    if not exe.exists():
-        raise BenchError(f"compose-farm installed no {exe}")
+    if not (venv / "bin" / "cf").exists():
+        log("installing compose-farm into bench/.work/compose-farm-venv (pip, PyPI)")
+    exe, note = install_tool(venv, "compose-farm", "cf")
+    if exe is None:
+        raise BenchError(note or f"compose-farm installed no {venv / 'bin' / 'cf'}")
     return exe
 
 
@@ -589,7 +527,7 @@ class Outcome:
 def run_bench(bench: Bench, args: argparse.Namespace, out: Outcome) -> None:
     cf = ensure_compose_farm()
     compose = compose_binary()
-    code, pythonpath = pin_compiler(args.live)
+    code, pythonpath = pin_compiler(LIVE, args.live)
     root = E.make_root()
     everything: list[Host] = []
     try:

@@ -165,3 +165,104 @@ def files_written(before: Snapshot, after: Snapshot) -> list[str]:
     changed = [path for path, stat in after.items() if before.get(path) != stat]
     removed = [path for path in before if path not in after]
     return sorted(changed + removed)
+
+
+# --- what is measured: fleetform's code, and the other tools ---------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fleetform_argv() -> list[str]:
+    """The installed console script itself (not a pyenv shim), else ``python -m``."""
+    import shutil
+    import sys
+
+    direct = Path(sys.executable).parent / "fleetform"
+    if direct.exists():
+        return [str(direct)]
+    found = shutil.which("fleetform")
+    return [found] if found else [sys.executable, "-m", "compiler.cli"]
+
+
+def compiler_digest(folder: Path) -> str:
+    """A short hash of the ``*.py`` files below ``folder``: which code was measured."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_state() -> str:
+    """The checkout's commit, and whether compiler/ has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "compiler")
+    return (git("rev-parse", "--short", "HEAD") or "?") + (
+        " + uncommitted changes in compiler/" if dirty else ""
+    )
+
+
+def pin_compiler(work: Path, live: bool) -> tuple[str, str | None]:
+    """Which code the run measures, and the PYTHONPATH that makes fleetform run it.
+
+    By default a snapshot of compiler/ taken now, first on PYTHONPATH (ahead of the
+    editable install's finder), so concurrent edits cannot mix in; ``live``: the working
+    tree as it is (no PYTHONPATH)."""
+    import shutil
+    import sys
+
+    if live:
+        return (
+            f"live working tree: {git_state()}, sha256 {compiler_digest(ROOT / 'compiler')}",
+            None,
+        )
+    pinned = work / "pinned"
+    shutil.rmtree(pinned, ignore_errors=True)
+    shutil.copytree(
+        ROOT / "compiler", pinned / "compiler", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(pinned)], check=True)
+    path = os.environ.get("PYTHONPATH")
+    pythonpath = str(pinned) + (os.pathsep + path if path else "")
+    where = subprocess.run(
+        [sys.executable, "-c", "import compiler; print(compiler.__file__)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        cwd=work,
+    ).stdout.strip()
+    if not where.startswith(str(pinned)):
+        raise RuntimeError(f"pinned compiler/ is not the one imported ({where})")
+    code = f"snapshot of compiler/ taken at start: {git_state()}, sha256 {compiler_digest(pinned)}"
+    return code, pythonpath
+
+
+def install_tool(venv: Path, package: str, command: str) -> tuple[Path | None, str]:
+    """Another tool (kapitan, compose-farm) from PyPI into a venv of its own, once.
+
+    Returns its executable (None when it could not be installed) and a note for the
+    report ("" when nothing is worth saying). A first failure is retried without the
+    machine's pip constraints (``PIP_CONSTRAINT=``), which the note then says."""
+    import sys
+
+    exe = venv / "bin" / command
+    if exe.exists():
+        return exe, ""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", package]
+    first = subprocess.run(pip, capture_output=True, text=True)
+    note = ""
+    if first.returncode != 0:
+        env = {**os.environ, "PIP_CONSTRAINT": ""}
+        second = subprocess.run(pip, capture_output=True, text=True, env=env)
+        if second.returncode != 0:
+            said = (second.stderr or first.stderr)[-500:]
+            return None, f"{package} could not be installed: {said}"
+        note = f"{package} was installed with PIP_CONSTRAINT= (machine constraints lifted)."
+    return (exe if exe.exists() else None), note

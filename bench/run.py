@@ -10,7 +10,6 @@ printed and written to bench/results.md. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import shutil
@@ -28,7 +27,16 @@ sys.path.insert(0, str(HERE))
 import fleetgen  # noqa: E402
 import floor  # noqa: E402
 import kapitangen  # noqa: E402
-from measure import Result, files_written, run, snapshot  # noqa: E402
+from measure import (  # noqa: E402
+    Result,
+    compiler_digest,
+    files_written,
+    fleetform_argv,
+    install_tool,
+    pin_compiler,
+    run,
+    snapshot,
+)
 
 WORK = HERE / ".work"
 ROOT = HERE.parent
@@ -80,15 +88,6 @@ class Bench:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def fleetform_argv() -> list[str]:
-    """The installed console script itself (not a pyenv shim), else ``python -m``."""
-    direct = Path(sys.executable).parent / "fleetform"
-    if direct.exists():
-        return [str(direct)]
-    found = shutil.which("fleetform")
-    return [found] if found else [sys.executable, "-m", "compiler.cli"]
 
 
 def repeated(
@@ -306,26 +305,12 @@ def bench_help(bench: Bench) -> None:
 
 def ensure_kapitan(bench: Bench) -> Path | None:
     venv = WORK / "kapitan-venv"
-    exe = venv / "bin" / "kapitan"
-    if exe.exists():
-        return exe
-    log("installing kapitan into bench/.work/kapitan-venv (pip, PyPI)")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "kapitan"]
-    first = subprocess.run(pip, capture_output=True, text=True)
-    if first.returncode != 0:
-        log("pip install kapitan failed; retrying without the machine's pip constraints")
-        env = {**os.environ, "PIP_CONSTRAINT": ""}
-        second = subprocess.run(pip, capture_output=True, text=True, env=env)
-        if second.returncode != 0:
-            bench.notes.append(
-                "kapitan could not be installed: " + (second.stderr or first.stderr)[-500:]
-            )
-            return None
-        bench.notes.append(
-            "kapitan was installed with PIP_CONSTRAINT= (machine constraints lifted)."
-        )
-    return exe if exe.exists() else None
+    if not (venv / "bin" / "kapitan").exists():
+        log("installing kapitan into bench/.work/kapitan-venv (pip, PyPI)")
+    exe, note = install_tool(venv, "kapitan", "kapitan")
+    if note:
+        bench.notes.append(note)
+    return exe
 
 
 def kapitan_env() -> dict[str, str]:
@@ -460,52 +445,6 @@ def render(bench: Bench, env: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compiler_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def git_state() -> str:
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "compiler"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return (head or "?") + (" + uncommitted changes in compiler/" if dirty else "")
-
-
-def pin_compiler(bench: Bench) -> None:
-    """Measure a snapshot of compiler/ taken now, so concurrent edits cannot mix in.
-
-    The copy goes first on PYTHONPATH, ahead of the editable install's finder.
-    """
-    pinned = WORK / "pinned"
-    shutil.rmtree(pinned, ignore_errors=True)
-    shutil.copytree(
-        ROOT / "compiler", pinned / "compiler", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(pinned)], check=True)
-    path = os.environ.get("PYTHONPATH")
-    bench.ff_env = {**os.environ, "PYTHONPATH": str(pinned) + (os.pathsep + path if path else "")}
-    where = subprocess.run(
-        [sys.executable, "-c", "import compiler; print(compiler.__file__)"],
-        capture_output=True,
-        text=True,
-        env=bench.ff_env,
-        cwd=WORK,
-    ).stdout.strip()
-    if not where.startswith(str(pinned)):
-        raise SystemExit(f"bench: pinned compiler/ is not the one imported ({where})")
-    bench.code = (
-        f"snapshot of compiler/ taken at start: {git_state()}, sha256 {compiler_digest(pinned)}"
-    )
-
-
 def environment(bench: Bench, kapitan: str) -> list[str]:
     return [
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; fleetform code: {bench.code}",
@@ -542,10 +481,9 @@ def main() -> int:
     bench = Bench(args.budget, max(1, args.repeats), args.kapitan_parallelism, not args.no_profile)
     WORK.mkdir(exist_ok=True)
     live_digest = compiler_digest(ROOT / "compiler")
-    if args.live:
-        bench.code = f"live working tree: {git_state()}, sha256 {live_digest}"
-    else:
-        pin_compiler(bench)
+    bench.code, pythonpath = pin_compiler(WORK, args.live)
+    if pythonpath:
+        bench.ff_env = {**os.environ, "PYTHONPATH": pythonpath}
 
     fleet_a, repo_a = generate("A")
     wall_a, _ = bench_fleetform(bench, "A", repo_a)

@@ -4,7 +4,7 @@ with compose-farm and with plain ``docker compose up -d`` per host.
 
 A script, not a test: ``python bench/live.py`` (about 2 minutes on 2 cores, as root).
 It starts two fleets of 3 real engines, each engine behind a real sshd on a loopback
-address (the harness of ``tests/engines.py``): fleetform converges fleet A, compose-farm
+address (the harness of ``testing/engines.py``): fleetform converges fleet A, compose-farm
 and plain compose fleet B, both from the same 3 hosts × 10 deployments. The no-op runs
 of the tools alternate round by round, so that each round's numbers share the machine's
 load. It prints a markdown table with PASS/FAIL lines and writes it to
@@ -55,7 +55,7 @@ from measure import (  # noqa: E402
     run,
 )
 
-from tests import engines as E  # noqa: E402
+from testing import engines as E  # noqa: E402
 
 HOSTS = ("h1", "h2", "h3")
 PER_HOST = 10

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines import (
+from testing.engines import (
     Engine,
     EngineFactory,
     cleanup_root,
@@ -13,7 +13,7 @@ from tests.engines import (
     require_engine_tools,
     start_engine,
 )
-from tests.systemd_hosts import (
+from testing.systemd_hosts import (
     HOST_IMAGE,
     SystemdHostFactory,
     build_host_image,
@@ -42,7 +42,7 @@ def update_goldens(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-goldens"))
 
 
-# --- real Docker engines (tests/engines.py) ---------------------------------------------
+# --- real Docker engines (testing/engines.py) ---------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def engines(engine_root: Path) -> Iterator[EngineFactory]:
         factory.close()
 
 
-# --- real systemd hosts (tests/systemd_hosts.py) ----------------------------------------
+# --- real systemd hosts (testing/systemd_hosts.py) ----------------------------------------
 
 
 @pytest.fixture(scope="session")

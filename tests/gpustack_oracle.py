@@ -109,8 +109,8 @@ from typing import Any
 
 import yaml
 
-from tests.engines import REQUIRE_TOOLS_ENV
-from tests.systemd_hosts import cache_dir_default
+from testing.engines import REQUIRE_TOOLS_ENV
+from testing.systemd_hosts import cache_dir_default
 
 GPUSTACK_VERSION = "2.3.0"
 GPUSTACK_RUNTIME_VERSION = "0.2.6"

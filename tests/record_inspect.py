@@ -1,7 +1,7 @@
 """Record what a real engine reports for the containers of tests/plan_specs.py, into
 tests/fixtures/inspect/<container>.json, for the pure plan tests (tests/test_plan.py).
 
-Run as root on a machine with the engine harness's tools (see tests/engines.py):
+Run as root on a machine with the engine harness's tools (see testing/engines.py):
 
     python3 tests/record_inspect.py
 
@@ -29,8 +29,8 @@ from compiler.plan import Step, secret_hash  # noqa: E402
 from compiler.remote.engine import Engine as EngineClient  # noqa: E402
 from compiler.render.container import ContainerSpec  # noqa: E402
 from compiler.targets.compose.apply import DockerExecutor  # noqa: E402
+from testing.engines import TEST_IMAGE, EngineFactory, cleanup_root, make_root  # noqa: E402
 from tests import plan_specs as specs  # noqa: E402
-from tests.engines import TEST_IMAGE, EngineFactory, cleanup_root, make_root  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "fixtures" / "inspect"
 

@@ -1,6 +1,6 @@
 """``fleetform plan / apply / reconcile / unlock`` against real Docker engines.
 
-Every test drives a real ``dockerd`` (tests/engines.py: the GPU hook stand-in makes
+Every test drives a real ``dockerd`` (testing/engines.py: the GPU hook stand-in makes
 ``driver: nvidia`` device requests work, the offline busybox image serves ``/health``).
 Each repository scenario and each drift class runs the six-step idempotency check:
 check (changes pending), apply, check (none left), apply (changes nothing), modify,
@@ -38,8 +38,8 @@ from docker.types import DeviceRequest, Mount
 from compiler import api, report
 from compiler.apply import Options, apply_plan
 from compiler.targets.compose import lock as host_lock
-from tests.engines import TEST_IMAGE, Engine, EngineFactory, _environ
-from tests.systemd_hosts import SystemdHostFactory
+from testing.engines import TEST_IMAGE, Engine, EngineFactory, _environ
+from testing.systemd_hosts import SystemdHostFactory
 
 PROJECT = "fleetform"
 PREFIX = "io.fleetform"
@@ -375,7 +375,7 @@ def ssh_fleet(
 ) -> Iterator[Fleet]:
     """A fleet whose host ``h1`` is reached over ``ssh://``: Docker 20.10 (Debian 12's
     docker.io, this machine's) behind an sshd on loopback, or Docker 26.1 (Debian 13's)
-    inside a Debian 13 host (tests/systemd_hosts.py) whose ssh answers on loopback."""
+    inside a Debian 13 host (testing/systemd_hosts.py) whose ssh answers on loopback."""
     if request.param == "docker20-debian12":
         engine = engines("h1")
         host = engines.ssh(engine)

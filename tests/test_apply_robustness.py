@@ -1,4 +1,4 @@
-"""`fleetform apply` when things go wrong, against real engines (tests/engines.py).
+"""`fleetform apply` when things go wrong, against real engines (testing/engines.py).
 
 * kill -9 of an apply at five points of a rolling update, then `unlock` and a rerun
   that converges with nothing unowned left behind;
@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.engines import (
+from testing.engines import (
     REQUIRE_TOOLS_ENV,
     TEST_IMAGE,
     Engine,

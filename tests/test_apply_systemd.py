@@ -1,6 +1,6 @@
 """``fleetform plan / apply / reconcile / unlock`` against real systemd hosts.
 
-Every test drives real hosts (tests/systemd_hosts.py): Debian's systemd as PID 1, sshd,
+Every test drives real hosts (testing/systemd_hosts.py): Debian's systemd as PID 1, sshd,
 an inner dockerd with the GPU hook stand-in, reached over real ssh on a loopback
 address. fleetform runs as a subprocess (``--repo``) with the ssh client environment of
 the harness (its key and known_hosts), exactly as an operator runs it.
@@ -34,8 +34,8 @@ import yaml
 
 from compiler import api, report
 from compiler.apply import Options, apply_plan
-from tests.engines import TEST_IMAGE, Engine, EngineFactory
-from tests.systemd_hosts import SystemdHost, SystemdHostFactory
+from testing.engines import TEST_IMAGE, Engine, EngineFactory
+from testing.systemd_hosts import SystemdHost, SystemdHostFactory
 
 PROJECT = "fleetform"
 SECOND_IMAGE = "fleetform-test/busybox:2"

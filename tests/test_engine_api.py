@@ -20,7 +20,7 @@ import pytest
 
 from compiler.remote.engine import MAX_API, MIN_API, Engine, HostUnreachable
 from compiler.targets.compose.observe import observe_docker_host
-from tests.engines import EngineFactory
+from testing.engines import EngineFactory
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

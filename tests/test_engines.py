@@ -1,4 +1,4 @@
-"""The real-engine harness itself (tests/engines.py): engines, GPU stand-in, image, ssh://."""
+"""The real-engine harness itself (testing/engines.py): engines, GPU stand-in, image, ssh://."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import docker
 import pytest
 from docker.types import DeviceRequest
 
-from tests.engines import (
+from testing.engines import (
     TEST_IMAGE,
     EngineFactory,
     EngineStartError,

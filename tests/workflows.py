@@ -11,7 +11,7 @@ checkout. A pinned action with no stand-in is an error, not a download.
 fleetform is installed in each job as a fleet repository installs it (the
 ``FLEETFORM_PACKAGE`` variable), from a wheelhouse and never from an index: the
 dependencies' wheels are built once into ``<cache>/fleetform-wheels-<key>`` (the test
-cache of tests/systemd_hosts.py; ``<key>`` hashes pyproject.toml's dependencies and this
+cache of testing/systemd_hosts.py; ``<key>`` hashes pyproject.toml's dependencies and this
 Python's version), fleetform's own wheel once per session.
 """
 
@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 import tomllib
 
-from tests.engines import REQUIRE_TOOLS_ENV
-from tests.systemd_hosts import cache_dir_default
+from testing.engines import REQUIRE_TOOLS_ENV
+from testing.systemd_hosts import cache_dir_default
 
 ROOT = Path(__file__).resolve().parent.parent
 GITHUB = ROOT / ".github"

@@ -2,7 +2,7 @@
 
 The systemd-host tests of ``fleetform plan/apply/reconcile`` need real ``systemctl``, real
 unit files and a real ``docker`` on the far side of a real ssh connection. Each host is a
-container of one *outer* engine (a :func:`tests.engines.start_engine` dockerd) that boots
+container of one *outer* engine (a :func:`testing.engines.start_engine` dockerd) that boots
 Debian's systemd as PID 1; systemd starts sshd, containerd and an *inner* dockerd.
 
 * :func:`build_host_image` makes the host image once: ``debootstrap --variant=minbase``
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.engines import (
+from testing.engines import (
     _HOME_LOCK,
     HOOK_NAME,
     REQUIRE_TOOLS_ENV,
@@ -717,7 +717,7 @@ class SystemdHost:
 
     def client(self, timeout: int = 60) -> docker.DockerClient:
         """A docker SDK client of the host's inner docker over ssh (paramiko mode), as
-        :meth:`tests.engines.SshHost.client`."""
+        :meth:`testing.engines.SshHost.client`."""
         import docker
 
         with _HOME_LOCK, _environ(HOME=str(self.client_home)):

@@ -153,32 +153,35 @@ def test_log_frames_are_stripped() -> None:
     assert demultiplex(b"plain text from a TTY\n") == b"plain text from a TTY\n"
 
 
+SPEC = ContainerSpec(
+    name="p-web-0",
+    deployment="web",
+    replica=0,
+    spec_hash="0123456789abcdef",
+    image="img:1",
+    entrypoint=None,
+    command=("serve", "--port", "8000"),
+    env={"B": "2", "A": "1"},
+    secrets={"S": "HF_TOKEN"},
+    labels={"io.fleetform.project": "p"},
+    gpu_driver="nvidia",
+    gpu_ids=("0", "1"),
+    mounts=(Mount("/srv/models/m", "/models/m", True),),
+    binds=("/models/m:/models/m:ro",),
+    devices=("/dev/infiniband", "/dev/kfd:/dev/kfd:rw"),
+    network_mode="host",
+    shm_size="16g",
+    restart="unless-stopped",
+    ports=("127.0.0.1:8000:8000", "9000:90/udp"),
+    address="10.0.0.1",
+    port=8000,
+    health_check_path="/health",
+    health_timeout=60.0,
+)
+
+
 def test_create_request_is_the_engine_api_form() -> None:
-    spec = ContainerSpec(
-        name="p-web-0",
-        deployment="web",
-        replica=0,
-        spec_hash="0123456789abcdef",
-        image="img:1",
-        entrypoint=None,
-        command=("serve", "--port", "8000"),
-        env={"B": "2", "A": "1"},
-        secrets={"S": "HF_TOKEN"},
-        labels={"io.fleetform.project": "p"},
-        gpu_driver="nvidia",
-        gpu_ids=("0", "1"),
-        mounts=(Mount("/srv/models/m", "/models/m", True),),
-        binds=("/models/m:/models/m:ro",),
-        devices=("/dev/infiniband", "/dev/kfd:/dev/kfd:rw"),
-        network_mode="host",
-        shm_size="16g",
-        restart="unless-stopped",
-        ports=("127.0.0.1:8000:8000", "9000:90/udp"),
-        address="10.0.0.1",
-        port=8000,
-        health_check_path="/health",
-        health_timeout=60.0,
-    )
+    spec = SPEC
     body = create_request(Wanted(spec, {"A": "1", "B": "2", "S": "secret"}, {"l": "v"}))
     assert body == {
         "Image": "img:1",
@@ -275,30 +278,13 @@ def test_every_container_field_reads_back_what_it_wrote() -> None:
         wanted_view,
     )
 
-    spec = ContainerSpec(
-        name="p-web-0",
-        deployment="web",
-        replica=0,
-        spec_hash="0123456789abcdef",
-        image="img:1",
+    spec = dataclasses.replace(
+        SPEC,
         entrypoint=("python3", "-m"),
-        command=("serve", "--port", "8000"),
-        env={"B": "2", "A": "1"},
         secrets={},
-        labels={"io.fleetform.project": "p"},
-        gpu_driver="nvidia",
-        gpu_ids=("0", "1"),
-        mounts=(Mount("/srv/models/m", "/models/m", True),),
         binds=("/data:/data:rw", "/cache:/cache"),
-        devices=("/dev/infiniband", "/dev/kfd:/dev/kfd:rw"),
-        network_mode="host",
         shm_size="1.5g",
-        restart="unless-stopped",
         ports=("127.0.0.1:8000-8001:8000-8001", "[::1]:9000:90/udp"),
-        address="10.0.0.1",
-        port=8000,
-        health_check_path="/health",
-        health_timeout=60.0,
         stop_timeout=45,
         user="1000:1000",
         ipc="host",

@@ -243,26 +243,41 @@ def pin_compiler(work: Path, live: bool) -> tuple[str, str | None]:
     return code, pythonpath
 
 
-def install_tool(venv: Path, package: str, command: str) -> tuple[Path | None, str]:
-    """Another tool (kapitan, compose-farm) from PyPI into a venv of its own, once.
+class BenchError(RuntimeError):
+    """A step went wrong in a way that makes the numbers meaningless."""
 
-    Returns its executable (None when it could not be installed) and a note for the
-    report ("" when nothing is worth saying). A first failure is retried without the
-    machine's pip constraints (``PIP_CONSTRAINT=``), which the note then says."""
+
+@dataclass(frozen=True)
+class Competitor:
+    """Another tool, installed by its script in ``bench/competitors/``."""
+
+    exe: Path
+    version: str
+    notes: list[str]  # for the results: how it was installed, when worth saying
+
+
+def competitor(script: str, exe: Path) -> Competitor:
+    """Run ``bench/competitors/<script>``, which installs the pinned tool into its venv
+    under bench/.work/ (once) and prints notes, then the tool's version, on stdout.
+
+    Its stderr (pip's progress and errors) is passed through as it comes and kept: a
+    :class:`BenchError` carries its tail when the tool is not there afterwards."""
     import sys
 
-    exe = venv / "bin" / command
-    if exe.exists():
-        return exe, ""
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", package]
-    first = subprocess.run(pip, capture_output=True, text=True)
-    note = ""
-    if first.returncode != 0:
-        env = {**os.environ, "PIP_CONSTRAINT": ""}
-        second = subprocess.run(pip, capture_output=True, text=True, env=env)
-        if second.returncode != 0:
-            said = (second.stderr or first.stderr)[-500:]
-            return None, f"{package} could not be installed: {said}"
-        note = f"{package} was installed with PIP_CONSTRAINT= (machine constraints lifted)."
-    return (exe if exe.exists() else None), note
+    process = subprocess.Popen(
+        ["bash", str(ROOT / "bench" / "competitors" / script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    said: list[str] = []
+    for line in process.stderr:  # stdout stays small: notes and a version
+        sys.stderr.write(line)
+        said.append(line)
+    printed = process.stdout.read().strip().splitlines()
+    if process.wait() != 0 or not exe.exists():
+        tail = "".join(said).strip()[-500:] or f"no {exe}"
+        raise BenchError(f"bench/competitors/{script} exited {process.returncode}: {tail}")
+    return Competitor(exe, printed[-1] if printed else "?", printed[:-1])

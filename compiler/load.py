@@ -40,7 +40,7 @@ FOLDERS: dict[Kind, str] = {
 SETTINGS_FILE = "fleetform.yaml"
 
 # Limits on what one repository may make the loader do. The benchmark's fleet of 10,000
-# deployments (bench/fleetgen.py) is 4.1 MB of YAML in 131 files, 364,000 nodes; its
+# deployments (bench/fleets/synthetic.py) is 4.1 MB of YAML in 131 files, 364,000 nodes; its
 # largest file is 38 KB. One file holding that whole fleet would be 3.7 MB, 330,000 nodes.
 MAX_FILE_BYTES = 16 * 2**20
 MAX_REPO_BYTES = 128 * 2**20  # every file's bytes, plus the text aliases repeat

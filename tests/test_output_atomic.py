@@ -1,7 +1,7 @@
 """output/ is replaced in one step: kill -9 at any moment, a late failure, concurrent compiles.
 
 Real child processes (``python -m compiler.cli compile``) on fleets made by
-``bench/fleetgen.py``; every check compares complete snapshots of ``output/`` (each
+``bench/fleets/synthetic.py``; every check compares complete snapshots of ``output/`` (each
 file's bytes and the set of folders and files), so a mix of old and new, or a temporary
 file left inside, fails.
 """
@@ -33,18 +33,20 @@ PROJECT = Path(__file__).resolve().parents[1]
 Snapshot = dict[str, bytes | None]  # relative path → bytes (None: a folder)
 
 
-def _fleetgen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleetgen", PROJECT / "bench" / "fleetgen.py")
+def _synthetic() -> ModuleType:
+    path = PROJECT / "bench" / "fleets" / "synthetic.py"
+    spec = importlib.util.spec_from_file_location("bench_synthetic_fleet", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fleetgen", module)  # its dataclasses look themselves up there
+    # Its dataclasses look themselves up there.
+    sys.modules.setdefault("bench_synthetic_fleet", module)
     spec.loader.exec_module(module)
     return module
 
 
 def _generate(root: Path, deployments: int, hosts: int, files: int) -> Path:
-    fleetgen = _fleetgen()
-    fleetgen.write_repo(fleetgen.generate_fleet(deployments, hosts, files, seed=7), root)
+    synthetic = _synthetic()
+    synthetic.write_repo(synthetic.generate_fleet(deployments, hosts, files, seed=7), root)
     return root
 
 

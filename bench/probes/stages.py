@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a compile spends its time and memory, stage by stage (no profiler overhead).
 
-Usage: python bench/stages.py REPO [--fresh] [--tracemalloc]
+Usage: python bench/probes/stages.py REPO [--fresh] [--tracemalloc]
 
 Runs the stages of ``compiler.api.compile_repo`` one by one (load, validate, read the
 prior index, resolve, render, diff against output/) and prints wall time and the

@@ -437,7 +437,7 @@ def write_repo(fleet: Fleet, root: Path) -> None:
     for folder in ("backends.d", "deployments.d", "hosts.d"):
         (root / folder).mkdir(parents=True)
     (root / "fleetform.yaml").write_text(
-        "# Synthetic benchmark fleet (bench/fleetgen.py)\n" + _dump(fleet.settings)
+        "# Synthetic benchmark fleet (bench/fleets/synthetic.py)\n" + _dump(fleet.settings)
     )
     for backend in fleet.backends:
         (root / "backends.d" / f"{backend['backend_name']}.yaml").write_text(_dump(backend))

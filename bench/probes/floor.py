@@ -1,12 +1,13 @@
 """The floor of a compile: what no compiler of the same inputs and outputs can beat.
 
-``python bench/floor.py REPO BYTES OUT`` parses every YAML input of ``REPO`` (the files
-``fleetform compile`` reads: ``fleetform.yaml``, ``backends.d``, ``deployments.d``,
+``python bench/probes/floor.py REPO BYTES OUT`` parses every YAML input of ``REPO`` (the
+files ``fleetform compile`` reads: ``fleetform.yaml``, ``backends.d``, ``deployments.d``,
 ``hosts.d``) with PyYAML's C loader, then writes the output files whose bytes ``BYTES``
 holds (a pickle of ``{relative path: bytes}``, made by :func:`capture` from a compile's
 ``output/``) under ``OUT``, a folder that does not exist yet. A process of its own, as the
 compile is: interpreter start-up, one import, one read of the bytes, the parse, the
-writes. ``bench/run.py`` times it beside ``fleetform compile`` in the same run.
+writes. The compile suite (``bench/suites/compile.py``) runs it in turns with ``fleetform
+compile``, in the same run.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``fleetform plan`` in-process, with counters and stage timers.
 
-Used by ``bench/live.py`` to say where a no-op plan's time goes; not a fleetform
-command. Run as::
+Used by the live suite (``bench/suites/live.py``) to say where a no-op plan's time goes;
+not a fleetform command. Run as::
 
-    python bench/live_probe.py OUT.json plan --repo REPO ...
+    python bench/probes/plan.py OUT.json plan --repo REPO ...
 
 OUT.json receives: exit code, stage seconds (build, observe, plan), the ssh processes
 started and the Engine API requests sent, and per host (averages) how long the first

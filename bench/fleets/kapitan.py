@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fleetgen import Fleet
+
+from fleets.synthetic import Fleet
 
 TEMPLATE = r"""{#- one compose project per deployment; mirrors fleetform's compose renderer -#}
 {% set p = inventory.parameters %}

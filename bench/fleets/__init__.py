@@ -1,0 +1,1 @@
+"""What the suites compile and deploy: fleetform repositories and their kapitan twin."""

@@ -245,14 +245,21 @@ def check_health(endpoints: list[tuple[str, int]], what: str, timeout: float = 1
             time.sleep(0.2)
 
 
+# The image fleetform imports for its host lock on its first apply to a host.
+LOCK_IMAGE = "fleetform/lock:1"
+
+
 def wipe(hosts: list[Host]) -> None:
-    """Remove every container (and non-default network) so that the next tool starts empty."""
+    """Remove every container (and non-default network) so that the next tool starts empty,
+    and fleetform's lock image, so that its next apply is a first one too."""
     for host in hosts:
         client = host.engine.client(timeout=60)
         try:
             for summary in client.api.containers(all=True):
                 client.api.remove_container(summary["Id"], force=True)
             client.api.prune_networks()
+            if client.api.images(name=LOCK_IMAGE, quiet=True):
+                client.api.remove_image(LOCK_IMAGE, force=True)
         finally:
             client.close()
 

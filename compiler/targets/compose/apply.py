@@ -194,9 +194,10 @@ class DockerExecutor:
                     else f"exit code {state.get('ExitCode')}"
                 )
                 raise StepFailed(f"container exited at once ({how}){tail}")
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 break
-            time.sleep(0.2)
+            time.sleep(min(0.2, deadline - now))  # the last look at the deadline itself
         if self.options.wait and spec.health_check_path:
             self._wait_healthy(spec, container)
 

@@ -212,7 +212,18 @@ def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Targe
             if missing
             else {s.name: driver.secrets_hash(s, values) for s in specs if s.secrets}
         )
-        desired = DesiredHost(name, host.target, host.address, specs, hashes, units, host.unit_dir)
+        # One fetch per host for every replica that needs the same model folder.
+        models = {w.hub_model.key: w.hub_model for w in fleet.on_host(name) if w.hub_model}
+        desired = DesiredHost(
+            name,
+            host.target,
+            host.address,
+            specs,
+            hashes,
+            units,
+            host.unit_dir,
+            tuple(models.values()) if driver.fetches_models else (),
+        )
         base_url = host.docker_host or "unix:///var/run/docker.sock"
         targets[name] = Target(desired, base_url, host.ssh)
     return targets

@@ -20,11 +20,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from compiler.errors import FleetformError, describe
 from compiler.plan import DesiredHost, HostPlan, Plan, Step, secret_hash
 from compiler.render.container import ContainerSpec
+
+if TYPE_CHECKING:
+    from compiler.model import Settings
 
 
 class StepFailed(FleetformError):
@@ -36,6 +39,20 @@ class Options:
     stop_timeout: int = 30
     wait: bool = False
     label_prefix: str = "io.fleetform"
+    # Where and with what apply fetches hub models (the repository's ``hub`` settings).
+    hub_endpoint: str | None = None
+    helper_image: str = "python:3.12-slim"
+
+    @classmethod
+    def of(cls, settings: Settings, *, stop_timeout: int = 30, wait: bool = False) -> Options:
+        """An apply's options: these, and what the repository's settings say."""
+        return cls(
+            stop_timeout=stop_timeout,
+            wait=wait,
+            label_prefix=settings.label_prefix,
+            hub_endpoint=settings.hub.endpoint,
+            helper_image=settings.hub.helper_image,
+        )
 
 
 Progress = Callable[[str], None]

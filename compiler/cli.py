@@ -330,9 +330,7 @@ def apply(
             if click.prompt("Apply these changes? Only 'yes' is accepted", default="") != "yes":
                 click.echo("Apply cancelled.")
                 sys.exit(EXIT_ERROR)
-    options = Options(
-        stop_timeout=stop_timeout, wait=wait, label_prefix=planned.settings.label_prefix
-    )
+    options = Options.of(planned.settings, stop_timeout=stop_timeout, wait=wait)
     result = apply_plan(
         plan,
         planned.targets,
@@ -377,7 +375,7 @@ def reconcile(
         else:  # json and markdown are for machines and comments: always the report
             _print_plan(plan, output_format)
         if heal and plan.has_changes:
-            options = Options(stop_timeout=stop_timeout, label_prefix=planned.settings.label_prefix)
+            options = Options.of(planned.settings, stop_timeout=stop_timeout)
             result = apply_plan(
                 plan, planned.targets, planned.settings.project, options, report=_progress
             )

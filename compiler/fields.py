@@ -297,6 +297,54 @@ def hub_file(value: str) -> str:
     return value
 
 
+# A hub revision: a branch, a tag or a commit (huggingface_hub's ``revision``).
+_REVISION = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,127}", re.ASCII)
+
+
+def hub_revision(value: str) -> str:
+    if not _REVISION.fullmatch(value) or ".." in value or value.endswith(("/", ".lock")):
+        raise ValueError(
+            f"{_q(value)} is not a revision like main, v1.0 or a commit id (letters, digits,"
+            " '_', '.', '/', '-'; no '..'; at most 128)"
+        )
+    return value
+
+
+# One allow_patterns entry: an fnmatch pattern over the repository's file paths.
+_HUB_PATTERN = re.compile(r"[A-Za-z0-9_.+@=*?\[\]!-]+(?:/[A-Za-z0-9_.+@=*?\[\]!-]+)*", re.ASCII)
+
+
+def hub_pattern(value: str) -> str:
+    if (
+        not _HUB_PATTERN.fullmatch(value)
+        or any(part in (".", "..") for part in value.split("/"))
+        or len(value) > 1024
+    ):
+        raise ValueError(
+            f"{_q(value)} is not a file pattern of the repository like *.safetensors or"
+            " sub/*.json (letters, digits, '_', '.', '+', '@', '=', '-', '*', '?', '[]';"
+            " no '..')"
+        )
+    return value
+
+
+# A hub endpoint (a Hugging Face mirror): http(s)://host[:port][/path], no credentials
+# (a token is given at apply time, as HF_TOKEN) and nothing a shell or URL would reread.
+_HUB_ENDPOINT = re.compile(
+    r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?", re.ASCII
+)
+
+
+def hub_endpoint(value: str) -> str:
+    if not _HUB_ENDPOINT.fullmatch(value) or len(value) > 512:
+        raise ValueError(
+            f"{_q(value)} is not a hub endpoint like https://hf-mirror.example.com"
+            " (http or https, a host, an optional port and path; no user or password:"
+            " the token comes from HF_TOKEN at apply time)"
+        )
+    return value.rstrip("/")
+
+
 # RFC 1123 host names, and IP addresses.
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

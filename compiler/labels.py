@@ -17,6 +17,12 @@ HOLDS = "holds"  # the ports and GPUs it holds, for the order of a plan's steps
 LOCK = "lock"  # the lock container of a project: its value is the project
 LOCK_OWNER = "lock-owner"
 LOCK_SINCE = "lock-since"
+# A model folder's record on a Docker host: a container never started, like the lock.
+MODEL_KEY = "model-key"  # the HubModel's key: same folder, revision and files
+MODEL = "model"  # repo@revision, as the plan names it
+MODEL_COMMIT = "model-commit"  # the commit the hub resolved the revision to
+MODEL_FOLDER = "model-folder"
+FETCH = "fetch"  # the helper container fetching a model: its value is the model's key
 
 # Stamped by apply, not written in the spec: never compared as the spec's own labels.
 STAMPED_BY_APPLY = (SPEC_HASH, SECRET_HASH, SECRET_VARS, HOLDS)

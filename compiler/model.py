@@ -67,7 +67,10 @@ Device = Annotated[str, AfterValidator(fields.device)]
 DockerHost = Annotated[str, AfterValidator(fields.docker_host)]
 HostFolder = Annotated[str, AfterValidator(fields.host_folder)]
 HttpPath = Annotated[str, AfterValidator(fields.http_path)]
+HubEndpoint = Annotated[str, AfterValidator(fields.hub_endpoint)]
 HubFile = Annotated[str, AfterValidator(fields.hub_file)]
+HubPattern = Annotated[str, AfterValidator(fields.hub_pattern)]
+HubRevision = Annotated[str, AfterValidator(fields.hub_revision)]
 ImageRef = Annotated[str, AfterValidator(fields.image_reference)]
 LabelKey = Annotated[str, AfterValidator(fields.label_key)]
 ModelId = Annotated[str, AfterValidator(fields.model_id)]
@@ -214,6 +217,13 @@ class Deployment(_Model):
     huggingface_filename: HubFile | None = None
     model_scope_model_id: ModelId | None = None
     model_scope_file_path: HubFile | None = None
+    # A hub model's branch, tag or commit (default: the repository's main branch).
+    revision: HubRevision | None = None
+    # Which of the repository's files to fetch (fnmatch patterns; default: all of them).
+    allow_patterns: list[HubPattern] | None = Field(default=None, min_length=1, max_length=64)
+    # auto: apply fetches a hub model onto each host before its replicas start; none: the
+    # model is staged there by other means.
+    model_provisioning: Literal["auto", "none"] | None = None
     # The name clients ask for ({{model_name}}): free text, as GPUStack's model name.
     served_name: Name | None = None
     backend: Name | None = None
@@ -357,6 +367,16 @@ class Host(_Model):
         return out
 
 
+class Hub(_Model):
+    """Where apply fetches hub models from, and with what."""
+
+    # A Hugging Face mirror (HF_ENDPOINT); default: huggingface_hub's own (the hub).
+    endpoint: HubEndpoint | None = None
+    # The short-lived container that downloads on each host: python3 with huggingface_hub
+    # (installed with pip at its start when the image lacks it).
+    helper_image: ImageRef = "python:3.12-slim"
+
+
 class Defaults(_Model):
     target: HostKind = "compose"
     model_dir: HostFolder = "/var/lib/fleetform/models"
@@ -374,6 +394,7 @@ class Settings(_Model):
     output_dir: str = "output"
     label_prefix: str = "io.fleetform"
     defaults: Defaults = Defaults()
+    hub: Hub = Hub()
 
     @field_validator("project")
     @classmethod

@@ -75,12 +75,24 @@ class ObservedUnit:
 
 
 @dataclass(frozen=True)
+class ObservedModel:
+    """A model folder apply fetched and verified on a host, as its record says."""
+
+    key: str
+    title: str  # repo@revision [files]
+    folder: str
+    commit: str
+    record: str  # the record's container id
+
+
+@dataclass(frozen=True)
 class ObservedHost:
     host: str
     target: Target
     containers: tuple[ObservedContainer, ...] = ()
     error: str | None = None  # unreachable, or the engine answered with an error
     units: tuple[ObservedUnit, ...] = ()
+    models: tuple[ObservedModel, ...] = ()
 
     def fingerprint(self) -> str:
         """A hash of everything observed: a saved plan is stale once this changes."""
@@ -90,5 +102,7 @@ class ObservedHost:
             "containers": [asdict(c) for c in self.containers],
             "units": [asdict(u) for u in self.units],
         }
+        if self.models:  # absent, as before models were fetched: old plans stay valid
+            document["models"] = [asdict(m) for m in self.models]
         text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

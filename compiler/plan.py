@@ -15,10 +15,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from compiler.hub import HubModel
 from compiler.observed import ObservedHost, Target
 from compiler.render.container import ContainerSpec
 
-Action = Literal["create", "update", "delete", "start"]
+Action = Literal["fetch", "create", "update", "delete", "start"]
 # Why a step is planned, for machines (plan JSON's "reason_codes", one per reason, in the
 # order of "reasons"): bots tell a drift from a change in the repository without reading
 # the prose, as Terraform's ActionReason.
@@ -38,9 +39,13 @@ ReasonCode = Literal[
     "stopped",  # start: the container or unit is not running
     "disabled",  # start (systemd): the unit is not enabled
     "frees",  # any: it first stops containers holding a port or GPU it needs
+    "model-missing",  # fetch: the host has no such model folder
+    "model-revision",  # fetch: the host's folder holds another revision or other files
 ]
 Reason = tuple[ReasonCode, str]
-ACTION_ORDER: dict[str, int] = {"delete": 0, "update": 1, "create": 2, "start": 3}
+# Fetches come first: a model that cannot be fetched (no space, no access) fails the
+# host before anything is stopped.
+ACTION_ORDER: dict[str, int] = {"fetch": -1, "delete": 0, "update": 1, "create": 2, "start": 3}
 PLAN_SCHEMA = "fleetform.plan/v1"
 MASK = "(secret)"
 
@@ -72,6 +77,7 @@ class Step:
     # Containers of later updates to stop before this one starts: they hold a port or
     # GPU it needs, and wait for one this step frees (a swap), so no order alone works.
     frees: tuple[str, ...] = ()
+    model_key: str = ""  # fetch: the HubModel's key
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +97,7 @@ class Step:
             "displace": self.displace,
             "diff": list(self.diff),
             "frees": list(self.frees),
+            "model_key": self.model_key,
         }
 
     @classmethod
@@ -110,6 +117,7 @@ class Step:
             displace=data["displace"],
             diff=tuple(data.get("diff", ())),
             frees=tuple(data.get("frees", ())),
+            model_key=data.get("model_key", ""),
         )
 
 
@@ -127,11 +135,16 @@ class DesiredHost:
     # systemd hosts: each replica's unit (file name → text) and where units live.
     units: dict[str, str] | None = None
     unit_dir: str = "/etc/systemd/system"
+    # Hub models the host must hold before its replicas start (compose hosts).
+    models: tuple[HubModel, ...] = ()
 
     def fingerprint(self) -> str:
         document = sorted((s.name, s.spec_hash) for s in self.specs)
         units = sorted((self.units or {}).items())
-        return _digest({"host": self.host, "specs": document, "units": units})
+        state: dict[str, Any] = {"host": self.host, "specs": document, "units": units}
+        if self.models:
+            state["models"] = sorted(m.key for m in self.models)
+        return _digest(state)
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,16 @@ if TYPE_CHECKING:
     from compiler.apply import ApplyResult
     from compiler.diff import FleetDiff
 
-_SIGN = {"create": "+", "update": "~", "delete": "-", "start": ">"}
-_COLOR = {"create": "32", "update": "33", "delete": "31", "start": "36"}
+_SIGN = {"fetch": "v", "create": "+", "update": "~", "delete": "-", "start": ">"}
+_COLOR = {"fetch": "34", "create": "32", "update": "33", "delete": "31", "start": "36"}
 
 
 def summary(plan: Plan) -> str:
     counts = plan.counts()
     hosts = len(plan.hosts)
+    fetch = f"{counts['fetch']} model(s) to fetch, " if counts["fetch"] else ""
     return (
-        f"Plan: {counts['create']} to create, {counts['update']} to update,"
+        f"Plan: {fetch}{counts['create']} to create, {counts['update']} to update,"
         f" {counts['delete']} to delete, {counts['start']} to start"
         f" ({counts['unchanged']} unchanged) on {hosts} host{'s' if hosts != 1 else ''}"
     )
@@ -87,7 +88,8 @@ def plan_markdown(plan: Plan) -> str:
             )
             lines.append("")
             continue
-        lines.append("| action | container | why |")
+        fetches = any(step.action == "fetch" for step in host.steps)
+        lines.append(f"| action | {'container or model' if fetches else 'container'} | why |")
         lines.append("|---|---|---|")
         for step in host.steps:
             why = _md("; ".join(step.reasons))

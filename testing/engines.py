@@ -398,14 +398,21 @@ def _add_entry(
 
 def load_test_image(engine: Engine, tag: str = TEST_IMAGE) -> str:
     """Import the busybox test image into ``engine`` as ``tag``; returns the image id."""
-    rootfs = build_rootfs(engine.dir.parent)
+    return import_rootfs(engine, build_rootfs(engine.dir.parent), tag, changes=['CMD ["sh"]'])
+
+
+def import_rootfs(
+    engine: Engine, rootfs: Path, tag: str, changes: Sequence[str] = (), timeout: int = 60
+) -> str:
+    """Import the tarball ``rootfs`` into ``engine`` as ``tag``, like ``docker import``
+    (``changes`` as its ``--change``); returns the image id."""
     repository, _, version = tag.rpartition(":")
     if not repository or "/" in version:
         repository, version = tag, "latest"
-    client = engine.client()
+    client = engine.client(timeout=timeout)
     try:
         client.api.import_image_from_file(
-            str(rootfs), repository=repository, tag=version, changes=['CMD ["sh"]']
+            str(rootfs), repository=repository, tag=version, changes=list(changes)
         )
         image_id: str = client.images.get(f"{repository}:{version}").id
     finally:

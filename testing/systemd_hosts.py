@@ -45,7 +45,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -261,7 +261,12 @@ def _packages(suite: str) -> list[str]:
 
 
 def _cached_rootfs(cache_dir: Path, suite: str = SUITE) -> Path:
-    return cache_dir / f"host-rootfs-{suite}-{recipe_key(suite)}.tar"
+    return cached_rootfs_path(cache_dir, f"host-rootfs-{suite}", recipe_key(suite))
+
+
+def cached_rootfs_path(cache_dir: Path, name: str, key: str) -> Path:
+    """Where :func:`build_cached_rootfs` keeps the tarball of ``name`` built by recipe ``key``."""
+    return cache_dir / f"{name}-{key}.tar"
 
 
 def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
@@ -301,25 +306,52 @@ def build_host_rootfs(
     cache_dir: Path, mirror: str | None = None, timeout: float = 1200, suite: str = SUITE
 ) -> Path:
     """The host rootfs tarball of Debian ``suite``, built with debootstrap unless the cache
-    already has it.
-
-    One build at a time per cache folder (a file lock): a concurrent test run waits for the
-    other's tarball instead of building its own.
-    """
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    already has it (see :func:`build_cached_rootfs`)."""
     if suite not in RELEASES:
         raise ValueError(f"no host image recipe for Debian {suite!r} (known: {sorted(RELEASES)})")
-    target = _cached_rootfs(cache_dir, suite)
+    return build_cached_rootfs(
+        cache_dir,
+        f"host-rootfs-{suite}",
+        recipe_key(suite),
+        suite=suite,
+        packages=_packages(suite),
+        configure=lambda rootfs: _configure_rootfs(rootfs, suite),
+        mirror=mirror,
+        timeout=timeout,
+    )
+
+
+def build_cached_rootfs(
+    cache_dir: Path,
+    name: str,
+    key: str,
+    *,
+    suite: str,
+    packages: Sequence[str],
+    configure: Callable[[Path], None],
+    mirror: str | None = None,
+    timeout: float = 1200,
+) -> Path:
+    """``<cache_dir>/<name>-<key>.tar``: ``debootstrap --variant=minbase`` of Debian
+    ``suite`` with ``packages`` (from :func:`debian_mirror` unless ``mirror`` is given),
+    then ``configure(rootfs)``, as a tarball; built only if the cache lacks it.
+
+    ``key`` hashes the recipe. One build of ``name`` at a time per cache folder (a file
+    lock, ``<name>.lock``): a concurrent test run waits for the other's tarball instead of
+    building its own. A new tarball replaces those of ``name`` with another key.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cached_rootfs_path(cache_dir, name, key)
     if target.exists():
         return target
-    with (cache_dir / f"host-rootfs-{suite}.lock").open("w") as lock:
+    with (cache_dir / f"{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             return target
         debootstrap = _which_sbin("debootstrap")
         if debootstrap is None:
             raise RuntimeError("debootstrap is not installed (apt: debootstrap)")
-        work = cache_dir / f"build-{recipe_key(suite)}-{os.getpid()}"
+        work = cache_dir / f"build-{key}-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         rootfs = work / "rootfs"
         rootfs.mkdir(parents=True)
@@ -327,7 +359,7 @@ def build_host_rootfs(
         argv = [
             debootstrap,
             "--variant=minbase",
-            "--include=" + ",".join(_packages(suite)),
+            "--include=" + ",".join(packages),
             suite,
             str(rootfs),
             mirror or debian_mirror(),
@@ -343,7 +375,7 @@ def build_host_rootfs(
                 raise RuntimeError(
                     f"{shlex.join(argv)} failed (exit {result.returncode})\n{_log_tail(log)}"
                 )
-            _configure_rootfs(rootfs, suite)
+            configure(rootfs)
             partial = target.with_suffix(".partial")
             subprocess.run(
                 ["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(partial), "."],
@@ -355,23 +387,28 @@ def build_host_rootfs(
         finally:
             _unmount_under(work)  # debootstrap mounts /proc and /sys in the chroot
             shutil.rmtree(work, ignore_errors=True)
-        for stale in cache_dir.glob(f"host-rootfs-{suite}-*.tar"):
+        for stale in cache_dir.glob(f"{name}-*.tar"):
             if stale != target:
                 stale.unlink(missing_ok=True)
     return target
 
 
-def _configure_rootfs(rootfs: Path, suite: str) -> None:
-    """Turn the debootstrapped tree into a test host (see :data:`_ROOTFS_FILES`)."""
-    for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*", "etc/ssh/ssh_host_*"):
-        for path in rootfs.glob(pattern):
-            path.unlink()
-    for pattern in _PRUNED:
+def prune_rootfs(rootfs: Path, patterns: Sequence[str]) -> None:
+    """Remove what matches ``patterns`` (globs relative to ``rootfs``): files, links, trees."""
+    for pattern in patterns:
         for path in rootfs.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+def _configure_rootfs(rootfs: Path, suite: str) -> None:
+    """Turn the debootstrapped tree into a test host (see :data:`_ROOTFS_FILES`)."""
+    prune_rootfs(
+        rootfs, ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*", "etc/ssh/ssh_host_*")
+    )
+    prune_rootfs(rootfs, _PRUNED)
     for name, text in _files(suite).items():
         path = rootfs / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -656,6 +656,7 @@ def test_plan_formats(fleet: Fleet) -> None:
     assert document["schema"] == "fleetform.plan/v1"
     assert document["project"] == PROJECT
     assert document["summary"] == {
+        "fetch": 0,
         "create": 0,
         "update": 1,
         "delete": 0,

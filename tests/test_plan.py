@@ -551,6 +551,7 @@ def test_json_format(update_goldens: bool) -> None:
     document = json.loads(actual)
     assert document["schema"] == "fleetform.plan/v1"
     assert document["summary"] == {
+        "fetch": 0,
         "delete": 2,
         "update": 1,
         "create": 1,

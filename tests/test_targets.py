@@ -30,6 +30,7 @@ class FakeDriver:
     """A kind of host that keeps its replicas in a dict: what a driver must answer."""
 
     kind = "fake"
+    fetches_models = False
 
     def __init__(self) -> None:
         self.running: dict[str, str] = {}  # replica -> spec hash

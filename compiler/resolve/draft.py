@@ -13,6 +13,7 @@ from compiler import runtime_env, template
 from compiler.errors import Mark, ResolveError
 from compiler.gpus import Visibility
 from compiler.gpus import visibility as gpu_visibility
+from compiler.hub import hub_model_of
 from compiler.load import Document
 from compiler.model import Deployment, SecretRef, Settings
 from compiler.placement import Placed, Request
@@ -122,6 +123,8 @@ class Draft:
             health_timeout=values.get("health_timeout") or 600,
             stop_timeout=values.get("stop_timeout"),
             secrets=words.secrets,
+            hub_model=hub_model_of(values, host.model_dir),
+            model_revision=values.get("revision") if model_path else None,
         )
 
     def _gpu_env(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from compiler.errors import Mark
+from compiler.hub import HubModel
 from compiler.model import Settings
 
 # Linux refuses an execve() argument (with its NUL) over MAX_ARG_STRLEN, 128 KiB.
@@ -80,6 +81,12 @@ class Workload(BaseModel):
     # Seconds to stop before a kill (the deployment's stop_timeout); None: each
     # artifact's default. Counts in the hash only when set.
     stop_timeout: int | None = None
+    # The hub model apply fetches onto the host first (not part of what runs: the
+    # revision is, below, when one is written).
+    hub_model: HubModel | None = None
+    # The model's revision as written; counts in the hash only when set, so that a new
+    # revision restarts the replicas on the new files.
+    model_revision: str | None = None
 
     @property
     def name(self) -> str:
@@ -89,7 +96,9 @@ class Workload(BaseModel):
         """The canonical desired spec: what the content hash covers."""
         # Fields left at their default (no secrets) do not count: adding a field to
         # fleetform must not change, and so recreate, every existing container.
-        return self.model_dump(mode="json", exclude={"health_timeout"}, exclude_defaults=True)
+        return self.model_dump(
+            mode="json", exclude={"health_timeout", "hub_model"}, exclude_defaults=True
+        )
 
     def spec_hash(self) -> str:
         return self._spec_hash

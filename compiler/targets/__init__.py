@@ -29,6 +29,8 @@ class Driver(Protocol):
     """One kind of host, from its artifacts to its apply."""
 
     kind: str
+    # Whether apply fetches hub models onto this kind of host (the plan's fetch steps).
+    fetches_models: bool
 
     def render(
         self, host: ResolvedHost, workloads: list[Workload], settings: Settings

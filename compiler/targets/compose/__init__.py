@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class ComposeDriver:
     kind = "compose"
+    fetches_models = True
 
     def render(
         self, host: ResolvedHost, workloads: list[Workload], settings: Settings

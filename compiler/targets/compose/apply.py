@@ -35,11 +35,13 @@ from compiler.apply import (
     with_lock_left,
 )
 from compiler.errors import FleetformError, describe
+from compiler.hub import HubModel
 from compiler.labels import HOLDS, SECRET_HASH, SECRET_VARS, label
 from compiler.plan import HostPlan, Step
 from compiler.remote.engine import Engine, EngineError, HostUnreachable, demultiplex
 from compiler.render.container import ContainerSpec
 from compiler.targets.compose import lock as host_lock
+from compiler.targets.compose.fetch import fetch_model
 from compiler.targets.compose.fields import Wanted, create_request
 from compiler.targets.compose.observe import observe_engine
 from compiler.targets.compose.plan import PREVIOUS_SUFFIX, plan_host
@@ -63,15 +65,20 @@ PULL_IDLE_SECONDS = 600  # a pull may say nothing for this long (a big layer unp
 class DockerExecutor:
     """Executes steps on one engine through its Engine API."""
 
-    def __init__(self, engine: Engine, options: Options, progress: Progress) -> None:
+    def __init__(
+        self, engine: Engine, options: Options, progress: Progress, project: str = ""
+    ) -> None:
         self.engine = engine
         self.options = options
         self.progress = progress
+        self.project = project
         self._images: set[str] = set()  # on the engine already: asked once per apply
 
     def run(self, step: Step, spec: ContainerSpec | None, secrets: Secrets) -> None:
+        if step.action == "fetch":
+            raise AssertionError("fetch steps are run by fetch_model")  # see run_steps
         if step.action == "delete":
-            self._remove(step.current)
+            self.remove(step.current)
             return
         assert spec is not None
         if step.action == "start":
@@ -138,7 +145,7 @@ class DockerExecutor:
             if was_running:
                 self._post(old, "start")
             raise StepFailed(f"{error.message}; rolled back to the previous container") from None
-        self._remove(old)
+        self.remove(old)
 
     def launch(self, spec: ContainerSpec, secrets: Secrets) -> Started:
         """Create and start a new container; ``settle`` then watches it.
@@ -146,12 +153,12 @@ class DockerExecutor:
         Several new containers of a host are launched one after another and settled
         together, so a first deploy waits SETTLE_SECONDS once, not once per container.
         """
-        self._ensure_image(spec.image)
+        self.ensure_image(spec.image)
         created = self._create(spec, secrets)
         try:
             self._post(created, "start")
         except EngineError as error:
-            self._remove(created)
+            self.remove(created)
             raise StepFailed(f"container did not start: {error.message}") from None
         return Started(spec, created, time.monotonic())
 
@@ -160,13 +167,13 @@ class DockerExecutor:
         try:
             self._check_started(started.spec, started.container, started.at, new=True)
         except StepFailed:
-            self._remove(started.container)
+            self.remove(started.container)
             raise
 
     def discard(self, started: Started) -> None:
         """Remove a launched container whose step is not to be done after all."""
         with contextlib.suppress(FleetformError):
-            self._remove(started.container)
+            self.remove(started.container)
 
     def _start_new(self, spec: ContainerSpec, secrets: Secrets) -> None:
         self.settle(self.launch(spec, secrets))
@@ -209,7 +216,7 @@ class DockerExecutor:
 
     # --- engine calls ----------------------------------------------------------------
 
-    def _ensure_image(self, image: str) -> None:
+    def ensure_image(self, image: str) -> None:
         if image in self._images:
             return
         try:
@@ -280,7 +287,7 @@ class DockerExecutor:
             f"/containers/{container}/stop", t=seconds, timeout=seconds + self.engine.timeout
         )
 
-    def _remove(self, container: str) -> None:
+    def remove(self, container: str) -> None:
         try:
             self.engine.delete(f"/containers/{container}", force=1)
         except EngineError as error:
@@ -294,6 +301,7 @@ def run_steps(
     specs: dict[str, ContainerSpec],
     secrets: dict[str, Secrets],
     done: list[Step],
+    models: dict[str, HubModel] | None = None,
 ) -> None:
     """Carry out ``steps`` in order, adding each to ``done`` once it is done.
 
@@ -336,7 +344,10 @@ def run_steps(
                 raise
             continue
         settle()
-        executor.run(step, spec, secret)
+        if step.action == "fetch":
+            fetch_model(executor, (models or {})[step.model_key], executor.project)
+        else:
+            executor.run(step, spec, secret)
         finish(number, step, began)
     settle()
 
@@ -404,10 +415,11 @@ def apply_host(
                     "the host changed since the plan was made (stale plan): plan again"
                     + (f" ({len(fresh.steps)} steps now)" if fresh.error is None else "")
                 )
-            executor = DockerExecutor(engine, options, lambda m: say(host, m))
+            executor = DockerExecutor(engine, options, lambda m: say(host, m), project)
             specs = {spec.name: spec for spec in target.desired.specs}
+            models = {model.key: model for model in target.desired.models}
             in_steps = True
-            run_steps(executor, host_plan.steps, specs, secrets, result.done)
+            run_steps(executor, host_plan.steps, specs, secrets, result.done, models)
             in_steps = False
         except BaseException:
             # What failed is the error; a release that fails after it (an engine that

@@ -43,7 +43,7 @@ def lock_name(project: str) -> str:
 
 def acquire(engine: Engine, host: str, project: str, prefix: str) -> str:
     """Take the lock; its container id. Raises HostLocked naming the holder."""
-    _ensure_lock_image(engine)
+    ensure_lock_image(engine)
     labels = {
         label(prefix, LOCK): project,
         label(prefix, LOCK_OWNER): owner(),
@@ -96,8 +96,9 @@ def break_lock(engine: Engine, project: str) -> bool:
     return True
 
 
-def _ensure_lock_image(engine: Engine) -> None:
-    """An empty image to make the lock container from (imported, never pulled)."""
+def ensure_lock_image(engine: Engine) -> None:
+    """An empty image to make the lock container (and model records) from: imported,
+    never pulled."""
     try:
         engine.get(f"/images/{LOCK_IMAGE}/json")
         return

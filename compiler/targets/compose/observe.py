@@ -14,16 +14,21 @@ from typing import Any
 from compiler.errors import FleetformError
 from compiler.labels import (
     DEPLOYMENT,
+    FETCH,
     LOCK,
     MANAGED_BY,
     MANAGER,
+    MODEL,
+    MODEL_COMMIT,
+    MODEL_FOLDER,
+    MODEL_KEY,
     PROJECT,
     REPLICA,
     SECRET_HASH,
     SPEC_HASH,
     label,
 )
-from compiler.observed import ObservedContainer, ObservedHost
+from compiler.observed import ObservedContainer, ObservedHost, ObservedModel
 from compiler.remote.engine import Engine, EngineError
 from compiler.targets.compose.fields import env_map, observed_view
 
@@ -66,13 +71,17 @@ def observe_engine(
     wanted = set(names)
     containers: list[ObservedContainer] = []
     images: dict[str, tuple[dict[str, str], str]] = {}
+    models: list[ObservedModel] = []
     for summary in engine.get(CONTAINER_LIST, all=1):
         labels = summary.get("Labels") or {}
         name = (summary.get("Names") or ["/"])[0].lstrip("/")
-        owned = labels.get(label(prefix, MANAGED_BY)) == MANAGER and (
-            labels.get(label(prefix, PROJECT)) == project
-        )
-        if labels.get(label(prefix, LOCK)):
+        ours = labels.get(label(prefix, PROJECT)) == project
+        owned = labels.get(label(prefix, MANAGED_BY)) == MANAGER and ours
+        if labels.get(label(prefix, LOCK)) or labels.get(label(prefix, FETCH)):
+            continue
+        if labels.get(label(prefix, MODEL_KEY)):
+            if ours:
+                models.append(_model(summary["Id"], labels, prefix))
             continue
         if not owned and name not in wanted:
             continue
@@ -87,7 +96,20 @@ def observe_engine(
             images[image] = _image_config(engine, image)
         containers.append(_container(details, prefix, owned, *images[image]))
     containers.sort(key=lambda c: (c.name, c.id))
-    return ObservedHost(host=host, target="compose", containers=tuple(containers))
+    models.sort(key=lambda m: (m.folder, m.key, m.record))
+    return ObservedHost(
+        host=host, target="compose", containers=tuple(containers), models=tuple(models)
+    )
+
+
+def _model(record: str, labels: dict[str, str], prefix: str) -> ObservedModel:
+    return ObservedModel(
+        key=labels.get(label(prefix, MODEL_KEY), ""),
+        title=labels.get(label(prefix, MODEL), ""),
+        folder=labels.get(label(prefix, MODEL_FOLDER), ""),
+        commit=labels.get(label(prefix, MODEL_COMMIT), ""),
+        record=record,
+    )
 
 
 def _image_config(engine: Engine, image: str) -> tuple[dict[str, str], str]:

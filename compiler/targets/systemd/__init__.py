@@ -23,6 +23,7 @@ _UNIT_PATH = re.compile(r"systemd/[A-Za-z0-9@_.:-]{1,200}\.service", re.ASCII)
 
 class SystemdDriver:
     kind = "systemd"
+    fetches_models = False  # not yet: its models are staged by other means
 
     def render(
         self, host: ResolvedHost, workloads: list[Workload], settings: Settings

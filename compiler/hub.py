@@ -1,0 +1,68 @@
+"""Hub models on hosts: which model a replica needs fetched onto its host, as a plain
+record the plan and apply share. Pure.
+
+A deployment whose model comes from Hugging Face (``huggingface_repo_id``) is served from
+``<model_dir>/<repo id>`` on its host. Unless it says ``model_provisioning: none``, apply
+fetches that folder there first (``compiler/targets/compose/fetch.py``): once per host for
+every replica and deployment that needs the same repository, revision and files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+# The file a verified model folder holds: what was fetched, and from which commit.
+MANIFEST = ".fleetform-model.json"
+
+
+class HubModel(BaseModel):
+    """One model folder a host must hold."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str  # "huggingface"
+    repo_id: str
+    revision: str  # as written; "main" when none is
+    patterns: tuple[str, ...]  # the files to fetch (fnmatch); () = every file
+    model_dir: str  # the host's model_dir
+    folder: str  # <model_dir>/<repo id>
+
+    @property
+    def key(self) -> str:
+        """Same key, same download: the folder, the revision and the files asked for."""
+        text = json.dumps([self.folder, self.revision, sorted(self.patterns)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def title(self) -> str:
+        """How the plan names it: ``Qwen/Qwen3-8B@main``, plus the files when selected."""
+        files = f" [{', '.join(self.patterns)}]" if self.patterns else ""
+        return f"{self.repo_id}@{self.revision}{files}"
+
+
+def hub_model_of(values: dict[str, Any], model_dir: str) -> HubModel | None:
+    """The hub model a deployment's merged ``values`` need fetched, or None (a local
+    path, a ModelScope model — not fetched yet — or ``model_provisioning: none``)."""
+    if values.get("model_provisioning") == "none":
+        return None
+    source = values.get("source")
+    repo_id = values.get("huggingface_repo_id")
+    if not repo_id or source not in (None, "huggingface"):
+        return None
+    if source is None and values.get("local_path"):
+        return None
+    single = values.get("huggingface_filename")
+    patterns = (single,) if single else tuple(values.get("allow_patterns") or ())
+    return HubModel(
+        source="huggingface",
+        repo_id=repo_id,
+        revision=values.get("revision") or "main",
+        patterns=patterns,
+        model_dir=model_dir,
+        folder=posixpath.join(model_dir, repo_id),
+    )

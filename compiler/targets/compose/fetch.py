@@ -1,0 +1,158 @@
+"""Fetch a hub model onto one Docker host, on the host itself: a short-lived helper
+container (``hub.helper_image``: python3 with huggingface_hub) with the host's
+``model_dir`` mounted runs :mod:`compiler.targets.compose.fetch_helper`, which downloads
+into a partial folder, verifies every file against the sizes and hashes the hub
+publishes, and only then moves the folder into place. A record container (never
+started, like the lock) then says which revision and files the folder holds: what the
+next plan reads.
+
+The token (``HF_TOKEN`` of apply's environment) reaches the helper's environment only:
+never a label, the record, the plan or a message; the helper is removed when it ends.
+A helper left running by an interrupted apply is removed by the next fetch, which
+resumes from the partial folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from compiler.apply import StepFailed
+from compiler.errors import FleetformError
+from compiler.hub import HubModel
+from compiler.labels import FETCH, MODEL, MODEL_COMMIT, MODEL_FOLDER, MODEL_KEY, PROJECT, label
+from compiler.remote.engine import EngineError, demultiplex
+from compiler.targets.compose import lock
+
+if TYPE_CHECKING:
+    from compiler.targets.compose.apply import DockerExecutor
+
+POLL_SECONDS = 1.0
+REPORT_SECONDS = 5.0  # a progress line this often
+TOKEN_VARIABLE = "HF_TOKEN"
+MOUNT = "/models"  # where the helper sees the host's model_dir
+
+
+def fetch_model(executor: DockerExecutor, model: HubModel, project: str) -> None:
+    """Make ``model``'s folder present and verified on the executor's host, and record it."""
+    engine, options = executor.engine, executor.options
+    prefix = options.label_prefix
+    name = f"fleetform-fetch-{project}-{model.key}"
+    executor.remove(name)  # an interrupted apply's helper: its partial download stays
+    executor.ensure_image(options.helper_image)
+    token = os.environ.get(TOKEN_VARIABLE, "")
+    env = ["HF_HUB_DISABLE_TELEMETRY=1", "HF_HUB_DISABLE_PROGRESS_BARS=1", "PYTHONUNBUFFERED=1"]
+    if options.hub_endpoint:  # a mirror: plain HTTP downloads (mirrors serve no Xet storage)
+        env += [f"HF_ENDPOINT={options.hub_endpoint}", "HF_HUB_DISABLE_XET=1"]
+    if token:
+        env.append(f"{TOKEN_VARIABLE}={token}")
+    arguments = {
+        "root": MOUNT,
+        "repo_id": model.repo_id,
+        "revision": model.revision,
+        "patterns": list(model.patterns),
+    }
+    body = {
+        "Image": options.helper_image,
+        "Cmd": ["python3", "-c", _script(), json.dumps(arguments)],
+        "Env": env,
+        "Labels": {label(prefix, PROJECT): project, label(prefix, FETCH): model.key},
+        "HostConfig": {"Binds": [f"{model.model_dir}:{MOUNT}"], "NetworkMode": "host"},
+    }
+    try:
+        created = str(engine.post("/containers/create", body, name=name)["Id"])
+    except EngineError as error:
+        raise StepFailed(f"cannot create the model helper: {error.message}") from None
+    try:
+        engine.post(f"/containers/{created}/start")
+        commit = _watch(executor, created, model, token)
+    finally:
+        executor.remove(created)
+    _record(executor, model, project, commit)
+
+
+def _watch(executor: DockerExecutor, container: str, model: HubModel, token: str) -> str:
+    """Wait for the helper to end, saying its progress; the commit it fetched."""
+    engine = executor.engine
+    last: tuple[float, int] | None = None  # (when, bytes) of the last progress shown
+    shown = time.monotonic()
+    while True:
+        state = engine.get(f"/containers/{container}/json")["State"]
+        if state.get("Status") in ("exited", "dead"):
+            break
+        now = time.monotonic()
+        if now - shown >= REPORT_SECONDS:
+            shown = now
+            progress = _last(_lines(executor, container, 5), "progress ")
+            if progress:
+                have, total = (int(word) for word in progress.split()[:2])
+                rate = (have - last[1]) / (now - last[0]) if last else 0.0
+                last = (now, have)
+                executor.progress(
+                    f"fetching {model.title}: {_mb(have)} of {_mb(total)}"
+                    + (f", {_mb(rate)}/s" if rate > 0 else "")
+                )
+        time.sleep(POLL_SECONDS)
+    lines = _lines(executor, container, 20)
+    code = state.get("ExitCode")
+    if code != 0:
+        said = _last(lines, "error: ") or f"the model helper exited with code {code}"
+        if token:
+            said = said.replace(token, "(secret)")
+        raise StepFailed(f"cannot fetch {model.title}: {said}")
+    done = _last(lines, "done ")
+    if not done:
+        raise StepFailed(f"cannot fetch {model.title}: the model helper said nothing")
+    commit = done.split()[0]
+    executor.progress(f"fetched {model.title} (commit {commit[:12]}) into {model.folder}")
+    return commit
+
+
+def _record(executor: DockerExecutor, model: HubModel, project: str, commit: str) -> None:
+    """Replace the folder's records (another revision's) with this fetch's."""
+    engine, prefix = executor.engine, executor.options.label_prefix
+    folder_label = f"{label(prefix, MODEL_FOLDER)}={model.folder}"
+    filters = json.dumps({"label": [folder_label, f"{label(prefix, PROJECT)}={project}"]})
+    for old in engine.get("/containers/json", all=1, filters=filters):
+        executor.remove(old["Id"])
+    lock.ensure_lock_image(engine)
+    body: dict[str, Any] = {
+        "Image": lock.LOCK_IMAGE,
+        "Cmd": ["fleetform-model"],
+        "Labels": {
+            label(prefix, PROJECT): project,
+            label(prefix, MODEL_KEY): model.key,
+            label(prefix, MODEL): model.title,
+            label(prefix, MODEL_FOLDER): model.folder,
+            label(prefix, MODEL_COMMIT): commit,
+        },
+        "NetworkDisabled": True,
+    }
+    try:
+        engine.post("/containers/create", body, name=f"fleetform-model-{project}-{model.key}")
+    except EngineError as error:
+        raise StepFailed(f"fetched, but cannot record {model.title}: {error.message}") from None
+
+
+def _lines(executor: DockerExecutor, container: str, tail: int) -> list[str]:
+    try:
+        raw = executor.engine.read(f"/containers/{container}/logs", stdout=1, tail=tail)
+    except FleetformError:
+        return []
+    return demultiplex(raw).decode("utf-8", "replace").splitlines()
+
+
+def _last(lines: list[str], prefix: str) -> str:
+    found = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
+    return found[-1].strip() if found else ""
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def _script() -> str:
+    return resources.files("compiler.targets.compose").joinpath("fetch_helper.py").read_text()

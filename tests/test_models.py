@@ -1,0 +1,473 @@
+"""Hub models fetched onto hosts by ``fleetform apply``, against real components.
+
+The hub is olah (a Hugging Face mirror) on loopback serving repositories the tests make
+(testing/hub_server.py), behind a gate that checks tokens, slows files down and logs
+what it served. Hosts are real engines (testing/engines.py). The helper that downloads
+on each host is Debian's python3 with the real huggingface_hub (testing/hub.py), built
+offline once; fleetform runs it as it would run ``hub.helper_image`` anywhere.
+
+Each replica serves its model folder over HTTP (busybox httpd with the folder as its
+document root), so a test reads back what the server sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testing.engines import TEST_IMAGE, EngineFactory
+from testing.hub import HELPER_IMAGE, load_helper_image
+from testing.hub_server import Gate, HubServer, make_model_repo
+
+REPO = "testorg/tiny"
+BIG = "testorg/big"
+TOKEN = "hf_fleetformtestsecret0123456789"
+FILES = {
+    "config.json": json.dumps({"model_type": "tiny"}).encode(),
+    "tokenizer.json": json.dumps({"vocab": {"a": 0, "b": 1}}).encode(),
+    "model-00001-of-00002.safetensors": os.urandom(300_000),
+    "model-00002-of-00002.safetensors": os.urandom(200_000),
+    "tiny-Q4_K_M.gguf": b"GGUF" + os.urandom(100_000),
+    "tiny-Q8_0.gguf": b"GGUF" + os.urandom(150_000),
+}
+BIG_FILES = {
+    "config.json": b'{"model_type": "big"}',
+    "a.safetensors": os.urandom(400_000),
+    "b.safetensors": os.urandom(3_000_000),
+}
+LFS = (".safetensors", ".gguf")
+PORTS = "41300-41319"
+# Serves the model folder (for one file: its folder) as the document root; a model path
+# that is not there makes httpd exit at once, and so fails the step.
+SERVE = (
+    "sh -c \"trap 'exit 0' TERM; d={{model_path}}; test -d $d || d=$(dirname $d);"
+    ' httpd -f -p {{worker_ip}}:{{port}} -h $d & wait"'
+)
+BACKEND = {
+    "backend_name": "bb",
+    "default_version": "v1",
+    "default_run_command": SERVE,
+    "version_configs": {
+        "v1": {"image_name": TEST_IMAGE, "custom_framework": "cpu", "entrypoint": "busybox"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    work = tmp_path_factory.mktemp("hub")
+    mirrors = work / "mirrors"
+    make_model_repo(mirrors, REPO, FILES, LFS)
+    make_model_repo(mirrors, BIG, BIG_FILES, LFS)
+    server = HubServer(work, mirrors)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def gate(hub: HubServer) -> Iterator[Gate]:
+    """The hub's gate, reset for each test: no token needed, full speed, nothing served."""
+    hub.gate.token, hub.gate.rate = None, None
+    hub.gate.served.clear()
+    hub.gate.seen_tokens.clear()
+    yield hub.gate
+
+
+def address(index: int) -> str:
+    pid = os.getpid()
+    return f"127.{43 + index}.{(pid >> 8) & 255}.{(pid & 255) or 1}"
+
+
+class Fleet:
+    """A repository whose hosts are real engines, each with its own model_dir."""
+
+    def __init__(
+        self,
+        root: Path,
+        engines: EngineFactory,
+        hub: HubServer,
+        count: int,
+        ports: tuple[str, ...] = (),
+    ) -> None:
+        self.root = root
+        self.repo = root / "repo"
+        self.hosts: list[dict[str, Any]] = []
+        self.engines = []
+        for index in range(count):
+            engine = engines(f"m{index}")
+            load_helper_image(engine)
+            self.engines.append(engine)
+            self.hosts.append(
+                {
+                    "name": f"h{index + 1}",
+                    "address": address(index),
+                    "docker_host": engine.base_url,
+                    "gpus": {"framework": "cuda", "count": 0},
+                    "port_range": ports[index] if ports else PORTS,
+                    "model_dir": str(root / f"models-h{index + 1}"),
+                    "labels": {"pool": "p"},
+                }
+            )
+        settings = {"hub": {"endpoint": hub.endpoint, "helper_image": HELPER_IMAGE}}
+        self.write("fleetform.yaml", [settings])
+        self.write("backends.d/b.yaml", [BACKEND])
+        self.write("hosts.d/h.yaml", self.hosts)
+
+    def write(self, relative: str, documents: list[dict[str, Any]]) -> None:
+        path = self.repo / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+
+    def deploy(self, *deployments: dict[str, Any]) -> None:
+        self.write("deployments.d/d.yaml", list(deployments))
+        done = self.ff("compile")
+        assert done.returncode == 0, done.stderr
+
+    def model_dir(self, host: int) -> Path:
+        return Path(self.hosts[host]["model_dir"])
+
+    def ff(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), capture_output=True, text=True, env=self.env(env), timeout=300
+        )
+
+    def argv(self, *args: str) -> list[str]:
+        cli = [sys.executable, "-c", "from compiler.cli import main; main()"]
+        return [*cli, *args, "--repo", str(self.repo)]
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        environment = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "NO_COLOR")}
+        return {**environment, **(extra or {})}
+
+    def apply(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return self.ff("apply", "--auto-approve", "--stop-timeout", "1", env=env)
+
+    def plan(self, env: dict[str, str] | None = None) -> dict[str, Any]:
+        done = self.ff("plan", "--format", "json", env=env)
+        assert done.returncode == 0, done.stderr
+        plan: dict[str, Any] = json.loads(done.stdout)
+        return plan
+
+    def containers(self, host: int) -> list[dict[str, Any]]:
+        client = self.engines[host].client()
+        try:
+            return [client.api.inspect_container(c["Id"]) for c in client.api.containers(all=1)]
+        finally:
+            client.close()
+
+    def served(self, host: int, port_index: int, path: str) -> bytes:
+        port = int(PORTS.split("-")[0]) + port_index
+        url = f"http://{self.hosts[host]['address']}:{port}/{path}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    return bytes(answer.read())
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def hub_deployment(name: str = "chat", **fields: Any) -> dict[str, Any]:
+    document = {"name": name, "backend": "bb", "huggingface_repo_id": REPO, "replicas": 1}
+    document.update(fields)
+    return {k: v for k, v in document.items() if v is not None}
+
+
+def fetches(plan: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    return [
+        (h["host"], s["name"], s["reason_codes"])
+        for h in plan["hosts"]
+        for s in h["steps"]
+        if s["action"] == "fetch"
+    ]
+
+
+def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
+    tmp_path: Path, engines: EngineFactory, hub: HubServer, gate: Gate
+) -> None:
+    # Two ports on h1, one on h2: the three replicas are placed two and one.
+    fleet = Fleet(tmp_path, engines, hub, 2, ports=("41300-41301", "41300-41300"))
+    fleet.deploy(hub_deployment("chat", replicas=3))
+    plan = fleet.plan()
+    on_host = {
+        h["host"]: [s["name"] for s in h["steps"] if s["action"] == "create"] for h in plan["hosts"]
+    }
+    assert [len(on_host["h1"]), len(on_host["h2"])] == [2, 1], on_host
+    # One fetch per host, whatever the number of replicas and deployments there.
+    assert fetches(plan) == [
+        ("h1", f"{REPO}@main", ["model-missing"]),
+        ("h2", f"{REPO}@main", ["model-missing"]),
+    ]
+    assert plan["summary"]["fetch"] == 2
+    markdown = fleet.ff("plan", "--format", "markdown").stdout
+    assert f"| v fetch | `{REPO}@main` | not in {fleet.model_dir(0)}/{REPO} on the host |" in (
+        markdown
+    )
+    text = fleet.ff("plan").stdout
+    assert text.startswith("Plan: 2 model(s) to fetch, 3 to create"), text
+
+    applied = fleet.apply()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "fetched testorg/tiny@main" in applied.stderr
+    # Every file came from the hub once per host, and is what the hub holds.
+    assert sorted(gate.served) == sorted([*FILES] * 2)
+    for host in (0, 1):
+        folder = fleet.model_dir(host) / REPO
+        for name, content in FILES.items():
+            assert (folder / name).read_bytes() == content
+        manifest = json.loads((folder / ".fleetform-model.json").read_text())
+        assert manifest["files"] == sorted(FILES)
+        leftovers = list((fleet.model_dir(host) / ".fleetform-partial").iterdir())
+        assert leftovers == []
+        # The helper is gone; a record (never started) says what the folder holds.
+        names = {c["Name"].lstrip("/"): c for c in fleet.containers(host)}
+        assert not [n for n in names if n.startswith("fleetform-fetch-")]
+        (record,) = [c for n, c in names.items() if n.startswith("fleetform-model-")]
+        assert record["Config"]["Labels"]["io.fleetform.model"] == f"{REPO}@main"
+        assert record["State"]["Status"] == "created"
+    # The servers see the files: each replica serves its host's model folder.
+    served = [
+        fleet.served(host, index, "config.json")
+        for host, count in ((0, len(on_host["h1"])), (1, len(on_host["h2"])))
+        for index in range(count)
+    ]
+    assert served == [FILES["config.json"]] * 3
+
+    # A second apply fetches nothing: the plan has no step, the hub serves nothing.
+    gate.served.clear()
+    assert fetches(fleet.plan()) == []
+    again = fleet.apply()
+    assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
+    assert gate.served == []
+
+
+def test_one_gguf_file_of_a_repository(
+    tmp_path: Path, engines: EngineFactory, hub: HubServer, gate: Gate
+) -> None:
+    fleet = Fleet(tmp_path, engines, hub, 1)
+    fleet.deploy(hub_deployment(huggingface_filename="tiny-Q4_K_M.gguf"))
+    assert fetches(fleet.plan()) == [("h1", f"{REPO}@main [tiny-Q4_K_M.gguf]", ["model-missing"])]
+    applied = fleet.apply()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert gate.served == ["tiny-Q4_K_M.gguf"]
+    folder = fleet.model_dir(0) / REPO
+    assert sorted(p.name for p in folder.iterdir()) == [".fleetform-model.json", "tiny-Q4_K_M.gguf"]
+    # {{model_path}} is the file; the server (its folder as document root) sees it.
+    assert fleet.served(0, 0, "tiny-Q4_K_M.gguf") == FILES["tiny-Q4_K_M.gguf"]
+
+
+def test_a_gated_model_with_a_token_that_is_never_shown(
+    tmp_path: Path, engines: EngineFactory, hub: HubServer, gate: Gate
+) -> None:
+    gate.token = TOKEN
+    fleet = Fleet(tmp_path, engines, hub, 1)
+    fleet.deploy(hub_deployment())
+    wrong = fleet.apply(env={"HF_TOKEN": "hf_wrong"})
+    assert wrong.returncode == 1
+    failed = [line for line in wrong.stdout.splitlines() if "FAILED" in line]
+    assert failed == [
+        f"  h1: FAILED after 0 step(s): fetch {REPO}@main: cannot fetch {REPO}@main:"
+        f" {REPO}: no such repository, or HF_TOKEN is missing or wrong (401)"
+    ], wrong.stdout
+    assert not (fleet.model_dir(0) / REPO).exists()
+
+    right = {"HF_TOKEN": TOKEN}
+    plan = fleet.ff("plan", "--format", "json", env=right)
+    applied = fleet.apply(env=right)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert TOKEN in gate.seen_tokens  # the helper did send it
+    assert (fleet.model_dir(0) / REPO / "config.json").read_bytes() == FILES["config.json"]
+    # Nowhere else: output/, the plan, apply's output, any container on the host.
+    shown = [plan.stdout, plan.stderr, applied.stdout, applied.stderr, wrong.stderr]
+    shown += [p.read_text() for p in (fleet.repo / "output").rglob("*") if p.is_file()]
+    shown += [json.dumps(c) for c in fleet.containers(0)]
+    assert not [text for text in shown if TOKEN in text]
+
+
+def test_not_enough_space_is_refused_before_anything_is_stopped(
+    tmp_path: Path, engines: EngineFactory, hub: HubServer, gate: Gate
+) -> None:
+    fleet = Fleet(tmp_path, engines, hub, 1)
+    small = fleet.model_dir(0)
+    small.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        (small / "local").mkdir()
+        (small / "local" / "config.json").write_text("{}")
+        fleet.deploy(hub_deployment(huggingface_repo_id=None, local_path=str(small / "local")))
+        first = fleet.apply()
+        assert first.returncode == 0, first.stdout + first.stderr
+        (before,) = [c for c in fleet.containers(0) if c["Name"] == "/fleetform-chat-0"]
+
+        fleet.deploy(hub_deployment())  # the same deployment, now from the hub: 750 KB
+        refused = fleet.apply()
+        assert refused.returncode == 1
+        assert (
+            "not enough free space under the host's model_dir for testorg/tiny" in refused.stdout
+        ), refused.stdout
+        (after,) = [c for c in fleet.containers(0) if c["Name"] == "/fleetform-chat-0"]
+        assert (after["Id"], after["State"]["Running"]) == (before["Id"], True)
+        assert after["State"]["StartedAt"] == before["State"]["StartedAt"]
+        assert gate.served == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_an_interrupted_fetch_resumes_and_no_partial_model_is_served(
+    tmp_path: Path, engines: EngineFactory, hub: HubServer, gate: Gate
+) -> None:
+    fleet = Fleet(tmp_path, engines, hub, 1)
+    fleet.deploy(hub_deployment(huggingface_repo_id=BIG))
+    gate.rate = 400_000  # bytes per second: b.safetensors takes about 8 s
+    partial = fleet.model_dir(0) / ".fleetform-partial"
+    apply = subprocess.Popen(
+        fleet.argv("apply", "--auto-approve"),
+        env=fleet.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        done = None
+        while done is None:  # until a.safetensors is complete in the partial folder
+            found = list(partial.glob("*/a.safetensors")) if partial.exists() else []
+            if found and found[0].stat().st_size == len(BIG_FILES["a.safetensors"]):
+                done = found[0]
+            assert time.monotonic() < deadline and apply.poll() is None
+            time.sleep(0.1)
+        apply.send_signal(signal.SIGKILL)
+    finally:
+        apply.kill()
+        apply.wait()
+    # Killed half way: nothing is in place, no server runs on a partial model.
+    assert not (fleet.model_dir(0) / BIG).exists()
+    assert not [c for c in fleet.containers(0) if c["Name"] == "/fleetform-chat-0"]
+    served_before = list(gate.served)
+    assert served_before.count("a.safetensors") == 1
+
+    # The killed apply left its lock, as any killed apply does; then apply again.
+    unlocked = fleet.ff("unlock", "h1")
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    gate.rate = None
+    again = fleet.apply()
+    assert again.returncode == 0, again.stdout + again.stderr
+    # Resumed: the file that was complete was not fetched again.
+    assert gate.served.count("a.safetensors") == 1
+    folder = fleet.model_dir(0) / BIG
+    for name, content in BIG_FILES.items():
+        assert hashlib.sha256((folder / name).read_bytes()).digest() == (
+            hashlib.sha256(content).digest()
+        )
+    assert fleet.served(0, 0, "config.json") == BIG_FILES["config.json"]
+
+
+# --- what a deployment asks for (pure: no hub, no engine) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "title"),
+    [
+        ({"huggingface_repo_id": REPO}, f"{REPO}@main"),
+        ({"huggingface_repo_id": REPO, "revision": "v1.0"}, f"{REPO}@v1.0"),
+        ({"huggingface_repo_id": REPO, "huggingface_filename": "a.gguf"}, f"{REPO}@main [a.gguf]"),
+        (
+            {"huggingface_repo_id": REPO, "allow_patterns": ["*.json", "*.safetensors"]},
+            f"{REPO}@main [*.json, *.safetensors]",
+        ),
+        ({"huggingface_repo_id": REPO, "model_provisioning": "none"}, None),
+        ({"local_path": "/srv/m"}, None),
+        ({"source": "model_scope", "model_scope_model_id": REPO}, None),  # not fetched yet
+    ],
+)
+def test_which_model_a_deployment_needs_fetched(fields: dict[str, Any], title: str | None) -> None:
+    from compiler.hub import hub_model_of
+
+    model = hub_model_of(fields, "/var/lib/models")
+    assert (model.title if model else None) == title
+    if model is not None:
+        assert model.folder == f"/var/lib/models/{REPO}"
+
+
+def test_same_folder_revision_and_files_is_one_fetch() -> None:
+    from compiler.hub import hub_model_of
+
+    base = {"huggingface_repo_id": REPO}
+    one = hub_model_of(base, "/m")
+    assert one is not None and one.key == hub_model_of(dict(base), "/m").key  # type: ignore[union-attr]
+    others = [
+        hub_model_of({**base, "revision": "v2"}, "/m"),
+        hub_model_of({**base, "huggingface_filename": "a.gguf"}, "/m"),
+        hub_model_of(base, "/other"),
+    ]
+    assert len({one.key, *(m.key for m in others if m)}) == 4
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "fragment"),
+    [
+        ({"revision": "../main"}, "revision", "is not a revision"),
+        ({"allow_patterns": ["../*"]}, "allow_patterns", "is not a file pattern"),
+        ({"model_provisioning": "lazy"}, "model_provisioning", "auto"),
+    ],
+)
+def test_bad_model_fields_are_compile_errors_at_their_line(
+    tmp_path: Path, document: dict[str, Any], field: str, fragment: str
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "backends.d").mkdir(parents=True)
+    (repo / "backends.d" / "b.yaml").write_text(yaml.safe_dump(BACKEND))
+    (repo / "hosts.d").mkdir()
+    (repo / "hosts.d" / "h.yaml").write_text(yaml.safe_dump({"name": "h1", "address": "10.0.0.1"}))
+    (repo / "deployments.d").mkdir()
+    text = yaml.safe_dump(
+        {"name": "chat", "backend": "bb", "huggingface_repo_id": REPO, **document}
+    )
+    (repo / "deployments.d" / "d.yaml").write_text(text)
+    bad = str(next(iter(document.values()))).strip("[]'")
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if bad in row)  # the value's
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from compiler.cli import main; main()",
+            "compile",
+            "--repo",
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    (error,) = done.stderr.strip().splitlines()
+    assert error.startswith(f"deployments.d/d.yaml:{line}:"), error
+    assert field in error and fragment in error, error
+    assert not (repo / "output").exists()
+
+
+def test_a_hub_endpoint_with_credentials_is_refused(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from compiler.model import Settings
+
+    for endpoint in ("https://user:pw@mirror.example.com", "ftp://mirror", "http://a b"):
+        with pytest.raises(ValidationError, match="is not a hub endpoint"):
+            Settings.model_validate({"hub": {"endpoint": endpoint}})
+    assert Settings.model_validate(
+        {"hub": {"endpoint": "http://127.0.0.1:8090/"}}
+    ).hub.endpoint == ("http://127.0.0.1:8090")

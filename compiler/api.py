@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compiler.errors import FleetformError, Mark, OutputError
+from compiler.hub import hub_source, per_folder
 from compiler.load import load_repo
 from compiler.model import Repo, Settings, validate_repo
 from compiler.output import (
@@ -213,7 +214,7 @@ def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Targe
             else {s.name: driver.secrets_hash(s, values) for s in specs if s.secrets}
         )
         # One fetch per host for every replica that needs the same model folder.
-        models = {w.hub_model.key: w.hub_model for w in fleet.on_host(name) if w.hub_model}
+        models = per_folder(w.hub_model for w in fleet.on_host(name) if w.hub_model)
         desired = DesiredHost(
             name,
             host.target,
@@ -222,7 +223,8 @@ def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Targe
             hashes,
             units,
             host.unit_dir,
-            tuple(models.values()) if driver.fetches_models else (),
+            models if driver.fetches_models else (),
+            hub_source(fleet.settings) if models and driver.fetches_models else "",
         )
         base_url = host.docker_host or "unix:///var/run/docker.sock"
         targets[name] = Target(desired, base_url, host.ssh)

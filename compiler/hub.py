@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from compiler.model import Settings
 
 # The file a verified model folder holds: what was fetched, and from which commit.
 MANIFEST = ".fleetform-model.json"
@@ -45,6 +48,33 @@ class HubModel(BaseModel):
         return f"{self.repo_id}@{self.revision}{files}"
 
 
+def hub_source(settings: Settings) -> str:
+    """Where apply fetches from, and with what: part of every fetch step's reason, since
+    a pull request that changes it decides where HF_TOKEN goes."""
+    endpoint = settings.hub.endpoint or "https://huggingface.co"
+    return f"from {endpoint} by {settings.hub.helper_image}"
+
+
+def per_folder(models: Iterable[HubModel]) -> tuple[HubModel, ...]:
+    """One fetch per model folder: the files every deployment there asks for (all of the
+    repository when one asks for all). Resolution has made sure they agree on the
+    revision (:func:`revision_conflict`), so that no two fetches take turns replacing
+    the same folder."""
+    merged: dict[str, HubModel] = {}
+    for model in models:
+        before = merged.get(model.folder)
+        if before is not None:
+            every = not before.patterns or not model.patterns
+            patterns = () if every else tuple(sorted({*before.patterns, *model.patterns}))
+            model = model.model_copy(update={"patterns": patterns})
+        merged[model.folder] = model
+    return tuple(merged[folder] for folder in sorted(merged))
+
+
+def revision_conflict(first: HubModel, second: HubModel) -> bool:
+    return first.folder == second.folder and first.revision != second.revision
+
+
 def hub_model_of(values: dict[str, Any], model_dir: str) -> HubModel | None:
     """The hub model a deployment's merged ``values`` need fetched, or None (a local
     path, a ModelScope model — not fetched yet — or ``model_provisioning: none``)."""
@@ -57,7 +87,7 @@ def hub_model_of(values: dict[str, Any], model_dir: str) -> HubModel | None:
     if source is None and values.get("local_path"):
         return None
     single = values.get("huggingface_filename")
-    patterns = (single,) if single else tuple(values.get("allow_patterns") or ())
+    patterns = (single,) if single else tuple(sorted(set(values.get("allow_patterns") or ())))
     return HubModel(
         source="huggingface",
         repo_id=repo_id,

@@ -137,6 +137,9 @@ class DesiredHost:
     unit_dir: str = "/etc/systemd/system"
     # Hub models the host must hold before its replicas start (compose hosts).
     models: tuple[HubModel, ...] = ()
+    # Where and with what they are fetched (the repository's hub settings): shown in the
+    # plan, and a saved plan is stale once it changes.
+    hub_source: str = ""
 
     def fingerprint(self) -> str:
         document = sorted((s.name, s.spec_hash) for s in self.specs)
@@ -144,6 +147,7 @@ class DesiredHost:
         state: dict[str, Any] = {"host": self.host, "specs": document, "units": units}
         if self.models:
             state["models"] = sorted(m.key for m in self.models)
+            state["hub_source"] = self.hub_source
         return _digest(state)
 
 

@@ -178,7 +178,8 @@ class Fleet:
 
     def deploy(self, *deployments: dict[str, Any]) -> None:
         """Write these deployments (all of them: the others are gone) and compile."""
-        model = {"huggingface_repo_id": "fleetform-test/model"}
+        # A hub model the test stages itself: apply does not fetch it.
+        model = {"huggingface_repo_id": "fleetform-test/model", "model_provisioning": "none"}
         self._write(
             "deployments.d/d.yaml",
             [d if "local_path" in d else {**model, **d} for d in deployments],

@@ -216,9 +216,9 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
     ]
     assert plan["summary"]["fetch"] == 2
     markdown = fleet.ff("plan", "--format", "markdown").stdout
-    assert f"| v fetch | `{REPO}@main` | not in {fleet.model_dir(0)}/{REPO} on the host |" in (
-        markdown
-    )
+    source = f"from {hub.endpoint} by {HELPER_IMAGE}"  # where HF_TOKEN would go: shown
+    row = f"| v fetch | `{REPO}@main` | not in {fleet.model_dir(0)}/{REPO} on the host; {source} |"
+    assert row in markdown, markdown
     text = fleet.ff("plan").stdout
     assert text.startswith("Plan: 2 model(s) to fetch, 3 to create"), text
 
@@ -282,7 +282,7 @@ def test_a_gated_model_with_a_token_that_is_never_shown(
     assert wrong.returncode == 1
     failed = [line for line in wrong.stdout.splitlines() if "FAILED" in line]
     assert failed == [
-        f"  h1: FAILED after 0 step(s): fetch {REPO}@main: cannot fetch {REPO}@main:"
+        f"  h1: FAILED after 0 step(s): fetch {REPO}@main:"
         f" {REPO}: no such repository, or HF_TOKEN is missing or wrong (401)"
     ], wrong.stdout
     assert not (fleet.model_dir(0) / REPO).exists()
@@ -375,6 +375,39 @@ def test_an_interrupted_fetch_resumes_and_no_partial_model_is_served(
             hashlib.sha256(content).digest()
         )
     assert fleet.served(0, 0, "config.json") == BIG_FILES["config.json"]
+
+
+def test_files_already_on_the_host_are_kept_not_fetched_again(
+    tmp_path: Path, engines: EngineFactory, hub: HubServer, gate: Gate
+) -> None:
+    fleet = Fleet(tmp_path, engines, hub, 1)
+    # Staged by hand before fleetform fetched models: two files right, one corrupt.
+    folder = fleet.model_dir(0) / REPO
+    folder.mkdir(parents=True)
+    for name in ("config.json", "model-00001-of-00002.safetensors"):
+        (folder / name).write_bytes(FILES[name])
+    (folder / "tiny-Q8_0.gguf").write_bytes(b"not the file")
+    fleet.deploy(hub_deployment())
+    applied = fleet.apply()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert sorted(gate.served) == sorted(
+        set(FILES) - {"config.json", "model-00001-of-00002.safetensors"}
+    )
+    for name, content in FILES.items():
+        assert (folder / name).read_bytes() == content
+
+
+def test_a_saved_plan_is_stale_once_the_hub_settings_change() -> None:
+    from compiler.hub import hub_model_of
+    from compiler.plan import DesiredHost
+
+    model = hub_model_of({"huggingface_repo_id": REPO}, "/m")
+    assert model is not None
+    one, other = (
+        DesiredHost("h1", "compose", "10.0.0.1", (), models=(model,), hub_source=source)
+        for source in ("from https://huggingface.co by a", "from http://evil by a")
+    )
+    assert one.fingerprint() != other.fingerprint()
 
 
 # --- what a deployment asks for (pure: no hub, no engine) --------------------------------
@@ -471,3 +504,46 @@ def test_a_hub_endpoint_with_credentials_is_refused(tmp_path: Path) -> None:
     assert Settings.model_validate(
         {"hub": {"endpoint": "http://127.0.0.1:8090/"}}
     ).hub.endpoint == ("http://127.0.0.1:8090")
+
+
+def test_deployments_sharing_a_folder_share_one_fetch_of_all_they_need() -> None:
+    from compiler.hub import hub_model_of, per_folder
+
+    def model(**fields: Any) -> Any:
+        return hub_model_of({"huggingface_repo_id": REPO, **fields}, "/m")
+
+    one_file = model(huggingface_filename="a.gguf")
+    other = model(allow_patterns=["*.json"])
+    (merged,) = per_folder([one_file, other])
+    assert merged.patterns == ("*.json", "a.gguf")
+    (everything,) = per_folder([one_file, model(), other])
+    assert everything.patterns == ()  # one of them needs the whole repository
+
+
+def test_two_revisions_in_one_folder_on_a_host_is_a_compile_error(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "backends.d").mkdir(parents=True)
+    (repo / "backends.d" / "b.yaml").write_text(yaml.safe_dump(BACKEND))
+    (repo / "hosts.d").mkdir()
+    host = {"name": "h1", "address": "10.0.0.1", "port_range": PORTS}
+    (repo / "hosts.d" / "h.yaml").write_text(yaml.safe_dump(host))
+    (repo / "deployments.d").mkdir()
+    documents = [hub_deployment("a"), hub_deployment("b", revision="v2")]
+    (repo / "deployments.d" / "d.yaml").write_text(yaml.safe_dump_all(documents))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from compiler.cli import main; main()",
+            "compile",
+            "--repo",
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    (error,) = done.stderr.strip().splitlines()
+    assert error.startswith("deployments.d/d.yaml:"), error
+    assert "deployment 'b' needs testorg/tiny at revision 'v2'" in error, error
+    assert "where deployment 'a' needs revision 'main'" in error, error

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 
 from compiler import inheritance
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
+from compiler.hub import revision_conflict
 from compiler.model import Repo
 from compiler.placement import HostSlots, Placed, Prior, place
 from compiler.resolve.backends import resolve_backends
@@ -96,12 +97,33 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     if errors:
         raise ErrorList(errors)
     workloads.sort(key=lambda w: (w.host, w.deployment, w.replica))
+    _check_model_folders(workloads, {d.name: d for d in drafts})
     return Fleet(
         settings=settings,
         hosts={name: value[0] for name, value in sorted(hosts.items())},
         workloads=tuple(workloads),
         explanations=_Explanations({d.name: d for d in drafts}, by_deployment, hosts),
     )
+
+
+def _check_model_folders(workloads: list[Workload], drafts: dict[str, Draft]) -> None:
+    """A host's model folder holds one revision: two deployments that fetch the same
+    repository into the same folder must ask for the same revision."""
+    seen: dict[tuple[str, str], Workload] = {}
+    for workload in workloads:
+        model = workload.hub_model
+        if model is None:
+            continue
+        first = seen.setdefault((workload.host, model.folder), workload)
+        if first.hub_model is not None and revision_conflict(first.hub_model, model):
+            raise drafts[workload.deployment].fail(
+                "revision",
+                f"deployment '{workload.deployment}' needs {model.repo_id} at revision"
+                f" '{model.revision}' in {model.folder} on host '{workload.host}', where"
+                f" deployment '{first.deployment}' needs revision"
+                f" '{first.hub_model.revision}': a folder holds one revision (write the"
+                " same revision, or place them on different hosts)",
+            )
 
 
 def _check_workload_count(drafts: list[Draft]) -> None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 1.0
 REPORT_SECONDS = 5.0  # a progress line this often
+IDLE_SECONDS = 1800  # a download that gains no byte for this long has stalled
 TOKEN_VARIABLE = "HF_TOKEN"
 MOUNT = "/models"  # where the helper sees the host's model_dir
 
@@ -41,10 +42,19 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str) -> None
     engine, options = executor.engine, executor.options
     prefix = options.label_prefix
     name = f"fleetform-fetch-{project}-{model.key}"
-    executor.remove(name)  # an interrupted apply's helper: its partial download stays
+    # Helpers an interrupted apply left (this host is locked: none is another apply's).
+    # Their partial downloads stay, and the next helper keeps what is whole.
+    helpers = json.dumps({"label": [label(prefix, FETCH), f"{label(prefix, PROJECT)}={project}"]})
+    for left in engine.get("/containers/json", all=1, filters=helpers):
+        executor.remove(left["Id"])
     executor.ensure_image(options.helper_image)
     token = os.environ.get(TOKEN_VARIABLE, "")
-    env = ["HF_HUB_DISABLE_TELEMETRY=1", "HF_HUB_DISABLE_PROGRESS_BARS=1", "PYTHONUNBUFFERED=1"]
+    env = [
+        "HF_HUB_DISABLE_TELEMETRY=1",
+        "HF_HUB_DISABLE_PROGRESS_BARS=1",
+        "PYTHONUNBUFFERED=1",
+        f"HF_HOME={MOUNT}/.fleetform-partial/.hf-home",  # its caches outlive the helper
+    ]
     if options.hub_endpoint:  # a mirror: plain HTTP downloads (mirrors serve no Xet storage)
         env += [f"HF_ENDPOINT={options.hub_endpoint}", "HF_HUB_DISABLE_XET=1"]
     if token:
@@ -60,7 +70,7 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str) -> None
         "Cmd": ["python3", "-c", _script(), json.dumps(arguments)],
         "Env": env,
         "Labels": {label(prefix, PROJECT): project, label(prefix, FETCH): model.key},
-        "HostConfig": {"Binds": [f"{model.model_dir}:{MOUNT}"], "NetworkMode": "host"},
+        "HostConfig": {**_model_dir_mount(model.model_dir), "NetworkMode": "host"},
     }
     try:
         created = str(engine.post("/containers/create", body, name=name)["Id"])
@@ -78,7 +88,7 @@ def _watch(executor: DockerExecutor, container: str, model: HubModel, token: str
     """Wait for the helper to end, saying its progress; the commit it fetched."""
     engine = executor.engine
     last: tuple[float, int] | None = None  # (when, bytes) of the last progress shown
-    shown = time.monotonic()
+    shown = gained = time.monotonic()
     while True:
         state = engine.get(f"/containers/{container}/json")["State"]
         if state.get("Status") in ("exited", "dead"):
@@ -86,15 +96,19 @@ def _watch(executor: DockerExecutor, container: str, model: HubModel, token: str
         now = time.monotonic()
         if now - shown >= REPORT_SECONDS:
             shown = now
-            progress = _last(_lines(executor, container, 5), "progress ")
-            if progress:
-                have, total = (int(word) for word in progress.split()[:2])
+            progress = _progress(_last(_lines(executor, container, 5), "progress "))
+            if progress is not None:
+                have, total = progress
                 rate = (have - last[1]) / (now - last[0]) if last else 0.0
+                if last is None or have > last[1]:
+                    gained = now
                 last = (now, have)
                 executor.progress(
                     f"fetching {model.title}: {_mb(have)} of {_mb(total)}"
                     + (f", {_mb(rate)}/s" if rate > 0 else "")
                 )
+        if now - gained > IDLE_SECONDS:
+            raise StepFailed(f"the download made no progress for {IDLE_SECONDS // 60} min")
         time.sleep(POLL_SECONDS)
     lines = _lines(executor, container, 20)
     code = state.get("ExitCode")
@@ -102,10 +116,10 @@ def _watch(executor: DockerExecutor, container: str, model: HubModel, token: str
         said = _last(lines, "error: ") or f"the model helper exited with code {code}"
         if token:
             said = said.replace(token, "(secret)")
-        raise StepFailed(f"cannot fetch {model.title}: {said}")
+        raise StepFailed(said)
     done = _last(lines, "done ")
     if not done:
-        raise StepFailed(f"cannot fetch {model.title}: the model helper said nothing")
+        raise StepFailed("the model helper ended without saying what it fetched")
     commit = done.split()[0]
     executor.progress(f"fetched {model.title} (commit {commit[:12]}) into {model.folder}")
     return commit
@@ -148,6 +162,22 @@ def _lines(executor: DockerExecutor, container: str, tail: int) -> list[str]:
 def _last(lines: list[str], prefix: str) -> str:
     found = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
     return found[-1].strip() if found else ""
+
+
+def _progress(line: str) -> tuple[int, int] | None:
+    words = line.split()
+    if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+        return int(words[0]), int(words[1])
+    return None
+
+
+def _model_dir_mount(model_dir: str) -> dict[str, Any]:
+    """The host's model_dir at MOUNT, read-write: as a bind (the engine makes the folder
+    if it is missing), or, for a path with ':' (which a bind's text cannot hold), through
+    the mount API (the folder must exist)."""
+    if ":" not in model_dir:
+        return {"Binds": [f"{model_dir}:{MOUNT}"]}
+    return {"Mounts": [{"Type": "bind", "Source": model_dir, "Target": MOUNT}]}
 
 
 def _mb(size: float) -> str:

@@ -12,16 +12,19 @@ endpoint come from its environment (``HF_TOKEN``, ``HF_ENDPOINT``).
 2. If ``<root>/<repo>`` already holds exactly that (its manifest says so and every file
    has its size), nothing more.
 3. Refuse when the files still missing need more than the free space under ``root``.
-4. Download into ``<root>/.fleetform-partial/<repo>@<commit>`` (huggingface_hub keeps
-   unfinished files there and resumes them), verify each file (size; SHA-256 for LFS
-   files, the git blob id for the others), write the manifest, and move the folder
-   into place: a server never sees a partial model.
+4. In ``<root>/.fleetform-partial/<repo>@<commit>``, keep the files already whole
+   there (an interrupted fetch) or in the folder in place (linked), download the rest,
+   verify each file (size; SHA-256 for LFS files, the git blob id for the others),
+   write the manifest, and swap the folder into place in one step (renameat2): a
+   server sees the old model or the new one, never a partial one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -51,7 +54,7 @@ def hub() -> Any:
     except ImportError:
         done = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "huggingface_hub"],
+             "huggingface_hub>=0.23,<3"],
             capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode != 0:
@@ -123,6 +126,81 @@ def current(final: str, commit: str, files: dict[str, int]) -> bool:
     return True
 
 
+def verified(path: str, entry: Any, size: int) -> str:
+    """Why the file at ``path`` is not what the hub says ``entry`` is; "" when it is."""
+    if os.path.islink(path):
+        return "is a symbolic link (the helper image's huggingface_hub is older than 0.23)"
+    try:
+        actual = os.path.getsize(path)
+    except OSError:
+        return "is missing"
+    if actual != size:
+        return f"has {actual} bytes, the hub says {size}"
+    kind, expected = file_digest(entry)
+    if kind and file_hash(path, kind, size) != expected:
+        return f"does not match its {kind} {expected[:12]}"
+    return ""
+
+
+def keep_present(entries: list[Any], files: dict[str, int], partial: str, final: str) -> list[Any]:
+    """The entries still to download. A file already whole (as the hub says) in the
+    partial folder (an interrupted fetch) or in the folder in place (another revision,
+    fewer files, a model staged by hand) is kept: linked, else copied, into the partial
+    folder."""
+    todo = []
+    for entry in entries:
+        size = files[entry.path]
+        target = os.path.join(partial, entry.path)
+        if os.path.lexists(target) and not verified(target, entry, size):
+            continue
+        source = os.path.join(final, entry.path)
+        if os.path.lexists(source) and not verified(source, entry, size):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.lexists(target):
+                os.remove(target)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+            continue
+        if os.path.lexists(target):  # not what the hub says: fetched again
+            os.remove(target)
+        todo.append(entry)
+    return todo
+
+
+def exchange(first: str, second: str) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False if refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return bool(
+        renameat2(at_fdcwd, first.encode(), at_fdcwd, second.encode(), rename_exchange) == 0
+    )
+
+
+def install(partial: str, final: str) -> None:
+    """Put the verified folder in place: a server sees the old folder or the new one."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if not os.path.lexists(final):
+        os.rename(partial, final)
+        return
+    if exchange(partial, final):
+        shutil.rmtree(partial, ignore_errors=True)  # now the old folder
+        return
+    old = final + ".fleetform-old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(final, old)
+    try:
+        os.rename(partial, final)
+    except OSError:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     root, repo, revision = args["root"], args["repo_id"], args["revision"]
@@ -154,13 +232,32 @@ def main() -> None:
     for other in os.listdir(os.path.join(root, PARTIAL)):  # another commit's, unfinished
         if other.startswith(stem) and other != stem + commit:
             shutil.rmtree(os.path.join(root, PARTIAL, other), ignore_errors=True)
-    needed = total - min(total, folder_size(partial))
+    todo = keep_present(entries, files, partial, final)
+    needed = sum(files[e.path] for e in todo)
     free = shutil.disk_usage(root).free
     if needed > free:
         fail(
             f"not enough free space under the host's model_dir for {repo}: {needed / 1e6:,.1f} MB"
             f" needed, {free / 1e6:,.1f} MB free"
         )
+    if todo:
+        download(hf, repo, revision, commit, partial, todo, total)
+    for entry in entries:
+        wrong = verified(os.path.join(partial, entry.path), entry, files[entry.path])
+        if wrong:
+            fail(f"{repo}: {entry.path} {wrong}")
+    shutil.rmtree(os.path.join(partial, ".cache"), ignore_errors=True)
+    with open(os.path.join(partial, MANIFEST), "w") as handle:
+        json.dump({"repo_id": repo, "revision": revision, "commit": commit,
+                   "files": sorted(files), "fetched": int(time.time())}, handle)  # fmt: skip
+    install(partial, final)
+    say(f"done {commit} {total} {len(files)}")
+
+
+def download(
+    hf: Any, repo: str, revision: str, commit: str, partial: str, todo: list[Any], total: int
+) -> None:
+    """The files of ``todo`` into ``partial``, saying the bytes there every 2 s."""
     stop = threading.Event()
 
     def report() -> None:
@@ -168,37 +265,17 @@ def main() -> None:
             say(f"progress {min(folder_size(partial), total)} {total}")
 
     threading.Thread(target=report, daemon=True).start()
-    try:
-        hf.snapshot_download(repo, revision=commit, local_dir=partial, allow_patterns=sorted(files))
+    try:  # names as patterns match themselves only once escaped ("a[1].bin")
+        names = sorted(glob.escape(e.path) for e in todo)
+        hf.snapshot_download(repo, revision=commit, local_dir=partial, allow_patterns=names)
     except Exception as error:
         fail(describe(error, repo, revision))
     finally:
         stop.set()
-    for entry in entries:
-        path = os.path.join(partial, entry.path)
-        size = files[entry.path]
-        try:
-            actual = os.path.getsize(path)
-        except OSError:
-            fail(f"{repo}: {entry.path} is missing after the download")
-        if actual != size:
-            fail(f"{repo}: {entry.path} has {actual} bytes, the hub says {size}")
-        kind, expected = file_digest(entry)
-        if kind and file_hash(path, kind, size) != expected:
-            fail(f"{repo}: {entry.path} does not match its {kind} {expected[:12]}")
-    shutil.rmtree(os.path.join(partial, ".cache"), ignore_errors=True)
-    with open(os.path.join(partial, MANIFEST), "w") as handle:
-        json.dump({"repo_id": repo, "revision": revision, "commit": commit,
-                   "files": sorted(files), "fetched": int(time.time())}, handle)  # fmt: skip
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    old = final + ".fleetform-old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.lexists(final):
-        os.rename(final, old)
-    os.rename(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-    say(f"done {commit} {total} {len(files)}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception as error:  # a bug, or the file system's: still one line
+        fail(f"the model helper failed: {type(error).__name__}: {error}")

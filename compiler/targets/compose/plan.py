@@ -176,9 +176,9 @@ def fetch_steps(desired: DesiredHost, observed: ObservedHost) -> list[Step]:
             continue
         there = by_folder.get(model.folder)
         why: Reason = (
-            ("model-revision", f"the host's folder holds {there.title}")
+            ("model-revision", f"the host's folder holds {there.title}; {desired.hub_source}")
             if there is not None
-            else ("model-missing", f"not in {model.folder} on the host")
+            else ("model-missing", f"not in {model.folder} on the host; {desired.hub_source}")
         )
         steps.append(_step(desired, "fetch", model.title, "", -1, (why,), model_key=model.key))
     return steps

@@ -84,6 +84,18 @@ class ObservedModel:
     commit: str
     record: str  # the record's container id
 
+    @classmethod
+    def from_record(cls, record: str, labels: dict[str, str], prefix: str) -> ObservedModel:
+        from compiler.labels import MODEL, MODEL_COMMIT, MODEL_FOLDER, MODEL_KEY, label
+
+        return cls(
+            key=labels.get(label(prefix, MODEL_KEY), ""),
+            title=labels.get(label(prefix, MODEL), ""),
+            folder=labels.get(label(prefix, MODEL_FOLDER), ""),
+            commit=labels.get(label(prefix, MODEL_COMMIT), ""),
+            record=record,
+        )
+
 
 @dataclass(frozen=True)
 class ObservedHost:

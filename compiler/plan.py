@@ -151,6 +151,38 @@ class DesiredHost:
         return _digest(state)
 
 
+def fetch_steps(desired: DesiredHost, observed: ObservedHost) -> list[Step]:
+    """A fetch for each hub model folder the host must hold and its records do not show
+    (the same folder, revision and files), by folder: before any other step."""
+    present = {model.key for model in observed.models}
+    by_folder = {model.folder: model for model in observed.models}
+    steps: list[Step] = []
+    for model in sorted(desired.models, key=lambda m: (m.folder, m.key)):
+        if model.key in present:
+            continue
+        there = by_folder.get(model.folder)
+        code: ReasonCode = "model-missing" if there is None else "model-revision"
+        where = (
+            f"not in {model.folder} on the host"
+            if there is None
+            else f"the host's folder holds {there.title}"
+        )
+        steps.append(
+            Step(
+                desired.host,
+                desired.target,
+                "fetch",
+                model.title,
+                "",
+                -1,
+                (f"{where}; {desired.hub_source}",),
+                codes=(code,),
+                model_key=model.key,
+            )
+        )
+    return steps
+
+
 @dataclass(frozen=True)
 class HostPlan:
     host: str

@@ -162,9 +162,8 @@ def _gate_server(upstream: int, gate: Gate) -> ThreadingHTTPServer:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             upstream_connection = http.client.HTTPConnection("127.0.0.1", upstream, timeout=60)
-            headers = {
-                k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
-            }
+            # The client's Host too: olah builds its redirects from it (through the gate).
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
             upstream_connection.request(self.command, self.path, body=body, headers=headers)
             answer = upstream_connection.getresponse()
             is_file = "/resolve/" in self.path
@@ -217,6 +216,10 @@ class HubServer:
         self.gate = gate or Gate()
         self._work = work
         port = _free_port()
+        # The gate first: olah writes its own address into redirects (the tree API's)
+        # and links, and they must lead back through the gate, as a host sees only it.
+        self._gate = _gate_server(port, self.gate)
+        front = f"127.0.0.1:{self._gate.server_address[1]}"
         config = work / "olah.toml"
         config.write_text(
             "[basic]\n"
@@ -228,8 +231,8 @@ class HubServer:
             f'hf-netloc = "{_CLOSED}"\n'
             f'hf-lfs-netloc = "{_CLOSED}"\n'
             'mirror-scheme = "http"\n'
-            f'mirror-netloc = "127.0.0.1:{port}"\n'
-            f'mirror-lfs-netloc = "127.0.0.1:{port}"\n'
+            f'mirror-netloc = "{front}"\n'
+            f'mirror-lfs-netloc = "{front}"\n'
             "\n[accessibility]\noffline = true\n",
             encoding="utf-8",
         )
@@ -244,8 +247,7 @@ class HubServer:
         )
         self._upstream = f"http://127.0.0.1:{port}"
         self._wait_ready()
-        self._gate = _gate_server(port, self.gate)
-        self.endpoint = f"http://127.0.0.1:{self._gate.server_address[1]}"
+        self.endpoint = f"http://{front}"
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -626,6 +626,58 @@ def _forwarder(address: str, port: int | None) -> LoopbackForwarder:
     raise EngineStartError(f"no free port on {address} for a host's ssh")
 
 
+class ReverseForwarder:
+    """Relays TCP from ``127.0.0.1:port`` inside a network namespace to the same port of
+    this machine's loopback: a host reaches a server the test runs (a model hub) as it
+    would reach one on its network. The listening socket is made inside the namespace
+    (a socket belongs to the namespace it was made in); the relaying happens here."""
+
+    def __init__(self, pid: int, port: int) -> None:
+        self.port = port
+        home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(netns)
+            try:
+                listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(("127.0.0.1", port))
+                listener.listen(16)
+            finally:
+                _setns(home)
+        finally:
+            os.close(netns)
+            os.close(home)
+        self._listener = listener
+        threading.Thread(target=self._accept, name=f"ffrev-{port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        back.start()
+        _pump(client, upstream)
+        back.join()
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+
 def _pump(source: socket.socket, sink: socket.socket) -> None:
     """Copy ``source`` → ``sink`` until EOF, then half-close ``sink``."""
     try:
@@ -655,7 +707,7 @@ class SystemdHost:
     forwarder: LoopbackForwarder = field(repr=False)
     user: str = "root"
     gpu_hook: bool = True
-    forwarded: list[LoopbackForwarder] = field(default_factory=list, repr=False)
+    forwarded: list[LoopbackForwarder | ReverseForwarder] = field(default_factory=list, repr=False)
 
     @property
     def ssh_target(self) -> str:
@@ -807,6 +859,12 @@ class SystemdHost:
         pid = _docker(self.engine, ["inspect", "-f", "{{.State.Pid}}", self.container], check=True)
         forwarder.attach(int(pid.stdout))
         self.forwarded.append(forwarder)
+
+    def reach(self, port: int) -> None:
+        """Make this machine's ``127.0.0.1:port`` answer at ``127.0.0.1:port`` inside the
+        host (a server the test runs, such as a model hub). Until :meth:`remove`."""
+        pid = _docker(self.engine, ["inspect", "-f", "{{.State.Pid}}", self.container], check=True)
+        self.forwarded.append(ReverseForwarder(int(pid.stdout), port))
 
     def remove(self) -> None:
         """Remove the host's container and its folder."""

@@ -28,8 +28,9 @@ import pytest
 import yaml
 
 from testing.engines import TEST_IMAGE, EngineFactory
-from testing.hub import HELPER_IMAGE, load_helper_image
+from testing.hub import HELPER_IMAGE, helper_rootfs, load_helper_image
 from testing.hub_server import Gate, HubServer, make_model_repo
+from testing.systemd_hosts import SystemdHostFactory
 
 REPO = "testorg/tiny"
 BIG = "testorg/big"
@@ -408,6 +409,61 @@ def test_a_saved_plan_is_stale_once_the_hub_settings_change() -> None:
         for source in ("from https://huggingface.co by a", "from http://evil by a")
     )
     assert one.fingerprint() != other.fingerprint()
+
+
+def test_a_systemd_host_fetches_through_its_own_docker(
+    tmp_path: Path, systemd_hosts: SystemdHostFactory, hub: HubServer, gate: Gate
+) -> None:
+    host = systemd_hosts("s1")
+    host.reach(int(hub.endpoint.rsplit(":", 1)[1]))  # the hub, as on the host's network
+    host.exec(
+        ["docker", "import", "--change", 'CMD ["python3"]', "-", HELPER_IMAGE],
+        input=helper_rootfs().read_bytes(),
+        timeout=300,
+    )
+    model_dir = "/srv/fleetform-models"  # on the host's own disk
+    repo = tmp_path / "repo"
+    documents = {
+        "fleetform.yaml": [{"hub": {"endpoint": hub.endpoint, "helper_image": HELPER_IMAGE}}],
+        "backends.d/b.yaml": [BACKEND],
+        "hosts.d/h.yaml": [
+            {
+                "name": "s1",
+                "address": "127.0.0.1",
+                "target": "systemd",
+                "ssh": host.ssh_target,
+                "model_dir": model_dir,
+                "port_range": PORTS,
+            }
+        ],
+        "deployments.d/d.yaml": [hub_deployment(huggingface_filename="tiny-Q4_K_M.gguf")],
+    }
+    for relative, content in documents.items():
+        (repo / relative).parent.mkdir(parents=True, exist_ok=True)
+        (repo / relative).write_text(yaml.safe_dump_all(content, sort_keys=False))
+    cli = [sys.executable, "-c", "from compiler.cli import main; main()"]
+    env = {**{k: v for k, v in os.environ.items() if k != "HF_TOKEN"}, **host.env}
+
+    def ff(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [*cli, *args, "--repo", str(repo)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+    assert ff("compile").returncode == 0
+    planned = json.loads(ff("plan", "--format", "json").stdout)
+    assert fetches(planned) == [("s1", f"{REPO}@main [tiny-Q4_K_M.gguf]", ["model-missing"])]
+    applied = ff("apply", "--auto-approve", "--stop-timeout", "1")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert gate.served == ["tiny-Q4_K_M.gguf"]
+    # The replica (a unit running a container) sees the verified file.
+    path = f"{model_dir}/{REPO}/tiny-Q4_K_M.gguf"
+    seen = host.exec(["docker", "exec", "fleetform-chat-0", "sha256sum", path]).stdout.split()[0]
+    assert seen == hashlib.sha256(FILES["tiny-Q4_K_M.gguf"]).hexdigest()
+    assert host.exec(["systemctl", "is-active", "fleetform-chat-0.service"]).stdout.strip() == (
+        "active"
+    )
+    again = ff("apply", "--auto-approve")
+    assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
+    assert gate.served == ["tiny-Q4_K_M.gguf"]
 
 
 # --- what a deployment asks for (pure: no hub, no engine) --------------------------------

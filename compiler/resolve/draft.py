@@ -13,7 +13,7 @@ from compiler import runtime_env, template
 from compiler.errors import Mark, ResolveError
 from compiler.gpus import Visibility
 from compiler.gpus import visibility as gpu_visibility
-from compiler.hub import hub_model_of
+from compiler.hub import HubModel, hub_model_of
 from compiler.load import Document
 from compiler.model import Deployment, SecretRef, Settings
 from compiler.placement import Placed, Request
@@ -53,6 +53,8 @@ class Draft:
     # the origins table (which only explain needs): a health path, env names.
     own_health_path: bool = False
     own_env: frozenset[str] = frozenset()
+    # The hub model its replicas need, per model_dir (one for every replica on a host).
+    hub_models: dict[str, HubModel | None] = field(default_factory=dict)
 
     def origin(self, key: str) -> Origin:
         return self.origins.get(key) or Origin(self.doc.mark, f"deployment '{self.name}'", key)
@@ -123,9 +125,14 @@ class Draft:
             health_timeout=values.get("health_timeout") or 600,
             stop_timeout=values.get("stop_timeout"),
             secrets=words.secrets,
-            hub_model=hub_model_of(values, host.model_dir),
+            hub_model=self._hub_model(host.model_dir),
             model_revision=values.get("revision") if model_path else None,
         )
+
+    def _hub_model(self, model_dir: str) -> HubModel | None:
+        if model_dir not in self.hub_models:
+            self.hub_models[model_dir] = hub_model_of(self.values, model_dir)
+        return self.hub_models[model_dir]
 
     def _gpu_env(
         self,

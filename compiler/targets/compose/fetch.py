@@ -20,11 +20,12 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from compiler.apply import StepFailed
+from compiler.apply import Options, Progress, StepFailed
 from compiler.errors import FleetformError
 from compiler.hub import HubModel
 from compiler.labels import FETCH, MODEL, MODEL_COMMIT, MODEL_FOLDER, MODEL_KEY, PROJECT, label
-from compiler.remote.engine import EngineError, demultiplex
+from compiler.plan import Step
+from compiler.remote.engine import Engine, EngineError, demultiplex
 from compiler.targets.compose import lock
 
 if TYPE_CHECKING:
@@ -82,6 +83,27 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str) -> None
     finally:
         executor.remove(created)
     _record(executor, model, project, commit)
+
+
+def fetch_on_host(
+    base_url: str,
+    steps: list[Step],
+    models: dict[str, HubModel],
+    project: str,
+    options: Options,
+    progress: Progress,
+) -> None:
+    """Carry out fetch ``steps`` through the engine at ``base_url``: for a host whose
+    replicas the engine runs under another manager (a systemd host's own docker)."""
+    from compiler.targets.compose.apply import DockerExecutor
+
+    engine = Engine(base_url)
+    try:
+        executor = DockerExecutor(engine, options, progress, project)
+        for step in steps:
+            fetch_model(executor, models[step.model_key], project)
+    finally:
+        engine.close()
 
 
 def _watch(executor: DockerExecutor, container: str, model: HubModel, token: str) -> str:

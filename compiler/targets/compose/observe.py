@@ -18,9 +18,6 @@ from compiler.labels import (
     LOCK,
     MANAGED_BY,
     MANAGER,
-    MODEL,
-    MODEL_COMMIT,
-    MODEL_FOLDER,
     MODEL_KEY,
     PROJECT,
     REPLICA,
@@ -81,7 +78,7 @@ def observe_engine(
             continue
         if labels.get(label(prefix, MODEL_KEY)):
             if ours:
-                models.append(_model(summary["Id"], labels, prefix))
+                models.append(ObservedModel.from_record(summary["Id"], labels, prefix))
             continue
         if not owned and name not in wanted:
             continue
@@ -99,16 +96,6 @@ def observe_engine(
     models.sort(key=lambda m: (m.folder, m.key, m.record))
     return ObservedHost(
         host=host, target="compose", containers=tuple(containers), models=tuple(models)
-    )
-
-
-def _model(record: str, labels: dict[str, str], prefix: str) -> ObservedModel:
-    return ObservedModel(
-        key=labels.get(label(prefix, MODEL_KEY), ""),
-        title=labels.get(label(prefix, MODEL), ""),
-        folder=labels.get(label(prefix, MODEL_FOLDER), ""),
-        commit=labels.get(label(prefix, MODEL_COMMIT), ""),
-        record=record,
     )
 
 

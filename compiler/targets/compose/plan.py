@@ -25,6 +25,7 @@ from compiler.plan import (
     Reason,
     Step,
     changes_between,
+    fetch_steps,
 )
 from compiler.render.container import ContainerSpec
 from compiler.targets.compose.fields import desired_view, left_to_engine
@@ -163,25 +164,6 @@ def plan_host(desired: DesiredHost, observed: ObservedHost, prefix: str) -> Host
         secrets_unknown=desired.secret_hashes is None
         and any(spec.secrets for spec in desired.specs),
     )
-
-
-def fetch_steps(desired: DesiredHost, observed: ObservedHost) -> list[Step]:
-    """A fetch for each hub model the host's replicas need and its records do not show
-    (same folder, revision and files), by folder: before any other step."""
-    present = {model.key for model in observed.models}
-    by_folder = {model.folder: model for model in observed.models}
-    steps: list[Step] = []
-    for model in sorted(desired.models, key=lambda m: (m.folder, m.key)):
-        if model.key in present:
-            continue
-        there = by_folder.get(model.folder)
-        why: Reason = (
-            ("model-revision", f"the host's folder holds {there.title}; {desired.hub_source}")
-            if there is not None
-            else ("model-missing", f"not in {model.folder} on the host; {desired.hub_source}")
-        )
-        steps.append(_step(desired, "fetch", model.title, "", -1, (why,), model_key=model.key))
-    return steps
 
 
 def _resource_order(

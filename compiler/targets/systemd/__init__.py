@@ -23,7 +23,7 @@ _UNIT_PATH = re.compile(r"systemd/[A-Za-z0-9@_.:-]{1,200}\.service", re.ASCII)
 
 class SystemdDriver:
     kind = "systemd"
-    fetches_models = False  # not yet: its models are staged by other means
+    fetches_models = True  # through the host's docker, as on a compose host
 
     def render(
         self, host: ResolvedHost, workloads: list[Workload], settings: Settings
@@ -75,6 +75,7 @@ class SystemdDriver:
                 desired.unit_dir,
                 desired.units or {},
                 label_prefix=settings.label_prefix,
+                models=bool(desired.models),
             )
         finally:
             shell.close()

@@ -17,7 +17,7 @@ import json
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from compiler.apply import (
     HostResult,
@@ -37,6 +37,7 @@ from compiler.observed import ObservedUnit
 from compiler.plan import HostPlan, Step
 from compiler.remote.ssh import Shell, check, shell_for, write_file
 from compiler.render.container import ContainerSpec
+from compiler.targets.compose.fetch import fetch_on_host
 from compiler.targets.systemd import lock as host_lock
 from compiler.targets.systemd.observe import env_file, observe_systemd_host
 from compiler.targets.systemd.plan import plan_systemd_host
@@ -292,7 +293,13 @@ def apply_host(
         try:
             units = desired.units or {}
             seen = observe_systemd_host(
-                shell, host, project, desired.unit_dir, units, label_prefix=options.label_prefix
+                shell,
+                host,
+                project,
+                desired.unit_dir,
+                units,
+                label_prefix=options.label_prefix,
+                models=bool(desired.models),
             )
             if seen.fingerprint() != host_plan.observed:
                 fresh = plan_systemd_host(desired, seen, project)
@@ -300,11 +307,17 @@ def apply_host(
                     "the host changed since the plan was made (stale plan): plan again"
                     + (f" ({len(fresh.steps)} steps now)" if fresh.error is None else "")
                 )
+            fetches = [step for step in host_plan.steps if step.action == "fetch"]
+            if fetches:  # first in the plan: through the host's docker, as compose hosts
+                engine = f"ssh://{target.ssh}" if target.ssh else "unix:///var/run/docker.sock"
+                models = {model.key: model for model in desired.models}
+                fetch_on_host(engine, fetches, models, project, options, lambda m: say(host, m))
+                result.done.extend(fetches)
             executor = SystemdExecutor(
                 shell, project, desired.unit_dir, options, lambda m: say(host, m)
             )
             executor.run(
-                host_plan,
+                replace(host_plan, steps=host_plan.steps[len(fetches) :]),
                 units,
                 {f"{spec.name}.service": spec for spec in desired.specs},
                 {unit.name: unit for unit in seen.units},

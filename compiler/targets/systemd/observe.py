@@ -12,8 +12,8 @@ import posixpath
 import re
 from collections.abc import Iterable
 
-from compiler.labels import SPEC_HASH, label
-from compiler.observed import ObservedHost, ObservedUnit
+from compiler.labels import MODEL_KEY, PROJECT, SPEC_HASH, label
+from compiler.observed import ObservedHost, ObservedModel, ObservedUnit
 from compiler.remote.ssh import Shell, TransportError
 
 SHOW_PROPERTIES = (
@@ -42,12 +42,36 @@ def observe_systemd_host(
     names: Iterable[str],
     *,
     label_prefix: str,
+    models: bool = False,
 ) -> ObservedHost:
+    """``models``: also read the records of the hub models fetched onto the host (its
+    docker's never-started record containers), when the repository wants any there."""
     try:
         units = _observe(shell, project, unit_dir, sorted(set(names)), label_prefix)
+        records = _models(shell, project, label_prefix) if models else []
     except TransportError as error:
         return ObservedHost(host=host, target="systemd", error=error.message)
-    return ObservedHost(host=host, target="systemd", units=tuple(units))
+    return ObservedHost(host=host, target="systemd", units=tuple(units), models=tuple(records))
+
+
+def _models(shell: Shell, project: str, prefix: str) -> list[ObservedModel]:
+    listed = shell.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={label(prefix, MODEL_KEY)}"]
+        + ["--filter", f"label={label(prefix, PROJECT)}={project}"]
+    )
+    ids = listed.text.split() if listed.code == 0 else []
+    if not ids:
+        return []  # none, or no docker yet: the fetch says what is wrong
+    result = shell.run(["docker", "inspect", "--type", "container", "--", *ids])
+    try:
+        documents = json.loads(result.text or "[]")
+    except ValueError:
+        return []
+    records = [
+        ObservedModel.from_record(d["Id"], (d.get("Config") or {}).get("Labels") or {}, prefix)
+        for d in documents
+    ]
+    return sorted(records, key=lambda m: (m.folder, m.key, m.record))
 
 
 def _observe(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 
 from compiler.observed import ObservedHost, ObservedUnit
-from compiler.plan import ACTION_ORDER, DesiredHost, HostPlan, Reason, Step
+from compiler.plan import ACTION_ORDER, DesiredHost, HostPlan, Reason, Step, fetch_steps
 from compiler.render.container import ContainerSpec
 
 
@@ -72,6 +72,7 @@ def plan_systemd_host(desired: DesiredHost, observed: ObservedHost, project: str
         else:
             unchanged.append(name)
     steps.sort(key=lambda s: (ACTION_ORDER[s.action], s.name))
+    steps = [*fetch_steps(desired, observed), *steps]
     deletes = sum(1 for s in steps if s.action == "delete")
     return HostPlan(
         desired.host,

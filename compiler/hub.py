@@ -48,6 +48,29 @@ class HubModel(BaseModel):
         return f"{self.repo_id}@{self.revision}{files}"
 
 
+def stamp(folder_mtime: str, manifest_mtime: str) -> str:
+    """How a fetched folder looks, from its and its manifest's mtimes (seconds since the
+    epoch with nine decimals, as ``stat -c %.9Y`` prints them, or RFC 3339 as the Engine
+    API does): a file added, removed or renamed in it, or the folder replaced, changes it."""
+    return f"{_epoch(folder_mtime)}|{_epoch(manifest_mtime)}"
+
+
+def _epoch(mtime: str) -> str:
+    if "T" not in mtime:
+        seconds, _, fraction = mtime.partition(".")
+        return f"{seconds}.{fraction.ljust(9, '0')[:9]}"
+    from datetime import datetime
+
+    head, rest = mtime[:19], mtime[19:]  # YYYY-MM-DDTHH:MM:SS, then .fraction and zone
+    digits = ""
+    if rest.startswith("."):
+        rest = rest[1:]
+        while rest[:1].isdigit():
+            digits, rest = digits + rest[0], rest[1:]
+    whole = int(datetime.fromisoformat(head + (rest or "Z")).timestamp())
+    return f"{whole}.{digits.ljust(9, '0')[:9]}"
+
+
 def hub_source(settings: Settings) -> str:
     """Where apply fetches from, and with what: part of every fetch step's reason, since
     a pull request that changes it decides where HF_TOKEN goes."""

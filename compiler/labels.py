@@ -22,6 +22,8 @@ MODEL_KEY = "model-key"  # the HubModel's key: same folder, revision and files
 MODEL = "model"  # repo@revision, as the plan names it
 MODEL_COMMIT = "model-commit"  # the commit the hub resolved the revision to
 MODEL_FOLDER = "model-folder"
+MODEL_REPO = "model-repo"
+MODEL_STAMP = "model-stamp"  # the folder's and its manifest's mtimes when it was fetched
 FETCH = "fetch"  # the helper container fetching a model: its value is the model's key
 
 # Stamped by apply, not written in the spec: never compared as the spec's own labels.

@@ -83,10 +83,23 @@ class ObservedModel:
     folder: str
     commit: str
     record: str  # the record's container id
+    repo: str = ""  # the repository id: the folder is <model_dir>/<repo>
+    stamp: str = ""  # the folder's mtimes when fetched (the record's label)
+    # The folder's mtimes now: "" when it is gone; as ``stamp`` while untouched (a file
+    # added, removed or renamed in it, or the folder replaced, changes it).
+    now: str = ""
 
     @classmethod
     def from_record(cls, record: str, labels: dict[str, str], prefix: str) -> ObservedModel:
-        from compiler.labels import MODEL, MODEL_COMMIT, MODEL_FOLDER, MODEL_KEY, label
+        from compiler.labels import (
+            MODEL,
+            MODEL_COMMIT,
+            MODEL_FOLDER,
+            MODEL_KEY,
+            MODEL_REPO,
+            MODEL_STAMP,
+            label,
+        )
 
         return cls(
             key=labels.get(label(prefix, MODEL_KEY), ""),
@@ -94,6 +107,8 @@ class ObservedModel:
             folder=labels.get(label(prefix, MODEL_FOLDER), ""),
             commit=labels.get(label(prefix, MODEL_COMMIT), ""),
             record=record,
+            repo=labels.get(label(prefix, MODEL_REPO), ""),
+            stamp=labels.get(label(prefix, MODEL_STAMP), ""),
         )
 
 

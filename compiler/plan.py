@@ -41,6 +41,7 @@ ReasonCode = Literal[
     "frees",  # any: it first stops containers holding a port or GPU it needs
     "model-missing",  # fetch: the host has no such model folder
     "model-revision",  # fetch: the host's folder holds another revision or other files
+    "model-changed",  # fetch: the folder was removed or changed since it was fetched
 ]
 Reason = tuple[ReasonCode, str]
 # Fetches come first: a model that cannot be fetched (no space, no access) fails the
@@ -154,19 +155,26 @@ class DesiredHost:
 def fetch_steps(desired: DesiredHost, observed: ObservedHost) -> list[Step]:
     """A fetch for each hub model folder the host must hold and its records do not show
     (the same folder, revision and files), by folder: before any other step."""
-    present = {model.key for model in observed.models}
+    present = {model.key: model for model in observed.models}
     by_folder = {model.folder: model for model in observed.models}
     steps: list[Step] = []
     for model in sorted(desired.models, key=lambda m: (m.folder, m.key)):
-        if model.key in present:
-            continue
+        record = present.get(model.key)
         there = by_folder.get(model.folder)
-        code: ReasonCode = "model-missing" if there is None else "model-revision"
-        where = (
-            f"not in {model.folder} on the host"
-            if there is None
-            else f"the host's folder holds {there.title}"
-        )
+        code: ReasonCode
+        if record is not None and record.now == record.stamp:
+            continue
+        if record is not None:
+            code = "model-changed"
+            where = (
+                f"{model.folder} was removed from the host"
+                if not record.now
+                else f"{model.folder} changed on the host since it was fetched"
+            )
+        elif there is None:
+            code, where = "model-missing", f"not in {model.folder} on the host"
+        else:
+            code, where = "model-revision", f"the host's folder holds {there.title}"
         steps.append(
             Step(
                 desired.host,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,6 +259,27 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
     assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
     assert gate.served == []
 
+    # Behind fleetform's back: a file removed on h1, the whole folder on h2. reconcile
+    # reports both; --heal fetches again (the files still whole are kept).
+    (fleet.model_dir(0) / REPO / "tokenizer.json").unlink()
+    shutil.rmtree(fleet.model_dir(1) / REPO)
+    drift = fleet.ff("reconcile", "--format", "json")
+    assert drift.returncode == 2, drift.stdout + drift.stderr
+    found = json.loads(drift.stdout)
+    assert fetches(found) == [
+        ("h1", f"{REPO}@main", ["model-changed"]),
+        ("h2", f"{REPO}@main", ["model-changed"]),
+    ]
+    reasons = [s["reasons"][0] for h in found["hosts"] for s in h["steps"]]
+    assert reasons[0].startswith(f"{fleet.model_dir(0)}/{REPO} changed on the host"), reasons
+    assert reasons[1].startswith(f"{fleet.model_dir(1)}/{REPO} was removed from the host")
+    healed = fleet.ff("reconcile", "--heal")
+    assert healed.returncode == 2, healed.stdout + healed.stderr  # found, and healed
+    assert "2 of 2 hosts converged" in healed.stdout, healed.stdout
+    assert sorted(gate.served) == sorted(["tokenizer.json", *FILES])
+    assert (fleet.model_dir(0) / REPO / "tokenizer.json").read_bytes() == FILES["tokenizer.json"]
+    assert fetches(fleet.plan()) == []
+
 
 def test_one_gguf_file_of_a_repository(
     tmp_path: Path, engines: EngineFactory, hub: HubServer, gate: Gate
@@ -365,9 +388,13 @@ def test_an_interrupted_fetch_resumes_and_no_partial_model_is_served(
     # The killed apply left its lock, as any killed apply does; then apply again.
     unlocked = fleet.ff("unlock", "h1")
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
-    gate.rate = None
-    again = fleet.apply()
+    again = fleet.apply()  # still slowly (b.safetensors: 3 MB at 400 kB/s)
     assert again.returncode == 0, again.stdout + again.stderr
+    # Progress while it downloads: bytes, total and rate, every 5 s.
+    progress = [line for line in again.stderr.splitlines() if ": fetching " in line]
+    assert progress and re.match(
+        rf"^h1: fetching {BIG}@main: [0-9.,]+ MB of 3\.4 MB", progress[0]
+    ), again.stderr
     # Resumed: the file that was complete was not fetched again.
     assert gate.served.count("a.safetensors") == 1
     folder = fleet.model_dir(0) / BIG
@@ -464,6 +491,13 @@ def test_a_systemd_host_fetches_through_its_own_docker(
     again = ff("apply", "--auto-approve")
     assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
     assert gate.served == ["tiny-Q4_K_M.gguf"]
+    # The file removed on the host: reconcile reports the folder changed.
+    host.exec(["rm", path])
+    drift = ff("reconcile", "--format", "json")
+    assert drift.returncode == 2, drift.stdout + drift.stderr
+    assert fetches(json.loads(drift.stdout)) == [
+        ("s1", f"{REPO}@main [tiny-Q4_K_M.gguf]", ["model-changed"])
+    ]
 
 
 # --- what a deployment asks for (pure: no hub, no engine) --------------------------------

@@ -23,6 +23,7 @@ work; :meth:`Engine.send` puts the first request on the wire before its answer i
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -104,6 +105,30 @@ class Engine:
         return _json(
             self._exchange("POST", _target(path, query), body, data, timeout), self.base_url
         )
+
+    def stat(self, container: str, path: str) -> dict[str, Any] | None:
+        """What the engine says of ``path`` in ``container``'s file system (its binds
+        included, even in a container never started): name, size, mode, mtime; None when
+        there is no such path. One HEAD of the archive API, nothing copied."""
+        target = _target(f"/containers/{container}/archive", {"path": path})
+        try:
+            response = self._exchange("HEAD", target, read=False)
+        except EngineError as error:
+            if error.status == 404:
+                return None
+            raise
+        try:
+            response.read()
+        except (OSError, http.client.HTTPException) as error:
+            raise self._unreachable(error) from None
+        finally:
+            self._restore_timeout()
+        header = response.getheader("X-Docker-Container-Path-Stat")
+        try:
+            found = json.loads(base64.b64decode(header or ""))
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
 
     def delete(self, path: str, **query: Any) -> None:
         self._exchange("DELETE", _target(path, query))

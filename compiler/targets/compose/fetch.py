@@ -22,8 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 from compiler.apply import Options, Progress, StepFailed
 from compiler.errors import FleetformError
-from compiler.hub import HubModel
-from compiler.labels import FETCH, MODEL, MODEL_COMMIT, MODEL_FOLDER, MODEL_KEY, PROJECT, label
+from compiler.hub import MANIFEST, HubModel, stamp
+from compiler.labels import (
+    FETCH,
+    MODEL,
+    MODEL_COMMIT,
+    MODEL_FOLDER,
+    MODEL_KEY,
+    MODEL_REPO,
+    MODEL_STAMP,
+    PROJECT,
+    label,
+)
 from compiler.plan import Step
 from compiler.remote.engine import Engine, EngineError, demultiplex
 from compiler.targets.compose import lock
@@ -80,9 +90,24 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str) -> None
     try:
         engine.post(f"/containers/{created}/start")
         commit = _watch(executor, created, model, token)
+        stamp = engine_stamp(engine, created, model.repo_id)
     finally:
         executor.remove(created)
-    _record(executor, model, project, commit)
+    _record(executor, model, project, commit, stamp)
+
+
+def engine_stamp(engine: Engine, container: str, repo_id: str) -> str:
+    """The model folder's stamp (:func:`compiler.hub.stamp`) as ``container`` sees it at
+    MOUNT (the helper, or a record: never started, it still has the bind); "" when the
+    folder is gone."""
+    try:
+        folder = engine.stat(container, f"{MOUNT}/{repo_id}")
+        if folder is None:
+            return ""
+        manifest = engine.stat(container, f"{MOUNT}/{repo_id}/{MANIFEST}") or {}
+    except EngineError:  # model_dir itself gone: the engine cannot mount it
+        return ""
+    return stamp(str(folder.get("mtime", "")), str(manifest.get("mtime", "")))
 
 
 def fetch_on_host(
@@ -147,7 +172,9 @@ def _watch(executor: DockerExecutor, container: str, model: HubModel, token: str
     return commit
 
 
-def _record(executor: DockerExecutor, model: HubModel, project: str, commit: str) -> None:
+def _record(
+    executor: DockerExecutor, model: HubModel, project: str, commit: str, stamp: str
+) -> None:
     """Replace the folder's records (another revision's) with this fetch's."""
     engine, prefix = executor.engine, executor.options.label_prefix
     folder_label = f"{label(prefix, MODEL_FOLDER)}={model.folder}"
@@ -164,8 +191,13 @@ def _record(executor: DockerExecutor, model: HubModel, project: str, commit: str
             label(prefix, MODEL): model.title,
             label(prefix, MODEL_FOLDER): model.folder,
             label(prefix, MODEL_COMMIT): commit,
+            label(prefix, MODEL_REPO): model.repo_id,
+            label(prefix, MODEL_STAMP): stamp,
         },
         "NetworkDisabled": True,
+        # model_dir mounted (never started, so never used): the next plan looks at the
+        # folder through it (:func:`engine_stamp`).
+        "HostConfig": _model_dir_mount(model.model_dir),
     }
     try:
         engine.post("/containers/create", body, name=f"fleetform-model-{project}-{model.key}")

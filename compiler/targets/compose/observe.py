@@ -9,6 +9,7 @@ the table of container fields reads them (:mod:`compiler.targets.compose.fields`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from compiler.errors import FleetformError
@@ -93,10 +94,21 @@ def observe_engine(
             images[image] = _image_config(engine, image)
         containers.append(_container(details, prefix, owned, *images[image]))
     containers.sort(key=lambda c: (c.name, c.id))
+    models = [_looked_at(engine, model) for model in models]
     models.sort(key=lambda m: (m.folder, m.key, m.record))
     return ObservedHost(
         host=host, target="compose", containers=tuple(containers), models=tuple(models)
     )
+
+
+def _looked_at(engine: Engine, model: ObservedModel) -> ObservedModel:
+    """The record, with how its folder looks now (two HEAD requests, through the record's
+    own bind of model_dir)."""
+    from compiler.targets.compose.fetch import engine_stamp
+
+    if not model.repo:  # a record of an older fleetform: nothing to look at
+        return model
+    return replace(model, now=engine_stamp(engine, model.record, model.repo))
 
 
 def _image_config(engine: Engine, image: str) -> tuple[dict[str, str], str]:

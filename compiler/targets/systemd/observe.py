@@ -11,7 +11,9 @@ import json
 import posixpath
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
+from compiler.hub import MANIFEST, stamp
 from compiler.labels import MODEL_KEY, PROJECT, SPEC_HASH, label
 from compiler.observed import ObservedHost, ObservedModel, ObservedUnit
 from compiler.remote.ssh import Shell, TransportError
@@ -70,6 +72,22 @@ def _models(shell: Shell, project: str, prefix: str) -> list[ObservedModel]:
     records = [
         ObservedModel.from_record(d["Id"], (d.get("Config") or {}).get("Labels") or {}, prefix)
         for d in documents
+    ]
+    # How each folder looks now: one stat of every folder and its manifest.
+    paths = [p for m in records if m.repo for p in (m.folder, f"{m.folder}/{MANIFEST}")]
+    mtimes: dict[str, str] = {}
+    if paths:
+        stated = shell.run(["stat", "-c", "%.9Y %n", "--", *paths])  # exit 1: one is gone
+        for line in stated.text.splitlines():
+            mtime, _, path = line.partition(" ")
+            mtimes[path] = mtime
+    records = [
+        replace(m, now=stamp(mtimes[m.folder], mtimes.get(f"{m.folder}/{MANIFEST}", "")))
+        if m.repo and m.folder in mtimes
+        else replace(m, now="")
+        if m.repo
+        else m
+        for m in records
     ]
     return sorted(records, key=lambda m: (m.folder, m.key, m.record))
 

@@ -277,6 +277,13 @@ def _plan_repo(root: Path, hosts: Sequence[str], early: Connections) -> Planned:
     plan = make_plan(
         settings.project, [t.desired for t in targets.values()], observed, settings.label_prefix
     )
+    fetched = {s.model_key for s in plan.steps if s.action == "fetch"}
+    if fetched:  # what the hub says they weigh (no token: see compiler/remote/hub.py)
+        from compiler.plan import with_model_sizes
+        from compiler.remote.hub import model_sizes
+
+        wanted = {m.key: m for t in targets.values() for m in t.desired.models if m.key in fetched}
+        plan = with_model_sizes(plan, model_sizes(list(wanted.values()), settings.hub.endpoint))
     return Planned(plan, targets, settings)
 
 

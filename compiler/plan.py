@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from compiler.hub import HubModel
@@ -79,6 +79,7 @@ class Step:
     # GPU it needs, and wait for one this step frees (a swap), so no order alone works.
     frees: tuple[str, ...] = ()
     model_key: str = ""  # fetch: the HubModel's key
+    model_bytes: int | None = None  # fetch: what the hub says it will download
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +100,7 @@ class Step:
             "diff": list(self.diff),
             "frees": list(self.frees),
             "model_key": self.model_key,
+            "model_bytes": self.model_bytes,
         }
 
     @classmethod
@@ -119,6 +121,7 @@ class Step:
             diff=tuple(data.get("diff", ())),
             frees=tuple(data.get("frees", ())),
             model_key=data.get("model_key", ""),
+            model_bytes=data.get("model_bytes"),
         )
 
 
@@ -189,6 +192,22 @@ def fetch_steps(desired: DesiredHost, observed: ObservedHost) -> list[Step]:
             )
         )
     return steps
+
+
+def with_model_sizes(plan: Plan, sizes: dict[str, int]) -> Plan:
+    """``plan`` with each fetch step's size, where the hub said it (in its reason too)."""
+
+    def sized(step: Step) -> Step:
+        size = sizes.get(step.model_key) if step.action == "fetch" else None
+        if size is None:
+            return step
+        where, _, source = step.reasons[0].partition("; ")
+        shown = f"{size / 1e9:,.2f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
+        reason = f"{where} ({shown}); {source}" if source else where
+        return replace(step, model_bytes=size, reasons=(reason, *step.reasons[1:]))
+
+    hosts = tuple(replace(h, steps=tuple(sized(s) for s in h.steps)) for h in plan.hosts)
+    return replace(plan, hosts=hosts)
 
 
 @dataclass(frozen=True)

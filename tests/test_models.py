@@ -218,9 +218,16 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
         ("h2", f"{REPO}@main", ["model-missing"]),
     ]
     assert plan["summary"]["fetch"] == 2
+    # What the hub says they weigh (asked without a token, from where plan runs).
+    total = sum(len(content) for content in FILES.values())
+    assert [s["model_bytes"] for h in plan["hosts"] for s in h["steps"] if s["model_key"]] == [
+        total,
+        total,
+    ]
     markdown = fleet.ff("plan", "--format", "markdown").stdout
     source = f"from {hub.endpoint} by {HELPER_IMAGE}"  # where HF_TOKEN would go: shown
-    row = f"| v fetch | `{REPO}@main` | not in {fleet.model_dir(0)}/{REPO} on the host; {source} |"
+    where = f"not in {fleet.model_dir(0)}/{REPO} on the host ({total / 1e6:.1f} MB)"
+    row = f"| v fetch | `{REPO}@main` | {where}; {source} |"
     assert row in markdown, markdown
     text = fleet.ff("plan").stdout
     assert text.startswith("Plan: 2 model(s) to fetch, 3 to create"), text
@@ -312,7 +319,12 @@ def test_a_gated_model_with_a_token_that_is_never_shown(
     assert not (fleet.model_dir(0) / REPO).exists()
 
     right = {"HF_TOKEN": TOKEN}
+    gate.seen_tokens.clear()
     plan = fleet.ff("plan", "--format", "json", env=right)
+    # The plan asked the hub for sizes without the token (the gate refused: no size).
+    assert gate.seen_tokens == []
+    (step,) = [s for h in json.loads(plan.stdout)["hosts"] for s in h["steps"] if s["model_key"]]
+    assert step["model_bytes"] is None
     applied = fleet.apply(env=right)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert TOKEN in gate.seen_tokens  # the helper did send it

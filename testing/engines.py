@@ -115,11 +115,14 @@ def missing_engine_tools() -> list[str]:
 
 
 def require_engine_tools() -> None:
+    require_tools("the real-engine harness", missing_engine_tools())
+
+
+def require_tools(what: str, missing: list[str]) -> None:
     """Fail (under ``FLEETFORM_REQUIRE_TOOLS=1``, as in CI) or skip when tools are missing."""
-    missing = missing_engine_tools()
     if not missing:
         return
-    message = "the real-engine harness needs: " + "; ".join(missing)
+    message = f"{what} needs: " + "; ".join(missing)
     if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
         pytest.fail(message + f" ({REQUIRE_TOOLS_ENV}=1: CI installs these, see .ci/run)")
     pytest.skip(message)

@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from testing.engines import REQUIRE_TOOLS_ENV, Engine, import_rootfs, missing_engine_tools
+from testing.engines import (
+    Engine,
+    import_rootfs,
+    missing_engine_tools,
+    require_tools,
+)
 from testing.systemd_hosts import (
     _which_sbin,
     build_cached_rootfs,
@@ -99,15 +103,7 @@ def missing_hub_tools(cache_dir: Path | None = None) -> list[str]:
 
 def require_hub_tools(cache_dir: Path | None = None) -> None:
     """Fail (under ``FLEETFORM_REQUIRE_TOOLS=1``, as in CI) or skip when tools are missing."""
-    import pytest
-
-    missing = missing_hub_tools(cache_dir)
-    if not missing:
-        return
-    message = "the hub helper image needs: " + "; ".join(missing)
-    if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
-        pytest.fail(message + f" ({REQUIRE_TOOLS_ENV}=1: CI installs these, see .ci/run)")
-    pytest.skip(message)
+    require_tools("the hub helper image", missing_hub_tools(cache_dir))
 
 
 def helper_rootfs(

@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 from testing.engines import (
     _HOME_LOCK,
     HOOK_NAME,
-    REQUIRE_TOOLS_ENV,
     TEST_IMAGE,
     Engine,
     EngineStartError,
@@ -64,6 +63,7 @@ from testing.engines import (
     build_rootfs,
     free_port,
     missing_engine_tools,
+    require_tools,
     ssh_client_home,
     ssh_env,
     trust_host_key,
@@ -224,15 +224,7 @@ def missing_systemd_host_tools(cache_dir: Path | None = None) -> list[str]:
 
 def require_systemd_host_tools(cache_dir: Path | None = None) -> None:
     """Fail (under ``FLEETFORM_REQUIRE_TOOLS=1``, as in CI) or skip when tools are missing."""
-    import pytest
-
-    missing = missing_systemd_host_tools(cache_dir)
-    if not missing:
-        return
-    message = "the systemd-host harness needs: " + "; ".join(missing)
-    if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
-        pytest.fail(message + f" ({REQUIRE_TOOLS_ENV}=1: CI installs these, see .ci/run)")
-    pytest.skip(message)
+    require_tools("the systemd-host harness", missing_systemd_host_tools(cache_dir))
 
 
 def _which_sbin(name: str) -> str | None:

@@ -553,6 +553,29 @@ def test_same_folder_revision_and_files_is_one_fetch() -> None:
     assert len({one.key, *(m.key for m in others if m)}) == 4
 
 
+def compile_error(tmp_path: Path, deployments: list[dict[str, Any]]) -> tuple[str, str]:
+    """Compile a one-host repository of ``deployments`` that must fail: its one error
+    line, and the deployments' YAML text."""
+    repo = tmp_path / "repo"
+    host = {"name": "h1", "address": "10.0.0.1", "port_range": PORTS}
+    text = yaml.safe_dump_all(deployments)
+    for relative, content in (
+        ("backends.d/b.yaml", yaml.safe_dump(BACKEND)),
+        ("hosts.d/h.yaml", yaml.safe_dump(host)),
+        ("deployments.d/d.yaml", text),
+    ):
+        (repo / relative).parent.mkdir(parents=True, exist_ok=True)
+        (repo / relative).write_text(content)
+    cli = [sys.executable, "-c", "from compiler.cli import main; main()"]
+    done = subprocess.run(
+        [*cli, "compile", "--repo", str(repo)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert not (repo / "output").exists()
+    (error,) = done.stderr.strip().splitlines()
+    return error, text
+
+
 @pytest.mark.parametrize(
     ("document", "field", "fragment"),
     [
@@ -564,35 +587,11 @@ def test_same_folder_revision_and_files_is_one_fetch() -> None:
 def test_bad_model_fields_are_compile_errors_at_their_line(
     tmp_path: Path, document: dict[str, Any], field: str, fragment: str
 ) -> None:
-    repo = tmp_path / "repo"
-    (repo / "backends.d").mkdir(parents=True)
-    (repo / "backends.d" / "b.yaml").write_text(yaml.safe_dump(BACKEND))
-    (repo / "hosts.d").mkdir()
-    (repo / "hosts.d" / "h.yaml").write_text(yaml.safe_dump({"name": "h1", "address": "10.0.0.1"}))
-    (repo / "deployments.d").mkdir()
-    text = yaml.safe_dump(
-        {"name": "chat", "backend": "bb", "huggingface_repo_id": REPO, **document}
-    )
-    (repo / "deployments.d" / "d.yaml").write_text(text)
+    error, text = compile_error(tmp_path, [hub_deployment(**document)])
     bad = str(next(iter(document.values()))).strip("[]'")
     line = next(n for n, row in enumerate(text.splitlines(), 1) if bad in row)  # the value's
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from compiler.cli import main; main()",
-            "compile",
-            "--repo",
-            str(repo),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 1
-    (error,) = done.stderr.strip().splitlines()
     assert error.startswith(f"deployments.d/d.yaml:{line}:"), error
     assert field in error and fragment in error, error
-    assert not (repo / "output").exists()
 
 
 def test_a_hub_endpoint_with_credentials_is_refused(tmp_path: Path) -> None:
@@ -623,29 +622,8 @@ def test_deployments_sharing_a_folder_share_one_fetch_of_all_they_need() -> None
 
 
 def test_two_revisions_in_one_folder_on_a_host_is_a_compile_error(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    (repo / "backends.d").mkdir(parents=True)
-    (repo / "backends.d" / "b.yaml").write_text(yaml.safe_dump(BACKEND))
-    (repo / "hosts.d").mkdir()
-    host = {"name": "h1", "address": "10.0.0.1", "port_range": PORTS}
-    (repo / "hosts.d" / "h.yaml").write_text(yaml.safe_dump(host))
-    (repo / "deployments.d").mkdir()
-    documents = [hub_deployment("a"), hub_deployment("b", revision="v2")]
-    (repo / "deployments.d" / "d.yaml").write_text(yaml.safe_dump_all(documents))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from compiler.cli import main; main()",
-            "compile",
-            "--repo",
-            str(repo),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 1
-    (error,) = done.stderr.strip().splitlines()
+    deployments = [hub_deployment("a"), hub_deployment("b", revision="v2")]
+    error, _ = compile_error(tmp_path, deployments)
     assert error.startswith("deployments.d/d.yaml:"), error
     assert "deployment 'b' needs testorg/tiny at revision 'v2'" in error, error
     assert "where deployment 'a' needs revision 'main'" in error, error

@@ -72,7 +72,9 @@ class Step:
     changes: tuple[Change, ...] = ()
     codes: tuple[ReasonCode, ...] = ()  # one per reason
     spec_hash: str = ""  # the desired spec's hash ("" for a delete)
-    current: str = ""  # the id of the container acted on ("" for a create)
+    # The id of the container acted on ("" for a create); for a fetch of a folder that
+    # changed on the host, the commit it held: it is restored, not moved to a newer one.
+    current: str = ""
     displace: str = ""  # the id of a foreign container squatting the name
     diff: tuple[str, ...] = ()  # systemd: the unit file's unified diff
     # Containers of later updates to stop before this one starts: they hold a port or
@@ -189,6 +191,7 @@ def fetch_steps(desired: DesiredHost, observed: ObservedHost) -> list[Step]:
                 (f"{where}; {desired.hub_source}",),
                 codes=(code,),
                 model_key=model.key,
+                current=record.commit if record is not None else "",
             )
         )
     return steps

@@ -91,6 +91,20 @@ def make_model_repo(
     return commit
 
 
+def add_commit(mirrors: Path, repo_id: str, files: dict[str, bytes]) -> str:
+    """A new commit on main of a repository :func:`make_model_repo` made, changing
+    ``files`` (plain git files); returns it."""
+    repo = mirrors / "models" / repo_id
+    for path, content in sorted(files.items()):
+        sha = _git(repo, "hash-object", "-w", "--no-filters", "--stdin", data=content)
+        _git(repo, "update-index", "--add", "--cacheinfo", f"100644,{sha},{path}")
+    tree = _git(repo, "write-tree")
+    parent = _git(repo, "rev-parse", "refs/heads/main")
+    commit = _git(repo, "commit-tree", tree, "-p", parent, "-m", "more")
+    _git(repo, "update-ref", "refs/heads/main", commit)
+    return commit
+
+
 # --- olah's venv --------------------------------------------------------------------------
 
 
@@ -214,6 +228,7 @@ class HubServer:
 
     def __init__(self, work: Path, mirrors: Path, gate: Gate | None = None) -> None:
         self.gate = gate or Gate()
+        self.mirrors = mirrors
         self._work = work
         port = _free_port()
         # The gate first: olah writes its own address into redirects (the tree API's)

@@ -31,10 +31,11 @@ import yaml
 
 from testing.engines import TEST_IMAGE, EngineFactory
 from testing.hub import HELPER_IMAGE, helper_rootfs, load_helper_image
-from testing.hub_server import Gate, HubServer, make_model_repo
+from testing.hub_server import Gate, HubServer, add_commit, make_model_repo
 from testing.systemd_hosts import SystemdHostFactory
 
 REPO = "testorg/tiny"
+MOVING = "testorg/moving"  # the same files; a test adds a commit to its main
 BIG = "testorg/big"
 TOKEN = "hf_fleetformtestsecret0123456789"
 FILES = {
@@ -74,6 +75,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
     mirrors = work / "mirrors"
     make_model_repo(mirrors, REPO, FILES, LFS)
     make_model_repo(mirrors, BIG, BIG_FILES, LFS)
+    make_model_repo(mirrors, MOVING, FILES, LFS)
     server = HubServer(work, mirrors)
     try:
         yield server
@@ -206,7 +208,7 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
 ) -> None:
     # Two ports on h1, one on h2: the three replicas are placed two and one.
     fleet = Fleet(tmp_path, engines, hub, 2, ports=("41300-41301", "41300-41300"))
-    fleet.deploy(hub_deployment("chat", replicas=3))
+    fleet.deploy(hub_deployment("chat", replicas=3, huggingface_repo_id=MOVING))
     plan = fleet.plan()
     on_host = {
         h["host"]: [s["name"] for s in h["steps"] if s["action"] == "create"] for h in plan["hosts"]
@@ -214,8 +216,8 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
     assert [len(on_host["h1"]), len(on_host["h2"])] == [2, 1], on_host
     # One fetch per host, whatever the number of replicas and deployments there.
     assert fetches(plan) == [
-        ("h1", f"{REPO}@main", ["model-missing"]),
-        ("h2", f"{REPO}@main", ["model-missing"]),
+        ("h1", f"{MOVING}@main", ["model-missing"]),
+        ("h2", f"{MOVING}@main", ["model-missing"]),
     ]
     assert plan["summary"]["fetch"] == 2
     # What the hub says they weigh (asked without a token, from where plan runs).
@@ -226,19 +228,19 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
     ]
     markdown = fleet.ff("plan", "--format", "markdown").stdout
     source = f"from {hub.endpoint} by {HELPER_IMAGE}"  # where HF_TOKEN would go: shown
-    where = f"not in {fleet.model_dir(0)}/{REPO} on the host ({total / 1e6:.1f} MB)"
-    row = f"| v fetch | `{REPO}@main` | {where}; {source} |"
+    where = f"not in {fleet.model_dir(0)}/{MOVING} on the host ({total / 1e6:.1f} MB)"
+    row = f"| v fetch | `{MOVING}@main` | {where}; {source} |"
     assert row in markdown, markdown
     text = fleet.ff("plan").stdout
     assert text.startswith("Plan: 2 model(s) to fetch, 3 to create"), text
 
     applied = fleet.apply()
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert "fetched testorg/tiny@main" in applied.stderr
+    assert f"fetched {MOVING}@main" in applied.stderr
     # Every file came from the hub once per host, and is what the hub holds.
     assert sorted(gate.served) == sorted([*FILES] * 2)
     for host in (0, 1):
-        folder = fleet.model_dir(host) / REPO
+        folder = fleet.model_dir(host) / MOVING
         for name, content in FILES.items():
             assert (folder / name).read_bytes() == content
         manifest = json.loads((folder / ".fleetform-model.json").read_text())
@@ -249,7 +251,7 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
         names = {c["Name"].lstrip("/"): c for c in fleet.containers(host)}
         assert not [n for n in names if n.startswith("fleetform-fetch-")]
         (record,) = [c for n, c in names.items() if n.startswith("fleetform-model-")]
-        assert record["Config"]["Labels"]["io.fleetform.model"] == f"{REPO}@main"
+        assert record["Config"]["Labels"]["io.fleetform.model"] == f"{MOVING}@main"
         assert record["State"]["Status"] == "created"
     # The servers see the files: each replica serves its host's model folder.
     served = [
@@ -268,24 +270,34 @@ def test_a_hub_model_is_fetched_once_per_host_verified_and_served(
 
     # Behind fleetform's back: a file removed on h1, the whole folder on h2. reconcile
     # reports both; --heal fetches again (the files still whole are kept).
-    (fleet.model_dir(0) / REPO / "tokenizer.json").unlink()
-    shutil.rmtree(fleet.model_dir(1) / REPO)
+    (fleet.model_dir(0) / MOVING / "tokenizer.json").unlink()
+    shutil.rmtree(fleet.model_dir(1) / MOVING)
     drift = fleet.ff("reconcile", "--format", "json")
     assert drift.returncode == 2, drift.stdout + drift.stderr
     found = json.loads(drift.stdout)
     assert fetches(found) == [
-        ("h1", f"{REPO}@main", ["model-changed"]),
-        ("h2", f"{REPO}@main", ["model-changed"]),
+        ("h1", f"{MOVING}@main", ["model-changed"]),
+        ("h2", f"{MOVING}@main", ["model-changed"]),
     ]
     reasons = [s["reasons"][0] for h in found["hosts"] for s in h["steps"]]
-    assert reasons[0].startswith(f"{fleet.model_dir(0)}/{REPO} changed on the host"), reasons
-    assert reasons[1].startswith(f"{fleet.model_dir(1)}/{REPO} was removed from the host")
+    assert reasons[0].startswith(f"{fleet.model_dir(0)}/{MOVING} changed on the host"), reasons
+    assert reasons[1].startswith(f"{fleet.model_dir(1)}/{MOVING} was removed from the host")
+    # Meanwhile main moved on: healing restores the commit the hosts had, not a newer one.
+    before = json.loads((fleet.model_dir(0) / MOVING / ".fleetform-model.json").read_text())
+    newer = add_commit(hub.mirrors, MOVING, {"tokenizer.json": b'{"vocab": {}}'})
     healed = fleet.ff("reconcile", "--heal")
     assert healed.returncode == 2, healed.stdout + healed.stderr  # found, and healed
     assert "2 of 2 hosts converged" in healed.stdout, healed.stdout
     assert sorted(gate.served) == sorted(["tokenizer.json", *FILES])
-    assert (fleet.model_dir(0) / REPO / "tokenizer.json").read_bytes() == FILES["tokenizer.json"]
+    assert (fleet.model_dir(0) / MOVING / "tokenizer.json").read_bytes() == FILES["tokenizer.json"]
     assert fetches(fleet.plan()) == []
+    for host in (0, 1):
+        after = json.loads((fleet.model_dir(host) / MOVING / ".fleetform-model.json").read_text())
+        assert after["commit"] == before["commit"] != newer
+    # ...while the hub's main is the newer commit now (what an unpinned fetch would take).
+    url = f"{hub.endpoint}/api/models/{MOVING}/revision/main"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert json.loads(answer.read())["sha"] == newer
 
 
 def test_one_gguf_file_of_a_repository(

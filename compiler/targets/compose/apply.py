@@ -345,7 +345,8 @@ def run_steps(
             continue
         settle()
         if step.action == "fetch":
-            fetch_model(executor, (models or {})[step.model_key], executor.project)
+            model = (models or {})[step.model_key]
+            fetch_model(executor, model, executor.project, step.current)
         else:
             executor.run(step, spec, secret)
         finish(number, step, began)

@@ -48,8 +48,11 @@ TOKEN_VARIABLE = "HF_TOKEN"
 MOUNT = "/models"  # where the helper sees the host's model_dir
 
 
-def fetch_model(executor: DockerExecutor, model: HubModel, project: str) -> None:
-    """Make ``model``'s folder present and verified on the executor's host, and record it."""
+def fetch_model(
+    executor: DockerExecutor, model: HubModel, project: str, commit: str = ""
+) -> None:
+    """Make ``model``'s folder present and verified on the executor's host, and record it.
+    ``commit``: the one to fetch (a changed folder restored), else the revision's newest."""
     engine, options = executor.engine, executor.options
     prefix = options.label_prefix
     name = f"fleetform-fetch-{project}-{model.key}"
@@ -73,7 +76,7 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str) -> None
     arguments = {
         "root": MOUNT,
         "repo_id": model.repo_id,
-        "revision": model.revision,
+        "revision": commit or model.revision,
         "patterns": list(model.patterns),
     }
     body = {
@@ -126,7 +129,7 @@ def fetch_on_host(
     try:
         executor = DockerExecutor(engine, options, progress, project)
         for step in steps:
-            fetch_model(executor, models[step.model_key], project)
+            fetch_model(executor, models[step.model_key], project, step.current)
     finally:
         engine.close()
 

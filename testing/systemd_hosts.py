@@ -52,12 +52,14 @@ from typing import TYPE_CHECKING, Any
 
 from testing.engines import (
     _HOME_LOCK,
+    _LOG_TAIL_LINES,
     HOOK_NAME,
     TEST_IMAGE,
     Engine,
     EngineStartError,
     _environ,
     _keygen,
+    _log_tail,
     _unmount_under,
     _write_gpu_hook,
     build_rootfs,
@@ -86,7 +88,6 @@ ADDRESS_PREFIX = "127.0.1."
 _RECIPE_VERSION = "1"
 _IMAGE_LABEL = "org.fleetform.test.host-recipe"
 _CLONE_NEWNET = 0x40000000
-_LOG_TAIL_LINES = 40
 
 # Files written into the rootfs after debootstrap (path → content).
 _ROOTFS_FILES = {
@@ -1173,11 +1174,3 @@ def _docker(
             f"{shlex.join(argv)} exited {result.returncode}:\n{result.stderr.strip()}"
         )
     return result
-
-
-def _log_tail(log: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as error:
-        return f"(no log at {log}: {error})"
-    return f"--- last {min(lines, len(text))} lines of {log} ---\n" + "\n".join(text[-lines:])

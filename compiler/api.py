@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from compiler.apply import Target
     from compiler.diff import FleetDiff
     from compiler.plan import Plan
+    from compiler.targets.gpustack.importer import Imported
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,18 @@ def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Targe
             models if driver.fetches_models else (),
             hub_source(fleet.settings) if models and driver.fetches_models else "",
         )
-        base_url = host.docker_host or "unix:///var/run/docker.sock"
-        targets[name] = Target(desired, base_url, host.ssh)
+        if driver.schedules_itself:  # a cluster: its documents are what the plan compares
+            prefix = f"{name}/"
+            desired = replace(
+                desired,
+                documents={
+                    path[len(prefix) :]: text.decode()
+                    for path, text in compiled.files.items()
+                    if path.startswith(prefix) and driver.is_artifact_path(path[len(prefix) :])
+                },
+            )
+        base_url = host.url or host.docker_host or "unix:///var/run/docker.sock"
+        targets[name] = Target(desired, base_url, host.ssh, host.cluster, host.api_key_env)
     return targets
 
 
@@ -315,6 +326,15 @@ def check_plan_file(saved: Plan, planned: Planned) -> None:
             + (f"host(s) {', '.join(changed)} changed" if changed else "the fleet changed")
             + "; run `fleetform plan` again"
         )
+
+
+def import_gpustack(
+    root: Path, url: str, cluster: str, host: str | None = None, key_env: str | None = None
+) -> Imported:
+    """A GPUStack cluster's custom backends and models as repository files, adopted."""
+    from compiler.targets.gpustack.importer import import_cluster
+
+    return import_cluster(root, url, cluster, host, key_env)
 
 
 def unlock(root: Path, host: str) -> bool:

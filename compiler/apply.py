@@ -117,8 +117,12 @@ class Target:
     run."""
 
     desired: DesiredHost
-    base_url: str
+    base_url: str  # a Docker engine's, or a GPUStack server's URL
     ssh: str | None = None
+    # A GPUStack cluster: its name (or id) on the server, and the variable holding the
+    # API key.
+    cluster: str | None = None
+    api_key_env: str | None = None
 
 
 Report = Callable[[str, str], None]  # (host, message)
@@ -185,8 +189,8 @@ def _apply_host(
         return HostResult(
             host,
             "failed",
-            error="the plan would delete every container fleetform runs on this host;"
-            " refused without --allow-empty",
+            error="the plan would delete every container fleetform runs on this host"
+            " (every model, on a GPUStack cluster); refused without --allow-empty",
         )
     secrets = _secrets_for(host_plan, target.desired)
     if isinstance(secrets, str):

@@ -387,6 +387,46 @@ def reconcile(
         time.sleep(interval)
 
 
+@cli.group("import")
+def import_group() -> None:
+    """Write an existing system's configuration into the repository."""
+
+
+@import_group.command("gpustack")
+@repo_option
+@click.option("--url", required=True, help="The GPUStack server, e.g. https://gpustack.example.com")
+@click.option("--cluster", required=True, help="The cluster's name (or id) on the server.")
+@click.option("--host", help="The hosts.d name for the cluster (default: from its name).")
+@click.option(
+    "--api-key-env",
+    help="The variable holding the API key (default GPUSTACK_API_KEY).",
+)
+@_report_errors
+def import_gpustack(
+    repo: Path, url: str, cluster: str, host: str | None, api_key_env: str | None
+) -> None:
+    """Write a GPUStack cluster's custom backends and models as repository files, and
+    mark them as this project's: `fleetform compile` and `plan` then show no changes."""
+    from compiler import api
+    from compiler.fields import api_url
+
+    try:
+        url = api_url(url)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--url") from None
+    result = api.import_gpustack(repo, url, cluster, host, api_key_env)
+    for path in result.written:
+        click.echo(f"wrote {path}")
+    for line in result.left_out:
+        click.echo(f"left out {line}")
+    if result.adopted:
+        click.echo(
+            f"adopted {len(result.adopted)} object(s) on the server (fleetform's mark ends"
+            f" their description): {', '.join(result.adopted)}"
+        )
+    click.echo("next: fleetform compile, then fleetform plan (it shows no changes)")
+
+
 @cli.command()
 @repo_option
 @click.argument("host")

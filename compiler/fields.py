@@ -345,6 +345,17 @@ def hub_endpoint(value: str) -> str:
     return value.rstrip("/")
 
 
+def api_url(value: str) -> str:
+    """A server's API (a GPUStack cluster's): http(s)://host[:port][/path], no credentials."""
+    if not _HUB_ENDPOINT.fullmatch(value) or len(value) > 512:
+        raise ValueError(
+            f"{_q(value)} is not a server URL like https://gpustack.example.com"
+            " (http or https, a host, an optional port and path; no user or password:"
+            " the API key comes from the environment at plan and apply time)"
+        )
+    return value.rstrip("/")
+
+
 # RFC 1123 host names, and IP addresses.
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

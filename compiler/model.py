@@ -63,6 +63,7 @@ Unset = Literal[""]
 
 # Text fields checked by compiler/fields.py: what docker, compose and ssh accept.
 Address = Annotated[str, AfterValidator(fields.address)]
+ApiUrl = Annotated[str, AfterValidator(fields.api_url)]
 Device = Annotated[str, AfterValidator(fields.device)]
 DockerHost = Annotated[str, AfterValidator(fields.docker_host)]
 HostFolder = Annotated[str, AfterValidator(fields.host_folder)]
@@ -86,7 +87,8 @@ def _known_kind(kind: str) -> str:
     from compiler.targets import DRIVERS
 
     if kind not in DRIVERS:
-        known = " or ".join(repr(k) for k in DRIVERS)
+        kinds = [repr(k) for k in DRIVERS]
+        known = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
         raise ValueError(f"{kind!r} is not a kind of host fleetform drives ({known})")
     return kind
 
@@ -307,8 +309,14 @@ Gpus = Annotated[
 
 class Host(_Model):
     name: str
-    address: Address
+    # Required for a host fleetform reaches itself; a GPUStack cluster has none.
+    address: Address | None = None
     target: HostKind | None = None
+    # A GPUStack cluster (target: gpustack): its server, which of its clusters, and the
+    # variable of the applying environment that holds its API key.
+    url: ApiUrl | None = None
+    cluster: Name | None = None
+    api_key_env: EnvName | None = None
     docker_host: DockerHost | None = None
     ssh: SshTarget | None = None
     gpus: Gpus | None = None

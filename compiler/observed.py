@@ -113,6 +113,18 @@ class ObservedModel:
 
 
 @dataclass(frozen=True)
+class ObservedDocument:
+    """A backend or model on a GPUStack server, reduced to the fields fleetform manages."""
+
+    kind: str  # "backend" | "model"
+    name: str  # its name on the server
+    id: int
+    view: dict[str, Any]  # compiler/targets/gpustack/documents.py's view of it
+    owner: str | None  # the deployment (models) or backend whose mark it has; None: foreign
+    spec: str = ""  # the spec hash in its mark
+
+
+@dataclass(frozen=True)
 class ObservedHost:
     host: str
     target: Target
@@ -120,6 +132,9 @@ class ObservedHost:
     error: str | None = None  # unreachable, or the engine answered with an error
     units: tuple[ObservedUnit, ...] = ()
     models: tuple[ObservedModel, ...] = ()
+    # A GPUStack cluster: its id, and the server's backends and the cluster's models.
+    cluster_id: int | None = None
+    documents: tuple[ObservedDocument, ...] = ()
 
     def fingerprint(self) -> str:
         """A hash of everything observed: a saved plan is stale once this changes."""
@@ -129,7 +144,11 @@ class ObservedHost:
             "containers": [asdict(c) for c in self.containers],
             "units": [asdict(u) for u in self.units],
         }
+        extra: dict[str, Any] = {}
         if self.models:  # absent, as before models were fetched: old plans stay valid
-            document["models"] = [asdict(m) for m in self.models]
+            extra["models"] = [asdict(m) for m in self.models]
+        if self.cluster_id is not None:
+            extra["cluster"] = [self.cluster_id, [asdict(d) for d in self.documents]]
+        document.update(extra)
         text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -146,6 +146,9 @@ class DesiredHost:
     # Where and with what they are fetched (the repository's hub settings): shown in the
     # plan, and a saved plan is stale once it changes.
     hub_source: str = ""
+    # A GPUStack cluster: its artifacts (path below output/<host>/ → text), the
+    # documents it must hold.
+    documents: dict[str, str] | None = None
 
     def fingerprint(self) -> str:
         document = sorted((s.name, s.spec_hash) for s in self.specs)
@@ -154,6 +157,8 @@ class DesiredHost:
         if self.models:
             state["models"] = sorted(m.key for m in self.models)
             state["hub_source"] = self.hub_source
+        if self.documents:
+            state["documents"] = sorted(self.documents.items())
         return _digest(state)
 
 
@@ -224,6 +229,9 @@ class HostPlan:
     error: str | None = None
     empties: bool = False  # the plan deletes every container fleetform owns here
     secrets_unknown: bool = False
+    # What the host holds that is not this project's (a GPUStack cluster's other backends
+    # and models): shown, never touched.
+    foreign: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -261,20 +269,7 @@ class Plan:
             "project": self.project,
             "fingerprint": self.fingerprint(),
             "summary": self.counts(),
-            "hosts": [
-                {
-                    "host": h.host,
-                    "target": h.target,
-                    "error": h.error,
-                    "observed": h.observed,
-                    "desired": h.desired,
-                    "empties": h.empties,
-                    "secrets_unknown": h.secrets_unknown,
-                    "unchanged": list(h.unchanged),
-                    "steps": [s.to_json() for s in h.steps],
-                }
-                for h in self.hosts
-            ],
+            "hosts": [_host_json(h) for h in self.hosts],
             "notes": list(self.notes),
         }
 
@@ -293,6 +288,7 @@ class Plan:
                     observed=h["observed"],
                     desired=h["desired"],
                     error=h["error"],
+                    foreign=tuple(h.get("foreign", ())),
                     empties=h["empties"],
                     secrets_unknown=h["secrets_unknown"],
                 )
@@ -300,6 +296,23 @@ class Plan:
             ),
             notes=tuple(data.get("notes", ())),
         )
+
+
+def _host_json(h: HostPlan) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "host": h.host,
+        "target": h.target,
+        "error": h.error,
+        "observed": h.observed,
+        "desired": h.desired,
+        "empties": h.empties,
+        "secrets_unknown": h.secrets_unknown,
+        "unchanged": list(h.unchanged),
+        "steps": [s.to_json() for s in h.steps],
+    }
+    if h.foreign:  # only GPUStack clusters have any; other hosts' JSON stays as it was
+        found["foreign"] = list(h.foreign)
+    return found
 
 
 def make_plan(

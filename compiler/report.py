@@ -45,6 +45,8 @@ def plan_text(plan: Plan, *, color: bool = False) -> str:
             lines.extend(f"      {line}" for line in step.diff)  # systemd: the unit diff
         if not host.steps and host.error is None:
             lines.append("  no changes")
+        if host.foreign and host.error is None:
+            lines.append(f"  foreign, left alone: {', '.join(host.foreign)}")
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines) + "\n"
 
@@ -87,9 +89,13 @@ def plan_markdown(plan: Plan) -> str:
                 "No changes." + (f" {len(host.unchanged)} unchanged." if host.unchanged else "")
             )
             lines.append("")
+            lines.extend(_foreign_md(host))
             continue
         fetches = any(step.action == "fetch" for step in host.steps)
-        lines.append(f"| action | {'container or model' if fetches else 'container'} | why |")
+        noun = "container or model" if fetches else "container"
+        if all("/" in step.name for step in host.steps):  # a cluster's backend/…, model/…
+            noun = "backend or model"
+        lines.append(f"| action | {noun} | why |")
         lines.append("|---|---|---|")
         for step in host.steps:
             why = _md("; ".join(step.reasons))
@@ -112,8 +118,15 @@ def plan_markdown(plan: Plan) -> str:
         if host.unchanged:
             lines.append(f"{len(host.unchanged)} unchanged.")
             lines.append("")
+        lines.extend(_foreign_md(host))
     lines.extend(f"> {note}" for note in plan.notes)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _foreign_md(host: HostPlan) -> list[str]:
+    if not host.foreign:
+        return []
+    return [f"Foreign, left alone: {', '.join(f'`{name}`' for name in host.foreign)}.", ""]
 
 
 def _md(text: str) -> str:

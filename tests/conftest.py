@@ -13,6 +13,12 @@ from testing.engines import (
     require_engine_tools,
     start_engine,
 )
+from testing.gpustack_server import (
+    GPUStackServer,
+    gpustack_server,
+    is_running,
+    require_gpustack_server,
+)
 from testing.systemd_hosts import (
     HOST_IMAGE,
     SystemdHostFactory,
@@ -151,3 +157,21 @@ def systemd_hosts_of(
     finally:
         for made in factories:
             made.close()
+
+
+@pytest.fixture(scope="session")
+def gpustack() -> Iterator[GPUStackServer]:
+    """A real GPUStack 2.3.0 server (and its PostgreSQL) on loopback, started on first use
+    and shared by the session's tests (each works in a cluster of its own). Its teardown
+    is checked: neither process left, nor its folder. A root under /tmp, not tmp_path:
+    PostgreSQL runs as its own user, which pytest's private tmp_path keeps out."""
+    require_gpustack_server()
+    root = make_root()
+    try:
+        with gpustack_server(root) as server:
+            pids = (server.pid, server.postgres_pid)
+            yield server
+        assert not any(is_running(pid) for pid in pids)
+        assert not server.run_dir.exists()
+    finally:
+        cleanup_root(root)

@@ -10,14 +10,8 @@ no network: it opens no sockets).
 
 The venv
 --------
-Built on first use into ``<cache>/gpustack-2.3.0-venv-<key>`` (``<cache>`` is
-``$FLEETFORM_TEST_CACHE`` or ``/var/cache/fleetform-test``, as for the systemd-host
-image; ``<key>`` hashes the pinned requirements, this Python's version and the recipe):
-``python -m venv`` + ``pip install gpustack==2.3.0 gpustack-runtime==0.2.6`` from PyPI
-(about 80 s and 920 MB). It is built in a temporary folder beside it and renamed into
-place only once GPUStack imports in it, so a half-built venv is never used; a lock file
-serialises concurrent builders. Only ``<venv>/bin/python`` is used after the rename (the
-scripts in ``bin/`` keep the temporary path in their ``#!`` lines).
+GPUStack's own venv, shared with the real-server harness: see :mod:`testing.gpustack_venv`
+(built on first use into ``<cache>/gpustack-2.3.0-venv-<key>``, about 80 s and 920 MB).
 
 Case format (``run``)
 ---------------------
@@ -93,54 +87,35 @@ stored row}`` or an error.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from testing.engines import REQUIRE_TOOLS_ENV
-from testing.systemd_hosts import cache_dir_default
+from testing.gpustack_venv import (
+    GPUSTACK_VERSION,
+    GPUStackUnavailable,
+    ensure_venv,
+    gpustack_env,
+    require_venv,
+    text_tail,
+    venv_python,
+)
 
-GPUSTACK_VERSION = "2.3.0"
-GPUSTACK_RUNTIME_VERSION = "0.2.6"
-REQUIREMENTS = (f"gpustack=={GPUSTACK_VERSION}", f"gpustack-runtime=={GPUSTACK_RUNTIME_VERSION}")
 SCRIPT = Path(__file__).resolve().parent / "oracle" / "gpustack_run.py"
 CATALOGUE = Path("gpustack", "assets", "community-inference-backends.yaml")
-_RECIPE_VERSION = "1"
-_MARKER = ".fleetform-oracle"
-# pip: retries per request and a per-request timeout; the whole install is tried twice.
-_PIP_OPTIONS = ("--retries", "8", "--timeout", "60", "--no-input", "--disable-pip-version-check")
-_INSTALL_ATTEMPTS = 2
-_INSTALL_TIMEOUT = 1800
-_LOG_TAIL = 40
-# The oracle's own environment: nothing of this process's (so the worker's os.environ
-# cannot reach a container) but these settings. See tests/oracle/gpustack_run.py.
+# The oracle's own environment: gpustack_env (nothing of this process's, so the worker's
+# os.environ cannot reach a container) and these settings. See tests/oracle/gpustack_run.py.
 _ORACLE_ENV = {
-    "LANG": "C.UTF-8",
-    "PYTHONNOUSERSITE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
     "GPUSTACK_RUNTIME_DEPLOY_MIRRORED_DEPLOYMENT": "true",
     "GPUSTACK_RUNTIME_DEPLOY_MIRRORED_NAME": "gpustack-worker",
 }
 
-_failure: list[str] = []
-
-
-class OracleUnavailable(RuntimeError):
-    """The GPUStack venv could not be built (no PyPI, no disk, ...)."""
+# The GPUStack venv could not be built (no PyPI, no disk, ...).
+OracleUnavailable = GPUStackUnavailable
 
 
 class OracleError(RuntimeError):
@@ -150,125 +125,9 @@ class OracleError(RuntimeError):
 # --- the venv --------------------------------------------------------------------------
 
 
-def venv_key() -> str:
-    recipe = json.dumps(
-        [_RECIPE_VERSION, REQUIREMENTS, list(sys.version_info[:2])], sort_keys=True
-    )
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
-
-
-def venv_dir(cache_dir: Path | None = None) -> Path:
-    cache_dir = cache_dir or cache_dir_default()
-    return cache_dir / f"gpustack-{GPUSTACK_VERSION}-venv-{venv_key()}"
-
-
-def _venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def _usable(venv: Path) -> bool:
-    # exists() follows bin/python's symlink: a venv whose base Python is gone is unusable.
-    return (venv / _MARKER).is_file() and _venv_python(venv).exists()
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(text: str) -> str:
-    return "\n".join(text.splitlines()[-_LOG_TAIL:])
-
-
-def _build(target: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "venv", str(tmp)],
-            check=True, capture_output=True, text=True, timeout=300,
-        )
-        python = str(_venv_python(tmp))
-        log = ""
-        for attempt in range(1, _INSTALL_ATTEMPTS + 1):
-            proc = subprocess.run(
-                [python, "-m", "pip", "install", *_PIP_OPTIONS, *REQUIREMENTS],
-                capture_output=True, text=True, timeout=_INSTALL_TIMEOUT,
-            )
-            log = proc.stdout + proc.stderr
-            if proc.returncode == 0:
-                break
-            if attempt < _INSTALL_ATTEMPTS:
-                time.sleep(5)
-        else:
-            raise OracleUnavailable(
-                f"pip install {' '.join(REQUIREMENTS)} failed {_INSTALL_ATTEMPTS} times "
-                f"(PyPI unreachable?); last output:\n{_tail(log)}"
-            )
-        check = subprocess.run(
-            [python, "-c", "import gpustack.worker.backends.custom, "
-             "gpustack.routes.inference_backend, gpustack_runtime.deployer.docker"],
-            capture_output=True, text=True, timeout=300, env=_oracle_env(tmp),
-        )
-        if check.returncode != 0:
-            raise OracleUnavailable(
-                f"GPUStack {GPUSTACK_VERSION} installed but does not import:\n"
-                f"{_tail(check.stderr)}"
-            )
-        (tmp / _MARKER).write_text(json.dumps(REQUIREMENTS) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp made it private
-        os.rename(tmp, target)
-    except subprocess.CalledProcessError as e:
-        raise OracleUnavailable(f"{e.cmd[:3]} failed:\n{_tail(e.stdout + e.stderr)}") from e
-    except subprocess.TimeoutExpired as e:
-        raise OracleUnavailable(f"building the GPUStack venv timed out: {e.cmd[:4]}") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_venv(cache_dir: Path | None = None) -> Path:
-    """The GPUStack venv, built first if needed; raises :class:`OracleUnavailable`.
-
-    A failed build is remembered for the rest of the process: it is not retried per test.
-    """
-    target = venv_dir(cache_dir)
-    if _usable(target):
-        return target
-    if _failure:
-        raise OracleUnavailable(_failure[0])
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _lock(target.parent / f"{target.name}.lock"):
-            if not _usable(target):
-                if target.exists():  # a marker-less or broken leftover
-                    shutil.rmtree(target)
-                _build(target)
-    except OracleUnavailable as e:
-        _failure.append(str(e))
-        raise
-    except OSError as e:
-        _failure.append(f"cannot build the GPUStack venv in {target.parent}: {e}")
-        raise OracleUnavailable(_failure[0]) from e
-    return target
-
-
 def require_oracle(cache_dir: Path | None = None) -> Path:
     """For tests: the venv, or skip — or fail under ``FLEETFORM_REQUIRE_TOOLS=1`` (CI)."""
-    import pytest
-
-    try:
-        return ensure_venv(cache_dir)
-    except OracleUnavailable as e:
-        message = f"the GPUStack {GPUSTACK_VERSION} oracle is unavailable: {e}"
-        if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
-            pytest.fail(f"{message} ({REQUIRE_TOOLS_ENV}=1)")
-        pytest.skip(message)
-        raise  # unreachable: skip raises
+    return require_venv(f"the GPUStack {GPUSTACK_VERSION} oracle", cache_dir)
 
 
 def site_packages(venv: Path | None = None) -> Path:
@@ -292,15 +151,7 @@ def catalogue(venv: Path | None = None) -> list[dict[str, Any]]:
 
 
 def _oracle_env(venv: Path) -> dict[str, str]:
-    home = venv / ".home"
-    home.mkdir(exist_ok=True)
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "TMPDIR": tempfile.gettempdir(),
-        "GPUSTACK_RUNTIME_DEPLOY_CDI_SPECS_DIRECTORY": str(home / "cdi"),
-        **_ORACLE_ENV,
-    }
+    return {**gpustack_env(venv / ".home"), **_ORACLE_ENV}
 
 
 def run(cases: Sequence[dict[str, Any]], venv: Path | None = None,
@@ -310,7 +161,7 @@ def run(cases: Sequence[dict[str, Any]], venv: Path | None = None,
     request = json.dumps({"cases": list(cases)})
     try:
         proc = subprocess.run(
-            [str(_venv_python(venv)), str(SCRIPT)],
+            [str(venv_python(venv)), str(SCRIPT)],
             input=request, capture_output=True, text=True, env=_oracle_env(venv),
             timeout=timeout if timeout is not None else 120 + 0.5 * len(cases),
         )
@@ -318,13 +169,13 @@ def run(cases: Sequence[dict[str, Any]], venv: Path | None = None,
         raise OracleError(f"the GPUStack oracle timed out after {e.timeout} s") from e
     if proc.returncode != 0:
         raise OracleError(
-            f"the GPUStack oracle exited with {proc.returncode}:\n{_tail(proc.stderr)}"
+            f"the GPUStack oracle exited with {proc.returncode}:\n{text_tail(proc.stderr)}"
         )
     try:
         answer = json.loads(proc.stdout)
     except json.JSONDecodeError as e:
         raise OracleError(
-            f"the GPUStack oracle wrote no JSON ({e}):\n{_tail(proc.stdout + proc.stderr)}"
+            f"the GPUStack oracle wrote no JSON ({e}):\n{text_tail(proc.stdout + proc.stderr)}"
         ) from e
     results = answer.get("results")
     if not isinstance(results, list) or len(results) != len(cases):

@@ -19,7 +19,7 @@ from compiler.observed import ObservedHost
 from compiler.plan import DesiredHost, HostPlan, Step
 from compiler.remote.connections import Connections
 from compiler.render.container import ContainerSpec
-from compiler.resolve import ResolvedHost, Workload
+from compiler.resolve import Fleet, ResolvedHost, Workload
 from compiler.targets import DRIVERS
 from tests.helpers_repo import make_repo
 
@@ -31,16 +31,17 @@ class FakeDriver:
 
     kind = "fake"
     fetches_models = False
+    schedules_itself = False
+    host_fields: tuple[str, ...] = ("address", "labels", "gpus", "port_range")
+    required_host_fields: tuple[str, ...] = ("address",)
 
     def __init__(self) -> None:
         self.running: dict[str, str] = {}  # replica -> spec hash
         self.calls: list[str] = []
         self.locked = False
 
-    def render(
-        self, host: ResolvedHost, workloads: list[Workload], settings: Settings
-    ) -> dict[str, str]:
-        lines = [f"{w.name} {w.image} {w.spec_hash()}" for w in workloads]
+    def render(self, host: ResolvedHost, fleet: Fleet) -> dict[str, str]:
+        lines = [f"{w.name} {w.image} {w.spec_hash()}" for w in fleet.on_host(host.name)]
         return {"fake.txt": "\n".join(lines) + "\n"}
 
     def artifact_path(self, workload: Workload, settings: Settings) -> str:
@@ -145,9 +146,8 @@ def test_an_unregistered_kind_is_a_validation_error(tmp_path: Path) -> None:
     make_repo(tmp_path, {"hosts.d/h.yaml": "- {name: f1, address: 10.9.0.7, target: fake}\n"})
     with pytest.raises(Exception) as caught:
         api.build(tmp_path)
-    assert "'fake' is not a kind of host fleetform drives ('compose' or 'systemd')" in str(
-        caught.value
-    )
+    expected = "'fake' is not a kind of host fleetform drives ('compose', 'systemd' or 'gpustack')"
+    assert expected in str(caught.value)
 
 
 # Modules that are one kind's own (its driver and the stages only it uses).

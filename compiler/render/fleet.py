@@ -16,7 +16,7 @@ def render_fleet(
     files: dict[str, bytes] = {}
     for name, host in fleet.hosts.items():
         workloads = fleet.on_host(name)
-        rendered = driver_for(host.target).render(host, workloads, fleet.settings)
+        rendered = driver_for(host.target).render(host, fleet)
         texts = {f"{name}/{path}": text for path, text in rendered.items()}
         texts[f"{name}/{INDEX_FILE}"] = render_index(host, workloads, fleet.settings)
         for path, text in texts.items():

@@ -17,6 +17,7 @@ from compiler.hub import revision_conflict
 from compiler.model import Repo
 from compiler.placement import HostSlots, Placed, Prior, place
 from compiler.resolve.backends import resolve_backends
+from compiler.resolve.clusters import resolve_clusters
 from compiler.resolve.draft import Draft, draft_deployment
 from compiler.resolve.hosts import check_unique, port_range, resolve_hosts
 from compiler.resolve.layers import LazyLayers
@@ -71,6 +72,18 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     if errors:
         raise ErrorList(errors)
 
+    from compiler.targets import driver_for
+
+    clusters = {
+        name: host for name, (host, _) in hosts.items() if driver_for(host.target).schedules_itself
+    }
+    every_draft = drafts
+    marks = {name: hosts[name][1] for name in clusters}
+    states, drafts = resolve_clusters(
+        drafts, clusters, own_layers, settings.project, marks, errors
+    )
+    if errors:
+        raise ErrorList(errors)
     _check_workload_count(drafts)
     slots = [
         HostSlots(
@@ -81,6 +94,7 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
             repo_host_mark,
         )
         for host, repo_host_mark in ((hosts[name][0], hosts[name][1]) for name in sorted(hosts))
+        if host.name not in clusters
     ]
     placed = place(slots, [draft.request for draft in drafts], prior or {})
     by_deployment: dict[str, list[Placed]] = {}
@@ -98,11 +112,13 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
         raise ErrorList(errors)
     workloads.sort(key=lambda w: (w.host, w.deployment, w.replica))
     _check_model_folders(workloads, {d.name: d for d in drafts})
+    explained = {d.name: d for d in every_draft}
     return Fleet(
         settings=settings,
         hosts={name: value[0] for name, value in sorted(hosts.items())},
         workloads=tuple(workloads),
-        explanations=_Explanations({d.name: d for d in drafts}, by_deployment, hosts),
+        explanations=_Explanations(explained, by_deployment, hosts),
+        clusters=states,
     )
 
 

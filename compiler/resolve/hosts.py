@@ -7,7 +7,7 @@ import re
 
 from compiler.errors import FleetformError, Mark, ResolveError
 from compiler.load import Document
-from compiler.model import Repo
+from compiler.model import Host, Repo
 from compiler.resolve.workload import MAX_FLEET_GPUS, ResolvedHost
 
 
@@ -65,6 +65,7 @@ def resolve_hosts(repo: Repo, errors: list[FleetformError]) -> dict[str, tuple[R
                     )
                 )
             seen.add(gpu.index)
+        _check_fields(host, doc, host.target or defaults.target, errors)
         if host.ssh is not None and not re.match(r"^[^@\s]+@[^@\s:]+(:\d+)?$", host.ssh):
             errors.append(
                 ResolveError(
@@ -76,7 +77,7 @@ def resolve_hosts(repo: Repo, errors: list[FleetformError]) -> dict[str, tuple[R
             (
                 ResolvedHost(
                     name=host.name,
-                    address=host.address,
+                    address=host.address or "",
                     target=host.target or defaults.target,
                     docker_host=host.docker_host,
                     ssh=host.ssh,
@@ -85,11 +86,33 @@ def resolve_hosts(repo: Repo, errors: list[FleetformError]) -> dict[str, tuple[R
                     unit_dir=host.unit_dir or defaults.unit_dir,
                     gpus=tuple(sorted((g.index, g.framework) for g in gpus)),
                     labels=dict(host.labels or {}),
+                    url=host.url,
+                    cluster=host.cluster,
+                    api_key_env=host.api_key_env,
                 ),
                 doc.mark,
             ),
         )
     return hosts
+
+
+def _check_fields(host: Host, doc: Document, kind: str, errors: list[FleetformError]) -> None:
+    """The fields this kind of host needs are there, and none it would ignore is."""
+    from compiler.targets import driver_for
+
+    driver = driver_for(kind)
+    written = host.model_fields_set - {"name", "target"}
+    for key in sorted(written - set(driver.host_fields)):
+        errors.append(
+            ResolveError(
+                f"a {kind} host has no '{key}' (its fields: {', '.join(driver.host_fields)})",
+                doc.source.mark((key,)),
+                key,
+            )
+        )
+    for key in driver.required_host_fields:
+        if getattr(host, key) is None:
+            errors.append(ResolveError("required key is missing", doc.mark, key))
 
 
 def parse_gpu_id(text: str, mark: Mark) -> tuple[str, str, int]:

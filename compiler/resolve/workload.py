@@ -41,6 +41,10 @@ class ResolvedHost(BaseModel):
     unit_dir: str
     gpus: tuple[tuple[int, str], ...]
     labels: dict[str, str]
+    # A GPUStack cluster's server, cluster name and API key variable (else None).
+    url: str | None = None
+    cluster: str | None = None
+    api_key_env: str | None = None
 
 
 class Workload(BaseModel):
@@ -139,11 +143,22 @@ class Explanation:
 
 
 @dataclass(frozen=True)
+class ClusterState:
+    """What one cluster must hold: backend documents by their name on the server, model
+    documents by deployment."""
+
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Fleet:
     settings: Settings
     hosts: dict[str, ResolvedHost]
     workloads: tuple[Workload, ...]
     explanations: Mapping[str, Explanation]
+    # What each host that schedules itself (a GPUStack cluster) must hold.
+    clusters: Mapping[str, ClusterState] = field(default_factory=dict)
 
     def on_host(self, host: str) -> list[Workload]:
         return list(self._by_host.get(host, ()))

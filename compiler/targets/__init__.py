@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from compiler.plan import DesiredHost, HostPlan
     from compiler.remote.connections import Connections
     from compiler.render.container import ContainerSpec
-    from compiler.resolve import ResolvedHost, Workload
+    from compiler.resolve import Fleet, ResolvedHost, Workload
 
 
 class Driver(Protocol):
@@ -31,10 +31,16 @@ class Driver(Protocol):
     kind: str
     # Whether apply fetches hub models onto this kind of host (the plan's fetch steps).
     fetches_models: bool
+    # Whether the host schedules replicas itself (a cluster): placement then gives it
+    # whole deployments by worker_selector, and no GPUs or ports
+    # (compiler/resolve/clusters.py).
+    schedules_itself: bool
+    # The fields of a hosts.d entry this kind reads (any other written is an error), and
+    # those it cannot do without.
+    host_fields: tuple[str, ...]
+    required_host_fields: tuple[str, ...]
 
-    def render(
-        self, host: ResolvedHost, workloads: list[Workload], settings: Settings
-    ) -> dict[str, str]:
+    def render(self, host: ResolvedHost, fleet: Fleet) -> dict[str, str]:
         """The host's artifacts: path below ``output/<host>/`` → text."""
         ...
 
@@ -93,11 +99,13 @@ class Driver(Protocol):
 
 def _registry() -> dict[str, Driver]:
     from compiler.targets.compose import ComposeDriver
+    from compiler.targets.gpustack import GPUStackDriver
     from compiler.targets.systemd import SystemdDriver
 
     return {
         "compose": ComposeDriver(),
         "systemd": SystemdDriver(),
+        "gpustack": GPUStackDriver(),
     }
 
 

@@ -14,19 +14,29 @@ if TYPE_CHECKING:
     from compiler.plan import DesiredHost, HostPlan
     from compiler.remote.connections import Connections
     from compiler.render.container import ContainerSpec
-    from compiler.resolve import ResolvedHost, Workload
+    from compiler.resolve import Fleet, ResolvedHost, Workload
 
 
 class ComposeDriver:
     kind = "compose"
     fetches_models = True
+    schedules_itself = False
+    host_fields: tuple[str, ...] = (
+        "address",
+        "docker_host",
+        "ssh",
+        "gpus",
+        "labels",
+        "port_range",
+        "model_dir",
+        "unit_dir",
+    )
+    required_host_fields: tuple[str, ...] = ("address",)
 
-    def render(
-        self, host: ResolvedHost, workloads: list[Workload], settings: Settings
-    ) -> dict[str, str]:
+    def render(self, host: ResolvedHost, fleet: Fleet) -> dict[str, str]:
         from compiler.render.compose import render_compose
 
-        return {"compose.yaml": render_compose(host, workloads, settings)}
+        return {"compose.yaml": render_compose(host, fleet.on_host(host.name), fleet.settings)}
 
     def artifact_path(self, workload: Workload, settings: Settings) -> str:
         return "compose.yaml"

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from compiler.plan import DesiredHost, HostPlan
     from compiler.remote.connections import Connections
     from compiler.render.container import ContainerSpec
-    from compiler.resolve import ResolvedHost, Workload
+    from compiler.resolve import Fleet, ResolvedHost, Workload
 
 UNIT_SUFFIX = ".service"
 _UNIT_PATH = re.compile(r"systemd/[A-Za-z0-9@_.:-]{1,200}\.service", re.ASCII)
@@ -24,15 +24,26 @@ _UNIT_PATH = re.compile(r"systemd/[A-Za-z0-9@_.:-]{1,200}\.service", re.ASCII)
 class SystemdDriver:
     kind = "systemd"
     fetches_models = True  # through the host's docker, as on a compose host
+    schedules_itself = False
+    host_fields: tuple[str, ...] = (
+        "address",
+        "docker_host",
+        "ssh",
+        "gpus",
+        "labels",
+        "port_range",
+        "model_dir",
+        "unit_dir",
+    )
+    required_host_fields: tuple[str, ...] = ("address",)
 
-    def render(
-        self, host: ResolvedHost, workloads: list[Workload], settings: Settings
-    ) -> dict[str, str]:
+    def render(self, host: ResolvedHost, fleet: Fleet) -> dict[str, str]:
         from compiler.render.systemd import render_unit
 
+        settings = fleet.settings
         return {
             self.artifact_path(workload, settings): render_unit(workload, settings)
-            for workload in workloads
+            for workload in fleet.on_host(host.name)
         }
 
     def artifact_path(self, workload: Workload, settings: Settings) -> str:

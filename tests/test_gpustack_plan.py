@@ -1,0 +1,327 @@
+"""A GPUStack cluster as a host, without a server: which deployments it takes, the
+documents it is sent, what its hosts.d entry may say, and the plan from literal
+observations (order, spec change against drift, foreign objects, orphans)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from compiler import api
+from compiler.errors import FleetformError
+from compiler.observed import ObservedDocument, ObservedHost
+from compiler.plan import DesiredHost
+from compiler.targets.gpustack.documents import (
+    backend_view,
+    comparable,
+    gpustack_backend_name,
+    mark_of,
+    model_view,
+    stamped,
+    unmarked,
+)
+from compiler.targets.gpustack.plan import plan_cluster
+from tests.helpers_repo import make_repo
+
+CLUSTER = """\
+name: gs
+target: gpustack
+url: http://127.0.0.1:9
+cluster: main
+labels: {pool: gs}
+"""
+ON_CLUSTER = """\
+name: chat
+backend: srv
+backend_version: v2
+huggingface_repo_id: Qwen/Qwen3-0.6B
+replicas: 2
+worker_selector: {pool: gs, gpu: a100}
+gpu_selector: {gpus_per_replica: 1}
+env: {A: "1"}
+backend_parameters: [--max-model-len, "4096"]
+"""
+ON_HOST = """\
+name: embed
+backend: srv
+local_path: /models/e5
+gpu_selector: {gpus_per_replica: 1}
+"""
+
+
+def repo(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
+    base = {
+        "hosts.d/gs.yaml": CLUSTER,
+        "deployments.d/chat.yaml": ON_CLUSTER,
+        "deployments.d/embed.yaml": ON_HOST,
+    }
+    return make_repo(tmp_path, {**base, **(files or {})})
+
+
+def errors_of(root: Path) -> list[str]:
+    with pytest.raises(FleetformError) as caught:
+        api.build(root)
+    return str(caught.value).splitlines()
+
+
+def test_the_cluster_takes_whole_deployments_by_selector_and_hosts_keep_the_rest(
+    tmp_path: Path,
+) -> None:
+    compiled = api.build(repo(tmp_path))
+    assert [w.name for w in compiled.fleet.workloads] == ["embed-0"]  # on h1, not gs
+    assert sorted(compiled.files) == [
+        "gs/gpustack/backends/srv-custom.yaml",
+        "gs/gpustack/models/chat.yaml",
+        "gs/index.json",
+        "h1/compose.yaml",
+        "h1/index.json",
+    ]
+    model = yaml.safe_load(compiled.files["gs/gpustack/models/chat.yaml"])
+    mark = mark_of(model.pop("description"))
+    assert mark is not None and (mark.project, mark.deployment) == ("fleetform", "chat")
+    # The deployment as written (GPUStack renders its backend's command itself); the
+    # cluster's own label selects the cluster and is not sent on.
+    assert model == {
+        "name": "chat",
+        "source": "huggingface",
+        "huggingface_repo_id": "Qwen/Qwen3-0.6B",
+        "backend": "srv-custom",
+        "backend_version": "v2",
+        "backend_parameters": ["--max-model-len", "4096"],
+        "env": {"A": "1"},
+        "replicas": 2,
+        "gpu_selector": {"gpus_per_replica": 1},
+        "worker_selector": {"gpu": "a100"},
+    }
+    backend = yaml.safe_load(compiled.files["gs/gpustack/backends/srv-custom.yaml"])
+    assert backend["backend_name"] == "srv-custom"
+    assert sorted(backend["version_configs"]) == ["v1", "v2"]
+    assert mark_of(backend["description"]) is not None
+
+
+def test_a_backend_chain_is_sent_merged(tmp_path: Path) -> None:
+    child = """\
+    backend_name: srv2
+    extends: srv
+    default_env: {EXTRA: "1"}
+    version_configs:
+      v3: {image_name: "example/srv:3", custom_framework: cuda}
+    """
+    chat = ON_CLUSTER.replace("backend: srv\n", "backend: srv2\n").replace(": v2", ": v3")
+    compiled = api.build(
+        repo(tmp_path, {"backends.d/c.yaml": child, "deployments.d/chat.yaml": chat})
+    )
+    backend = yaml.safe_load(compiled.files["gs/gpustack/backends/srv2-custom.yaml"])
+    assert backend["default_env"] == {"LEVEL": "info", "EXTRA": "1"}
+    assert sorted(backend["version_configs"]) == ["v1", "v2", "v3"]
+    assert "extends" not in backend
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "port: 8000\n",
+            "deployments.d/chat.yaml:9:7: port: 'port' is not a GPUStack model field; on"
+            " cluster gs GPUStack's worker decides it (remove it, or place the deployment"
+            " on a host)",
+        ),
+        (
+            "env: {T: {secret: HF_TOKEN}}\n",
+            "deployments.d/chat.yaml:9:10: env.T: env T is a secret; a GPUStack cluster"
+            " stores a model's env as written, so secrets are not sent to clusters yet",
+        ),
+    ],
+)
+def test_container_fields_on_a_cluster_deployment_are_errors(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    text = ON_CLUSTER.replace('env: {A: "1"}\n', "") + extra
+    assert errors_of(repo(tmp_path, {"deployments.d/chat.yaml": text})) == [message]
+
+
+def test_gpu_ids_and_two_matching_clusters_are_errors(tmp_path: Path) -> None:
+    text = ON_CLUSTER.replace(
+        "gpu_selector: {gpus_per_replica: 1}", "gpu_selector: {gpu_ids: [h1:cuda:0]}"
+    )
+    other = CLUSTER.replace("name: gs", "name: gs2").replace(":9", ":10")
+    found = errors_of(repo(tmp_path, {"deployments.d/chat.yaml": text}))
+    assert found == [
+        "deployments.d/chat.yaml:7:25: gpu_selector.gpu_ids: gpu_ids name fleetform hosts'"
+        " GPUs; on cluster gs use gpus_per_replica, or worker_selector for GPUStack's workers"
+    ]
+    found = errors_of(repo(tmp_path, {"hosts.d/gs2.yaml": other}))
+    assert found == [
+        "deployments.d/chat.yaml:6:18: worker_selector: worker_selector matches the GPUStack"
+        " clusters gs, gs2: a deployment runs on one cluster"
+    ]
+
+
+def test_a_cluster_entry_says_what_a_cluster_needs(tmp_path: Path) -> None:
+    bad = CLUSTER.replace("url: http://127.0.0.1:9\n", "docker_host: unix:///run/d.sock\n")
+    assert errors_of(repo(tmp_path, {"hosts.d/gs.yaml": bad})) == [
+        "hosts.d/gs.yaml:1:1: url: required key is missing",
+        "hosts.d/gs.yaml:3:14: docker_host: a gpustack host has no 'docker_host' (its"
+        " fields: url, cluster, api_key_env, labels)",
+    ]
+    compose = "name: h2\naddress: 10.9.0.2\nurl: http://127.0.0.1:9\n"
+    (tmp_path / "hosts.d/gs.yaml").write_text(CLUSTER)
+    assert errors_of(repo(tmp_path, {"hosts.d/h2.yaml": compose}))[0].startswith(
+        "hosts.d/h2.yaml:3:6: url: a compose host has no 'url'"
+    )
+    (tmp_path / "hosts.d/h2.yaml").unlink()
+    twice = CLUSTER.replace("name: gs", "name: gs2").replace("pool: gs", "pool: other")
+    assert errors_of(repo(tmp_path, {"hosts.d/gs2.yaml": twice})) == [
+        "hosts.d/gs2.yaml:1:1: url: hosts gs and gs2 are the same GPUStack server"
+        " (http://127.0.0.1:9): one hosts.d entry per server"
+    ]
+
+
+def test_the_mark_and_names() -> None:
+    assert gpustack_backend_name("vllm") == "vllm-custom"
+    assert gpustack_backend_name("vllm-custom") == "vllm-custom"
+    document = stamped({"backend_name": "a-custom", "description": "mine"}, "p")
+    assert unmarked(document["description"]) == "mine"
+    mark = mark_of(document["description"])
+    assert mark is not None and mark.project == "p" and mark.deployment is None
+    # Nothing in a description a user wrote passes for a mark.
+    assert mark_of("[managed by fleetform: project p, spec nothex]") is None
+    # GPUStack's ways of saying "not set" compare equal to not saying it.
+    assert backend_view({"backend_name": "a", "default_env": None, "version_configs": {}}) == {
+        "backend_name": "a"
+    }
+
+
+# --- plans from literal observations -------------------------------------------------
+
+
+def desired(tmp_path: Path, files: dict[str, str] | None = None) -> DesiredHost:
+    compiled = api.build(repo(tmp_path, files))
+    return api.targets_of(compiled, ["gs"])["gs"].desired
+
+
+def documents(host: DesiredHost) -> dict[str, dict[str, Any]]:
+    return {path: yaml.safe_load(text) for path, text in (host.documents or {}).items()}
+
+
+def observed(*items: ObservedDocument) -> ObservedHost:
+    return ObservedHost("gs", "gpustack", cluster_id=1, documents=items)
+
+
+def as_there(kind: str, document: dict[str, Any], id: int, **change: Any) -> ObservedDocument:
+    """The document as the server would return it, owned, with ``change`` made."""
+    server = {**document, **change}
+    mark = mark_of(document["description"])
+    assert mark is not None
+    view = backend_view(server) if kind == "backend" else model_view(server)
+    name = server["backend_name"] if kind == "backend" else server["name"]
+    owner = name if kind == "backend" else mark.deployment
+    return ObservedDocument(kind, name, id, view, owner, mark.spec)
+
+
+def test_plan_creates_in_gpustack_order_then_shows_nothing(tmp_path: Path) -> None:
+    host = desired(tmp_path)
+    plan = plan_cluster(host, observed(), "fleetform")
+    assert [(s.action, s.name, s.codes) for s in plan.steps] == [
+        ("create", "backend/srv-custom", ("missing",)),
+        ("create", "model/chat", ("missing",)),
+    ]
+    docs = documents(host)
+    there = observed(
+        as_there("backend", docs["gpustack/backends/srv-custom.yaml"], 7),
+        as_there("model", docs["gpustack/models/chat.yaml"], 3),
+    )
+    again = plan_cluster(host, there, "fleetform")
+    assert again.steps == () and again.unchanged == ("backend/srv-custom", "model/chat")
+
+
+def test_drift_and_spec_change_are_told_apart(tmp_path: Path) -> None:
+    host = desired(tmp_path)
+    docs = documents(host)
+    model = docs["gpustack/models/chat.yaml"]
+    scaled = observed(
+        as_there("backend", docs["gpustack/backends/srv-custom.yaml"], 7),
+        as_there("model", model, 3, replicas=5),
+    )
+    (step,) = plan_cluster(host, scaled, "fleetform").steps
+    assert (step.action, step.name, step.codes, step.current) == (
+        "update",
+        "model/chat",
+        ("drift",),
+        "3",
+    )
+    assert [(c.field, c.before, c.after) for c in step.changes] == [("replicas", 5, 2)]
+
+    changed = desired(
+        tmp_path, {"deployments.d/chat.yaml": ON_CLUSTER.replace("replicas: 2", "replicas: 4")}
+    )
+    (step,) = plan_cluster(changed, scaled, "fleetform").steps
+    assert step.codes == ("spec-changed",)
+    assert [(c.field, c.before, c.after) for c in step.changes] == [("replicas", 5, 4)]
+
+
+def test_orphans_are_deleted_models_first_and_foreign_objects_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    host = desired(tmp_path)
+    docs = documents(host)
+    old_backend = stamped({"backend_name": "old-custom"}, "fleetform")
+    old_model = stamped(
+        {"name": "gone", "source": "local_path", "local_path": "/m"}, "fleetform", "gone"
+    )
+    theirs = ObservedDocument("model", "theirs", 9, {"name": "theirs"}, None)
+    other_project = ObservedDocument("backend", "x-custom", 8, {"backend_name": "x-custom"}, None)
+    plan = plan_cluster(
+        host,
+        observed(
+            as_there("backend", docs["gpustack/backends/srv-custom.yaml"], 7),
+            as_there("backend", old_backend, 5),
+            as_there("model", old_model, 4),
+            theirs,
+            other_project,
+        ),
+        "fleetform",
+    )
+    assert [(s.action, s.name, s.codes) for s in plan.steps] == [
+        ("delete", "model/gone", ("orphan",)),
+        ("create", "model/chat", ("missing",)),
+        ("delete", "backend/old-custom", ("orphan",)),
+    ]
+    assert plan.foreign == ("backend/x-custom", "model/theirs")
+    assert not plan.empties
+
+
+def test_a_foreign_object_with_a_wanted_name_is_a_host_error(tmp_path: Path) -> None:
+    host = desired(tmp_path)
+    squatter = ObservedDocument("model", "chat", 9, {"name": "chat"}, None)
+    plan = plan_cluster(host, observed(squatter), "fleetform")
+    assert plan.steps == ()
+    assert plan.error == (
+        "model 'chat' exists on the server and is not this project's (it has no fleetform"
+        " mark): rename yours, or adopt it with `fleetform import gpustack`"
+    )
+
+
+def test_removing_every_model_needs_allow_empty(tmp_path: Path) -> None:
+    host = desired(tmp_path)
+    docs = documents(host)
+    empty = desired(tmp_path, {"deployments.d/chat.yaml": "name: chat\nabstract: true\n"})
+    plan = plan_cluster(
+        empty,
+        observed(
+            as_there("backend", docs["gpustack/backends/srv-custom.yaml"], 7),
+            as_there("model", docs["gpustack/models/chat.yaml"], 3),
+        ),
+        "fleetform",
+    )
+    assert [(s.action, s.name) for s in plan.steps] == [
+        ("delete", "model/chat"),
+        ("delete", "backend/srv-custom"),
+    ]
+    assert plan.empties
+    assert comparable(
+        {"description": "a\n" + docs["gpustack/models/chat.yaml"]["description"]}
+    ) == {"description": "a"}

@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import yaml
 from compiler import api, report
 from compiler.apply import Options, apply_plan
 from testing.engines import TEST_IMAGE, Engine, EngineFactory
+from testing.gpustack_server import GPUStackServer
 from testing.systemd_hosts import SystemdHost, SystemdHostFactory
 
 PROJECT = "fleetform"
@@ -57,7 +59,7 @@ BACKEND = {
 _CLEAN = ("NO_COLOR", "HF_TOKEN", "FLEETFORM_SECRETS_DIR", "DOCKER_HOST", "DOCKER_CONTEXT")
 
 # `fleetform plan` (text): "s1 (systemd)..." headings, then "  + create NAME  (why)".
-_HEADING = re.compile(r"^(\S+) \((?:compose|systemd)\)")
+_HEADING = re.compile(r"^(\S+) \((?:compose|systemd|gpustack)\)")
 _STEP = re.compile(r"^  [-+~>] (create|update|delete|start) +(\S+)  \(")
 # apply's progress (stderr): "s1: [1/2] create NAME: done (2.1 s)".
 _DONE = re.compile(r"^(\S+): \[\d+/\d+\] (create|update|delete|start) (\S+): done")
@@ -909,6 +911,56 @@ def test_one_apply_converges_a_mixed_fleet_and_a_host_that_went_down(
     finally:
         for client in clients.values():
             client.close()
+
+
+def test_one_plan_and_apply_over_a_docker_host_a_systemd_host_and_a_gpustack_cluster(
+    engines: EngineFactory,
+    systemd_hosts: SystemdHostFactory,
+    gpustack: GPUStackServer,
+    tmp_path: Path,
+) -> None:
+    """The three kinds of host in one repository: one plan shows them all, one apply
+    converges them all, and the next plan shows nothing."""
+    d1, (s1,) = engines("d1"), systemd_hosts.many("s1")
+    fleet = Fleet(tmp_path, [s1], [d1])
+    cluster = f"mixed-{uuid.uuid4().hex[:8]}"
+    status, made = gpustack.request("POST", "/v2/clusters", {"name": cluster})
+    assert status == 200, made
+    fleet._write(
+        "hosts.d/gs.yaml",
+        [
+            {
+                "name": "gs",
+                "target": "gpustack",
+                "url": gpustack.url,
+                "cluster": cluster,
+                "labels": {"host": "gs"},
+            }
+        ],
+    )
+    key = {"GPUSTACK_API_KEY": gpustack.api_key}
+    fleet.deploy(on("d1", "a"), on("s1", "b"), on("gs", "c", local_path="/models/c", replicas=2))
+    assert fleet.check(env=key) == (
+        2,
+        [
+            "d1 create fleetform-a-0",
+            "gs create backend/bb-custom",
+            "gs create model/c",
+            "s1 create fleetform-b-0.service",
+        ],
+    )
+    run = fleet.apply(env=key)
+    assert "3 of 3 hosts converged" in run.stdout, str(run)
+    assert fleet.check(env=key) == (0, [])
+    status, models = gpustack.request("GET", f"/v2/models?cluster_id={made['id']}")
+    assert [(m["name"], m["replicas"]) for m in models["items"]] == [("c", 2)]
+
+    # Off the cluster again: its model, then its backend (the server's, shared by every
+    # cluster on it) are deleted; the other hosts are left as they are.
+    fleet.deploy(on("d1", "a"), on("s1", "b"))
+    assert fleet.check(env=key) == (2, ["gs delete model/c", "gs delete backend/bb-custom"])
+    fleet.apply("--allow-empty", env=key)
+    assert fleet.check(env=key) == (0, [])
 
 
 # --- 6. a failed start rolls back --------------------------------------------------------

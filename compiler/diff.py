@@ -157,6 +157,9 @@ def diff_fleets(base: Compiled | None, now: Compiled) -> tuple[HostDiff, ...]:
                 replicas.append(
                     ReplicaDiff(name, will.deployment, "update", _changes(was, will), unit)
                 )
+        documents, same = _cluster_diff(_cluster(base, host), _cluster(now, host))
+        replicas.extend(documents)
+        unchanged += same
         status: Literal["added", "removed", "changed", "unchanged"]
         if old is None:
             status = "added"
@@ -186,6 +189,43 @@ def _by_host(compiled: Compiled | None) -> dict[str, _Host]:
         if found is not None:
             entry[2][workload.name] = found[1]
     return out
+
+
+def _cluster(compiled: Compiled | None, host: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """A GPUStack cluster's documents as a plan compares them: ``kind/name`` →
+    (deployment, view); empty for other hosts."""
+    from compiler.targets.gpustack.documents import backend_view, comparable, model_view
+
+    state = compiled.fleet.clusters.get(host) if compiled is not None else None
+    if state is None:
+        return {}
+    found = {
+        f"backend/{name}": ("", comparable(backend_view(document)))
+        for name, document in state.backends.items()
+    }
+    found.update(
+        (f"model/{document['name']}", (deployment, comparable(model_view(document))))
+        for deployment, document in state.models.items()
+    )
+    return found
+
+
+def _cluster_diff(
+    old: dict[str, tuple[str, dict[str, Any]]], new: dict[str, tuple[str, dict[str, Any]]]
+) -> tuple[list[ReplicaDiff], int]:
+    diffs: list[ReplicaDiff] = []
+    same = 0
+    for name in sorted(set(old) | set(new)):
+        was, will = old.get(name), new.get(name)
+        if was is None and will is not None:
+            diffs.append(ReplicaDiff(name, will[0], "create"))
+        elif will is None and was is not None:
+            diffs.append(ReplicaDiff(name, was[0], "delete"))
+        elif was is not None and will is not None and was[1] != will[1]:
+            diffs.append(ReplicaDiff(name, will[0], "update", changes_between(was[1], will[1])))
+        else:
+            same += 1
+    return diffs, same
 
 
 def _changes(was: Workload, will: Workload) -> tuple[Change, ...]:

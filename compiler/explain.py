@@ -25,8 +25,17 @@ def explain_deployment(fleet: Fleet, name: str) -> str:
         f"  extends chain: {' -> '.join(info.chain)}",
         f"  backend: {info.backend}",
         f"  version: {info.version} ({info.version_reason})",
-        f"  replicas: {len(replicas)}",
     ]
+    cluster = next((c for c, s in fleet.clusters.items() if name in s.models), None)
+    if cluster is not None:
+        model = fleet.clusters[cluster].models[name]
+        lines.append(
+            f"  on GPUStack cluster {cluster}, as its model '{model['name']}'"
+            f" ({model['replicas']} replica(s), scheduled by GPUStack; sent as"
+            f" output/{cluster}/gpustack/models/{name}.yaml)"
+        )
+        return "\n".join(lines) + "\n"
+    lines.append(f"  replicas: {len(replicas)}")
 
     def row(label: str, value: str, key: str) -> None:
         origin: Origin | None = info.origins.get(key)

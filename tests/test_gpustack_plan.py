@@ -325,3 +325,20 @@ def test_removing_every_model_needs_allow_empty(tmp_path: Path) -> None:
     assert comparable(
         {"description": "a\n" + docs["gpustack/models/chat.yaml"]["description"]}
     ) == {"description": "a"}
+
+
+def test_diff_and_explain_show_a_cluster_deployment(tmp_path: Path) -> None:
+    from compiler.diff import diff_fleets
+
+    base = api.build(repo(tmp_path / "a"))
+    changed = ON_CLUSTER.replace("replicas: 2", "replicas: 3")
+    now = api.build(repo(tmp_path / "b", {"deployments.d/chat.yaml": changed}))
+    (host,) = [h for h in diff_fleets(base, now) if h.host == "gs"]
+    assert host.status == "changed" and host.unchanged == 1
+    assert [
+        (r.name, r.action, [(c.field, c.before, c.after) for c in r.changes]) for r in host.replicas
+    ] == [("model/chat", "update", [("replicas", 2, 3)])]
+    assert api.explain(tmp_path / "b", "chat").splitlines()[-1] == (
+        "  on GPUStack cluster gs, as its model 'chat' (3 replica(s), scheduled by GPUStack;"
+        " sent as output/gs/gpustack/models/chat.yaml)"
+    )

@@ -493,7 +493,7 @@ def test_removing_every_deployment_needs_allow_empty(fleet: Fleet) -> None:
     refused = fleet.apply(expect=1)
     assert (
         "h1: FAILED after 0 step(s): the plan would delete every container fleetform runs"
-        " on this host; refused without --allow-empty"
+        " on this host (every model, on a GPUStack cluster); refused without --allow-empty"
     ) in refused.stdout, refused
     assert fleet.snapshot() == before
     assert fleet.check() == (2, [H1 + "delete fleetform-aux-0", H1 + "delete fleetform-aux-1"])

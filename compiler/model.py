@@ -332,6 +332,18 @@ class Host(_Model):
             raise ValueError(f"'{name}' is not a DNS label (lowercase, digits and '-')")
         return name
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _gpustack_key(cls, value: str | None) -> str | None:
+        from compiler.remote.gpustack import KEY_ENV
+
+        if value is not None and not KEY_ENV.fullmatch(value):
+            raise ValueError(
+                f"'{value}' is not a GPUStack API key variable (GPUSTACK_…API_KEY, for example"
+                " GPUSTACK_PROD_API_KEY): a repository cannot send another secret to a server"
+            )
+        return value
+
     @field_validator("port_range")
     @classmethod
     def _range(cls, value: str | None) -> str | None:

@@ -135,6 +135,9 @@ class ObservedHost:
     # A GPUStack cluster: its id, and the server's backends and the cluster's models.
     cluster_id: int | None = None
     documents: tuple[ObservedDocument, ...] = ()
+    # Which backend each model that is not this project's uses (the server's other
+    # clusters' too): a backend they use is never deleted.
+    backend_users: tuple[tuple[str, str], ...] = ()
 
     def fingerprint(self) -> str:
         """A hash of everything observed: a saved plan is stale once this changes."""
@@ -148,7 +151,11 @@ class ObservedHost:
         if self.models:  # absent, as before models were fetched: old plans stay valid
             extra["models"] = [asdict(m) for m in self.models]
         if self.cluster_id is not None:
-            extra["cluster"] = [self.cluster_id, [asdict(d) for d in self.documents]]
+            extra["cluster"] = [
+                self.cluster_id,
+                [asdict(d) for d in self.documents],
+                [list(user) for user in self.backend_users],
+            ]
         document.update(extra)
         text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -30,6 +30,7 @@ ReasonCode = Literal[
     "replica-unwanted",  # delete: its deployment has fewer replicas now
     "interrupted",  # delete: left behind by an interrupted apply
     "spec-changed",  # update: the repository says something else now
+    "versions-released",  # update (GPUStack): a backend's versions removed after its models moved
     "drift",  # update: changed on the host, outside fleetform
     "drop-in",  # update (systemd): a drop-in changes what the unit runs
     "secret-changed",  # update: a secret's value changed in the applying environment
@@ -82,6 +83,9 @@ class Step:
     frees: tuple[str, ...] = ()
     model_key: str = ""  # fetch: the HubModel's key
     model_bytes: int | None = None  # fetch: what the hub says it will download
+    # A GPUStack backend's first update: versions kept until the models on them move
+    # (a second update, after the models', removes them).
+    keep: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,7 @@ class Step:
             "frees": list(self.frees),
             "model_key": self.model_key,
             "model_bytes": self.model_bytes,
+            **({"keep": list(self.keep)} if self.keep else {}),
         }
 
     @classmethod
@@ -124,6 +129,7 @@ class Step:
             frees=tuple(data.get("frees", ())),
             model_key=data.get("model_key", ""),
             model_bytes=data.get("model_bytes"),
+            keep=tuple(data.get("keep", ())),
         )
 
 

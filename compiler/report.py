@@ -4,6 +4,7 @@ always prints the same bytes."""
 
 from __future__ import annotations
 
+import html
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -39,14 +40,15 @@ def plan_text(plan: Plan, *, color: bool = False) -> str:
         lines.append(_host_heading(host))
         for step in host.steps:
             sign = paint(_COLOR[step.action], f"{_SIGN[step.action]} {step.action:<6}")
-            lines.append(f"  {sign} {step.name}  ({'; '.join(step.reasons)})")
+            # Names and reasons may come from a server (a GPUStack cluster's): escaped.
+            lines.append(printable(f"  {sign} {step.name}  ({'; '.join(step.reasons)})"))
             for change in step.changes:
                 lines.append(f"      {_change(change)}")
             lines.extend(f"      {line}" for line in step.diff)  # systemd: the unit diff
         if not host.steps and host.error is None:
             lines.append("  no changes")
         if host.foreign and host.error is None:
-            lines.append(f"  foreign, left alone: {', '.join(host.foreign)}")
+            lines.append(printable(f"  foreign, left alone: {', '.join(host.foreign)}"))
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines) + "\n"
 
@@ -54,7 +56,7 @@ def plan_text(plan: Plan, *, color: bool = False) -> str:
 def _host_heading(host: HostPlan) -> str:
     heading = f"{host.host} ({host.target})"
     if host.error is not None:
-        return f"{heading}: error: {host.error}"
+        return printable(f"{heading}: error: {host.error}")
     extra = []
     if host.unchanged:
         extra.append(f"{len(host.unchanged)} unchanged")
@@ -99,11 +101,12 @@ def plan_markdown(plan: Plan) -> str:
         lines.append("|---|---|---|")
         for step in host.steps:
             why = _md("; ".join(step.reasons))
-            lines.append(f"| {_SIGN[step.action]} {step.action} | `{step.name}` | {why} |")
+            lines.append(f"| {_SIGN[step.action]} {step.action} | {_code(step.name)} | {why} |")
         lines.append("")
         changed = [step for step in host.steps if step.changes or step.diff]
         for step in changed:
-            lines.append(f"<details><summary><code>{step.name}</code>: what changes</summary>")
+            name = html.escape(printable(step.name))
+            lines.append(f"<details><summary><code>{name}</code>: what changes</summary>")
             lines.append("")
             lines.append("```diff")
             for change in step.changes:
@@ -126,7 +129,13 @@ def plan_markdown(plan: Plan) -> str:
 def _foreign_md(host: HostPlan) -> list[str]:
     if not host.foreign:
         return []
-    return [f"Foreign, left alone: {', '.join(f'`{name}`' for name in host.foreign)}.", ""]
+    return [f"Foreign, left alone: {', '.join(_code(name) for name in host.foreign)}.", ""]
+
+
+def _code(name: str) -> str:
+    """A name as a markdown code span that nothing in it can end (a server's names are
+    untrusted: a backtick would let the rest render as markdown in a PR comment)."""
+    return "`" + _md(printable(name)).replace("`", "'") + "`"
 
 
 def _md(text: str) -> str:

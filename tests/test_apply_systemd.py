@@ -938,7 +938,7 @@ def test_one_plan_and_apply_over_a_docker_host_a_systemd_host_and_a_gpustack_clu
             }
         ],
     )
-    key = {"GPUSTACK_API_KEY": gpustack.api_key}
+    key = {"GPUSTACK_API_KEY": gpustack.api_key, "GPUSTACK_URL": gpustack.url}
     fleet.deploy(on("d1", "a"), on("s1", "b"), on("gs", "c", local_path="/models/c", replicas=2))
     assert fleet.check(env=key) == (
         2,

@@ -93,7 +93,11 @@ class ClusterRepo:
 
     def ff(self, *args: str, key: str | None = None) -> Run:
         """The CLI, as CI runs it: the API key in the environment."""
-        env = {**os.environ, KEY_ENV: self.server.api_key if key is None else key}
+        env = {
+            **os.environ,
+            KEY_ENV: self.server.api_key if key is None else key,
+            "GPUSTACK_URL": self.server.url,
+        }
         done = subprocess.run(
             [sys.executable, "-c", "from compiler.cli import main; main()", *args],
             cwd=self.root,
@@ -424,6 +428,52 @@ def test_six_steps_drift_heal_foreign_lock_and_a_wrong_key(
             assert gpustack.api_key not in path.read_text(encoding="utf-8")
 
 
+def test_a_backend_version_is_removed_after_its_model_moves_and_a_used_backend_stays(
+    gpustack: GPUStackServer, tmp_path: Path
+) -> None:
+    """GPUStack refuses to remove a version a model is on, and to delete a backend in
+    use: the version goes in a second update once the model moved, and a backend another
+    model on the server uses stays when the repository no longer needs it."""
+    repo = ClusterRepo(tmp_path, gpustack, "versions")
+    backend = {**BACKEND, "backend_name": "ver"}
+    repo.write("backends.d/b.yaml", [backend])
+    repo.write("deployments.d/d.yaml", [on_cluster("m", "ver", backend_version="v1")])
+    repo.compile()
+    repo.apply()
+    backend["version_configs"] = {"v2": BACKEND["version_configs"]["v2"]}
+    repo.write("backends.d/b.yaml", [backend])
+    repo.write("deployments.d/d.yaml", [on_cluster("m", "ver", backend_version="v2")])
+    repo.compile()
+    assert repo.steps() == [
+        "update backend/ver-custom spec-changed",
+        "update model/m spec-changed",
+        "update backend/ver-custom versions-released",
+    ]
+    repo.apply()
+    assert repo.steps() == []
+    assert list(repo.backends()["ver-custom"]["version_configs"]) == ["v2"]
+
+    # Someone else's model on the project's backend: the backend outlives the repository's
+    # last use of it.
+    theirs = {
+        "name": "on-our-backend",
+        "source": "local_path",
+        "local_path": "/m",
+        "backend": "ver-custom",
+        "replicas": 0,
+        "cluster_id": repo.cluster_id,
+    }
+    status, made = gpustack.request("POST", "/v2/models", theirs)
+    assert status == 200, made
+    repo.write("deployments.d/d.yaml", [])
+    repo.compile()
+    assert repo.steps() == ["delete model/m orphan"]
+    plan = repo.ff("plan").stdout
+    assert "backend/ver-custom (kept: model on-our-backend uses it)" in plan, plan
+    repo.apply("--allow-empty")
+    assert "ver-custom" in repo.backends() and "m" not in repo.models()
+
+
 def _writable(model: dict[str, Any]) -> dict[str, Any]:
     """A model as GET returns it, as PUT takes it (the UI sends the whole object)."""
     keys = {
@@ -478,6 +528,14 @@ def test_import_writes_a_cluster_that_then_plans_no_changes(
             "backend": "made-by-hand-custom",
             "replicas": 0,
         },
+        {  # a field fleetform does not manage: recreated, it would be lost; left out
+            "name": "binpacked",
+            "source": "local_path",
+            "local_path": "/models/y",
+            "backend": "made-by-hand-custom",
+            "replicas": 0,
+            "placement_strategy": "binpack",
+        },
         {  # GPUStack's built-in backend: not a repository backend, left out
             "name": "builtin",
             "source": "local_path",
@@ -509,8 +567,12 @@ def test_import_writes_a_cluster_that_then_plans_no_changes(
         "wrote hosts.d/gs.yaml",
     ], str(run)
     assert (
-        "left out model/builtin: its backend 'vLLM' is not a custom backend (GPUStack's"
-        " built-in backends are not in the repository)"
+        "left out model/builtin: its backend 'vLLM' is not one import writes (a GPUStack"
+        " built-in backend, or another project's)"
+    ) in run.stdout, str(run)
+    assert (
+        "left out model/binpacked: it sets placement_strategy, which fleetform does not"
+        " manage (a model it recreates would lose it)"
     ) in run.stdout, str(run)
     assert yaml.safe_load((root / "deployments.d/qwen3-chat.yaml").read_text()) == {
         "name": "qwen3-chat",

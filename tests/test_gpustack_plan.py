@@ -44,6 +44,13 @@ gpu_selector: {gpus_per_replica: 1}
 env: {A: "1"}
 backend_parameters: [--max-model-len, "4096"]
 """
+BACKEND_V2 = """\
+backend_name: srv
+default_env: {LEVEL: info}
+default_run_command: serve {{model_path}} --port {{port}}
+version_configs:
+  v2: {image_name: "example/srv:2", custom_framework: cuda, env: {LEVEL: warn}}
+"""
 ON_HOST = """\
 name: embed
 backend: srv
@@ -342,3 +349,119 @@ def test_diff_and_explain_show_a_cluster_deployment(tmp_path: Path) -> None:
         "  on GPUStack cluster gs, as its model 'chat' (3 replica(s), scheduled by GPUStack;"
         " sent as output/gs/gpustack/models/chat.yaml)"
     )
+
+
+def test_a_backend_version_its_model_leaves_is_removed_after_the_model_moved(
+    tmp_path: Path,
+) -> None:
+    """GPUStack refuses to remove a version a model is on (400): the backend's update
+    keeps it, the model moves, a second update removes it."""
+    old = documents(
+        desired(tmp_path / "old", {"deployments.d/chat.yaml": ON_CLUSTER.replace("v2", "v1")})
+    )
+    only_v2 = BACKEND_V2
+    host = desired(tmp_path / "new", {"backends.d/b.yaml": only_v2})
+    there = observed(
+        as_there("backend", old["gpustack/backends/srv-custom.yaml"], 7),
+        as_there("model", old["gpustack/models/chat.yaml"], 3),
+    )
+    steps = plan_cluster(host, there, "fleetform").steps
+    assert [(s.action, s.name, s.codes, s.keep) for s in steps] == [
+        ("update", "backend/srv-custom", ("spec-changed",), ("v1",)),
+        ("update", "model/chat", ("spec-changed",), ()),
+        ("update", "backend/srv-custom", ("versions-released",), ()),
+    ]
+    assert steps[2].reasons == ("removes version(s) v1 now that the models on them moved",)
+
+
+def test_a_backend_another_model_uses_is_kept_and_twin_marks_are_an_error(
+    tmp_path: Path,
+) -> None:
+    host = desired(tmp_path)
+    docs = documents(host)
+    backend = as_there("backend", docs["gpustack/backends/srv-custom.yaml"], 7)
+    model = as_there("model", docs["gpustack/models/chat.yaml"], 3)
+    old_backend = as_there("backend", stamped({"backend_name": "old-custom"}, "fleetform"), 5)
+    plan = plan_cluster(
+        host,
+        ObservedHost(
+            "gs",
+            "gpustack",
+            cluster_id=1,
+            documents=(backend, model, old_backend),
+            backend_users=(("old-custom", "someone-elses"),),
+        ),
+        "fleetform",
+    )
+    assert plan.steps == ()
+    assert plan.foreign == ("backend/old-custom (kept: model someone-elses uses it)",)
+    copy = ObservedDocument("model", "zz-copy", 4, model.view, model.owner, model.spec)
+    twins = plan_cluster(host, observed(backend, model, copy), "fleetform")
+    assert twins.error == (
+        "the models 'chat' and 'zz-copy' on the server both carry the mark of model chat:"
+        " delete the copy"
+    )
+
+
+def test_names_from_a_server_cannot_forge_plan_lines_or_markdown(tmp_path: Path) -> None:
+    from compiler import report
+    from compiler.plan import Plan
+
+    host = desired(tmp_path)
+    forged = ObservedDocument("model", "x\n  + create model/PWNED", 8, {}, None)
+    image = ObservedDocument("backend", "b`![t](http://evil.example/x.png)`", 9, {}, None)
+    plan = Plan("fleetform", (plan_cluster(host, observed(forged, image), "fleetform"),))
+    text = report.plan_text(plan)
+    assert "\n  + create model/PWNED" not in text
+    assert "x\\n  + create model/PWNED" in text
+    markdown = report.plan_markdown(plan)
+    assert "`backend/b'![t](http://evil.example/x.png)'`" in markdown  # a code span: inert
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "message"),
+    [
+        (
+            "deployments.d/chat.yaml",
+            ON_CLUSTER + "served_name: fleetform-lock-fleetform\n",
+            "deployments.d/chat.yaml:10:14: served_name: 'fleetform-lock-fleetform' starts"
+            " with fleetform-lock-, the name of fleetform's apply lock on a GPUStack server:"
+            " choose another served_name",
+        ),
+        (
+            "deployments.d/chat.yaml",
+            ON_CLUSTER + "run_command: serve {{modle_path}}\n",
+            "deployments.d/chat.yaml:10:14: run_command: undefined placeholder {{modle_path}}"
+            " (defined: A, LEVEL, gpu_count, gpu_ids, model_name, model_path, port,"
+            " worker_ip)",
+        ),
+        (
+            "hosts.d/h2.yaml",
+            "name: h2\naddress: 10.9.0.2\nlabels: {pool: gs, gpu: a100}\n",
+            "deployments.d/chat.yaml:6:18: worker_selector: worker_selector matches GPUStack"
+            " cluster gs and host h2: add a label that tells them apart",
+        ),
+        (
+            "hosts.d/gs.yaml",
+            CLUSTER + "api_key_env: GITHUB_TOKEN\n",
+            "hosts.d/gs.yaml:6:14: api_key_env: 'GITHUB_TOKEN' is not a GPUStack API key"
+            " variable (GPUSTACK_…API_KEY, for example GPUSTACK_PROD_API_KEY): a repository"
+            " cannot send another secret to a server",
+        ),
+    ],
+)
+def test_what_a_cluster_refuses(tmp_path: Path, path: str, text: str, message: str) -> None:
+    assert errors_of(repo(tmp_path, {path: text})) == [message]
+
+
+def test_one_entry_per_server_however_its_url_is_written(tmp_path: Path) -> None:
+    first = CLUSTER.replace("http://127.0.0.1:9", "http://gpustack.example")
+    second = (
+        CLUSTER.replace("name: gs", "name: gs2")
+        .replace("http://127.0.0.1:9", "http://GPUStack.example:80/")
+        .replace("pool: gs", "pool: other")
+    )
+    assert errors_of(repo(tmp_path, {"hosts.d/gs.yaml": first, "hosts.d/gs2.yaml": second})) == [
+        "hosts.d/gs2.yaml:1:1: url: hosts gs and gs2 are the same GPUStack server"
+        " (http://GPUStack.example:80): one hosts.d entry per server"
+    ]

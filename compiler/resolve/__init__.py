@@ -79,8 +79,9 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
     }
     every_draft = drafts
     marks = {name: hosts[name][1] for name in clusters}
+    machines = {name: h.labels for name, (h, _) in hosts.items() if name not in clusters}
     states, drafts = resolve_clusters(
-        drafts, clusters, own_layers, settings.project, marks, errors
+        drafts, clusters, own_layers, settings.project, marks, machines, errors
     )
     if errors:
         raise ErrorList(errors)

@@ -16,11 +16,13 @@ from typing import Any
 
 from compiler.errors import FleetformError, Mark, ResolveError
 from compiler.model import SecretRef
+from compiler.remote.gpustack import normal_url
 from compiler.resolve.backends import BackendLayers
 from compiler.resolve.draft import Draft
 from compiler.resolve.layers import Layer, merge, set_fields
 from compiler.resolve.workload import ClusterState, ResolvedHost
-from compiler.targets.gpustack.documents import gpustack_backend_name, stamped
+from compiler.targets.gpustack.documents import LOCK_PREFIX, gpustack_backend_name, stamped
+from compiler.template import UndefinedPlaceholder, names_in
 
 # Deployment fields that describe a container fleetform runs itself; a GPUStack model
 # has no such field (its worker decides them), so on a cluster they are errors.
@@ -68,15 +70,17 @@ def resolve_clusters(
     own_layers: Mapping[str, Layer],
     project: str,
     marks: Mapping[str, Mark],
+    machines: Mapping[str, dict[str, str]],
     errors: list[FleetformError],
 ) -> tuple[dict[str, ClusterState], list[Draft]]:
-    """Each cluster's documents, and the drafts left for placement on hosts."""
+    """Each cluster's documents, and the drafts left for placement on hosts
+    (``machines``: the other hosts' labels)."""
     states = {name: ClusterState() for name in clusters}
     if not clusters:
         return states, drafts
     by_url: dict[str, str] = {}
     for name, host in sorted(clusters.items()):
-        first = by_url.setdefault(host.url or "", name)
+        first = by_url.setdefault(normal_url(host.url or ""), name)
         if first != name:  # a server's backends are all its clusters': one entry drives them
             errors.append(
                 ResolveError(
@@ -95,6 +99,8 @@ def resolve_clusters(
             if cluster is None:
                 left.append(draft)
                 continue
+            _check_not_on_a_host(draft, cluster, machines)
+            _check_placeholders(draft)
             values = merge([own_layers[link] for link in draft.chain])
             model = model_document(draft, values, clusters[cluster], project)
             other = served.setdefault((cluster, model["name"]), draft.name)
@@ -121,6 +127,45 @@ def resolve_clusters(
         except FleetformError as error:
             errors.append(error)
     return states, left
+
+
+def _check_not_on_a_host(
+    draft: Draft, cluster: str, machines: Mapping[str, dict[str, str]]
+) -> None:
+    """A selector a cluster and a host both match is a question, not a choice to make."""
+    selector = draft.request.worker_selector
+    for name, labels in sorted(machines.items()):
+        if all(labels.get(k) == v for k, v in selector.items()):
+            raise ResolveError(
+                f"worker_selector matches GPUStack cluster {cluster} and host {name}: add a"
+                " label that tells them apart",
+                draft.origin("worker_selector").mark,
+                "worker_selector",
+            )
+
+
+# The placeholders GPUStack's worker fills in itself (gpustack/worker/backends/custom.py
+# and base.py): a cluster deployment may use these and its env's names, no other.
+GPUSTACK_BUILTINS = ("gpu_count", "gpu_ids", "model_name", "model_path", "port", "worker_ip")
+
+
+def _check_placeholders(draft: Draft) -> None:
+    """What fleetform checks on hosts, for a command GPUStack renders: every placeholder
+    of the command, its parameters and env values is defined (GPUStack would leave an
+    undefined one in the command)."""
+    values = draft.values
+    env = values.get("env") or {}
+    defined = sorted({*GPUSTACK_BUILTINS, *env})
+    texts: list[tuple[str, str]] = [("run_command", values.get("run_command") or "")]
+    texts += [("backend_parameters", p) for p in values.get("backend_parameters") or ()]
+    texts += [("default_backend_param", p) for p in values.get("default_backend_param") or ()]
+    texts += [(f"env.{k}", v) for k, v in env.items() if isinstance(v, str)]
+    for key, text in texts:
+        missing = [name for name in names_in(text) if name not in defined]
+        if missing:
+            raise ResolveError(
+                str(UndefinedPlaceholder(missing, defined)), draft.origin(key).mark, key
+            )
 
 
 def model_document(
@@ -164,8 +209,16 @@ def model_document(
     )
     per_replica = selector.get("gpus_per_replica")
     replicas = values.get("replicas")
+    served = values.get("served_name") or draft.name
+    if served.startswith(LOCK_PREFIX):
+        raise ResolveError(
+            f"'{served}' starts with {LOCK_PREFIX}, the name of fleetform's apply lock on a"
+            " GPUStack server: choose another served_name",
+            draft.origin("served_name").mark,
+            "served_name",
+        )
     document = {
-        "name": values.get("served_name") or draft.name,
+        "name": served,
         "description": None,
         "source": source,
         "huggingface_repo_id": values.get("huggingface_repo_id"),

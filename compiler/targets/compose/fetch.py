@@ -48,9 +48,7 @@ TOKEN_VARIABLE = "HF_TOKEN"
 MOUNT = "/models"  # where the helper sees the host's model_dir
 
 
-def fetch_model(
-    executor: DockerExecutor, model: HubModel, project: str, commit: str = ""
-) -> None:
+def fetch_model(executor: DockerExecutor, model: HubModel, project: str, commit: str = "") -> None:
     """Make ``model``'s folder present and verified on the executor's host, and record it.
     ``commit``: the one to fetch (a changed folder restored), else the revision's newest."""
     engine, options = executor.engine, executor.options

@@ -25,8 +25,10 @@ from compiler.apply import (
     with_lock_left,
 )
 from compiler.errors import FleetformError
+from compiler.observed import ObservedHost
 from compiler.plan import HostPlan, Step
 from compiler.remote.gpustack import GPUStack, GPUStackError
+from compiler.render.yaml_text import dump
 from compiler.targets.gpustack.documents import lock_name, model_body
 from compiler.targets.gpustack.observe import observe_cluster
 from compiler.targets.gpustack.plan import desired_documents, plan_cluster
@@ -63,7 +65,7 @@ def apply_cluster(host_plan: HostPlan, target: Target, project: str, say: Report
             for number, step in enumerate(host_plan.steps, 1):
                 started = time.monotonic()
                 say(host, f"[{number}/{total}] {step.action} {step.name} ...")
-                _run(server, step, documents, cluster_id)
+                _run(server, step, documents, cluster_id, seen)
                 result.done.append(step)
                 took = time.monotonic() - started
                 say(host, f"[{number}/{total}] {step.action} {step.name}: done ({took:.1f} s)")
@@ -83,6 +85,7 @@ def _run(
     step: Step,
     documents: dict[tuple[str, str], tuple[str, dict[str, Any]]],
     cluster_id: int,
+    seen: ObservedHost,
 ) -> None:
     kind = step.name.partition("/")[0]
     try:
@@ -90,7 +93,12 @@ def _run(
             if step.action == "delete":
                 server.call("DELETE", f"/v2/inference-backends/{int(step.current)}")
                 return
-            text = documents[("backend", step.deployment)][0]
+            text, document = documents[("backend", step.deployment)]
+            if step.keep:  # the versions the project's models are still on, as they are
+                there = next(d for d in seen.documents if d.id == int(step.current))
+                kept = {v: there.view["version_configs"][v] for v in step.keep}
+                configs = {**document.get("version_configs", {}), **kept}
+                text = dump({**document, "version_configs": configs})
             if step.action == "create":
                 server.call("POST", "/v2/inference-backends/from-yaml", {"content": text})
             else:

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from compiler.errors import FleetformError
-from compiler.model import DNS_LABEL
-from compiler.remote.gpustack import GPUStack
+from compiler.model import DNS_LABEL, Backend, Deployment
+from compiler.remote.gpustack import GPUStack, object_id, same_server, untrusted
+from compiler.targets.gpustack import file_names
 from compiler.targets.gpustack.documents import (
     BACKEND_KEYS,
     LOCK_PREFIX,
@@ -35,6 +38,26 @@ from compiler.targets.gpustack.documents import (
 )
 
 CLUSTER_LABEL = "gpustack-cluster"
+# A GPUStack model's fields fleetform does not manage, with their defaults where one is
+# not null, false or empty: a model that sets one is left out (recreated by fleetform,
+# it would lose it).
+UNMANAGED: dict[str, object] = {
+    "placement_strategy": "spread",
+    "restart_on_error": True,
+    "distributed_inference_across_workers": True,
+    "access_policy": "authed",
+    "cpu_offloading": None,
+    "gpu_type_selector": None,
+    "native_anthropic_api": None,
+    "extended_kv_cache": None,
+    "speculative_config": None,
+    "scaling_schedule": None,
+    "generic_proxy": None,
+    "lora_list": None,
+    "roles": None,
+    "disaggregation": None,
+    "gather": None,
+}
 _NAME = re.compile(r"[^\s](?:.{0,253}[^\s])?")
 _SOURCES = (
     "source",
@@ -63,8 +86,11 @@ def import_cluster(
     server = GPUStack.from_env(url, key_env)
     cluster_id = server.cluster_id(cluster)
     host = host or _slug(cluster)
-    if not host:
-        raise FleetformError(f"cluster '{cluster}' gives no host name: pass --host")
+    if not host or not DNS_LABEL.match(host) or len(host) > 63:
+        raise FleetformError(
+            f"{host!r} is not a host name (a DNS label: lowercase letters, digits and '-'):"
+            " pass --host"
+        )
     result = Imported()
     files: dict[str, dict[str, Any]] = {}
 
@@ -85,6 +111,11 @@ def import_cluster(
             f"host '{host}' is in the repository but is not a gpustack host with labels:"
             " pass another --host"
         )
+    elif not same_server(entry.url or "", url) or entry.cluster != cluster:
+        raise FleetformError(
+            f"host '{host}' in the repository is cluster '{entry.cluster}' at {entry.url},"
+            f" not '{cluster}' at {url}: pass another --host"
+        )
     else:
         labels = dict(entry.labels)
 
@@ -97,8 +128,9 @@ def import_cluster(
         if name in have_backends:
             result.left_out.append(f"backend/{name}: the repository has a backend of that name")
             continue
-        if not _NAME.fullmatch(name) or not _slug(name):
-            result.left_out.append(f"backend/{name!r}: not a name fleetform takes")
+        why = _not_writable(Backend, _backend_file(item))
+        if why:
+            result.left_out.append(f"backend/{untrusted(name)}: {why}")
             continue
         backends[name] = item
 
@@ -112,8 +144,9 @@ def import_cluster(
             continue
         document, why = _deployment_file(item, labels, set(backends) | have_backends)
         deployment = document.get("name", "") if document else ""
+        why = why or (_not_writable(Deployment, document) if document else "")
         if document is None or why:
-            result.left_out.append(f"model/{name}: {why}")
+            result.left_out.append(f"model/{untrusted(name)}: {why}")
             continue
         if deployment in deployments or deployment in models:
             result.left_out.append(
@@ -124,29 +157,60 @@ def import_cluster(
         files[f"deployments.d/{deployment}.yaml"] = document
 
     used = {str(item.get("backend")) for item in models.values()}
+    named = file_names({name: None for name in backends if name in used})
     for name in sorted(backends):
-        path = f"backends.d/{_slug(name) or 'backend'}.yaml"
-        if name in used and path in files:
-            result.left_out.append(f"backend/{name}: its file name is another backend's")
-            used.discard(name)
-        elif name in used:
-            files[path] = _backend_file(backends[name])
+        if name in used:
+            files[f"backends.d/{named[name]}.yaml"] = _backend_file(backends[name])
         else:
-            result.left_out.append(f"backend/{name}: no model of the cluster uses it")
+            result.left_out.append(f"backend/{untrusted(name)}: no model of the cluster uses it")
     backends = {name: item for name, item in backends.items() if name in used}
     _write(root, files)
     result.written = sorted(files)
     try:
-        adopt = _check_round_trip(root, host, backends, models)
+        adopt = _check_round_trip(root, host, backends, models, cluster_id)
     except BaseException:
         _remove(root, files)
         raise
-    for kind, path, body in adopt:
-        server.call("PUT", path, body if kind == "backend" else {**body, "cluster_id": cluster_id})
+    _adopt(server, adopt, cluster_id, root, files)
     result.adopted = sorted(
         [f"backend/{name}" for name in backends] + [f"model/{m['name']}" for m in models.values()]
     )
     return result
+
+
+def _adopt(
+    server: GPUStack,
+    calls: list[tuple[str, str, dict[str, Any], dict[str, Any]]],
+    cluster_id: int,
+    root: Path,
+    files: dict[str, dict[str, Any]],
+) -> None:
+    """Mark each imported object as the project's; if one cannot be, the ones marked
+    get their description back and the files go: an import is whole or nothing."""
+    done: list[tuple[str, dict[str, Any]]] = []
+    try:
+        for kind, path, body, before in calls:
+            server.call(
+                "PUT", path, body if kind == "backend" else {**body, "cluster_id": cluster_id}
+            )
+            done.append((path, before))
+    except FleetformError as error:
+        for path, before in reversed(done):
+            with contextlib.suppress(FleetformError):
+                server.call("PUT", path, before)
+        _remove(root, files)
+        raise FleetformError(f"{error.message}; nothing was imported") from None
+
+
+def _not_writable(model: type[BaseModel], document: dict[str, Any]) -> str:
+    """Why fleetform could not read ``document`` back as written, or ""."""
+    try:
+        model.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return untrusted(f"{where}: {first['msg']}")[:200]
+    return ""
 
 
 def _theirs_or_ours(
@@ -175,10 +239,18 @@ def _deployment_file(
     backend = view.get("backend")
     if backend not in backends:
         return None, (
-            f"its backend '{backend}' is not a custom backend (GPUStack's built-in backends"
-            " are not in the repository)"
+            f"its backend '{untrusted(str(backend))}' is not one import writes (a GPUStack"
+            " built-in backend, or another project's)"
             if backend
             else "it names no backend"
+        )
+    unmanaged = sorted(
+        key for key in UNMANAGED if item.get(key) not in (None, False, [], {}, UNMANAGED.get(key))
+    )
+    if unmanaged:
+        return None, (
+            f"it sets {unmanaged[0]}, which fleetform does not manage (a model it recreates"
+            " would lose it)"
         )
     selector = view.get("gpu_selector") or {}
     if selector.get("gpu_ids"):
@@ -212,9 +284,11 @@ def _check_round_trip(
     host: str,
     backends: dict[str, dict[str, Any]],
     models: dict[str, dict[str, Any]],
-) -> list[tuple[str, str, dict[str, Any]]]:
+    cluster_id: int,
+) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
     """Compile the repository and check every imported object reads back as the server
-    holds it; the calls that then adopt them (the same object, with the mark)."""
+    holds it; the calls that then adopt them (the same object, with the mark), each with
+    the body that puts it back as it was."""
     from compiler import api
     from compiler.render.yaml_text import dump
 
@@ -222,17 +296,19 @@ def _check_round_trip(
     state = compiled.fleet.clusters.get(host)
     if state is None:
         raise FleetformError(f"host '{host}' is not a gpustack cluster after import")
-    calls: list[tuple[str, str, dict[str, Any]]] = []
+    calls: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
     for name, item in sorted(backends.items()):
         document = state.backends[name]
         _same(f"backend/{name}", backend_view(item), backend_view(document))
         content = dump({k: v for k, v in document.items() if v is not None})
-        path = f"/v2/inference-backends/{int(item['id'])}/from-yaml"
-        calls.append(("backend", path, {"content": content}))
+        original = dump(backend_view(item))
+        path = f"/v2/inference-backends/{object_id(item, '')}/from-yaml"
+        calls.append(("backend", path, {"content": content}, {"content": original}))
     for deployment, item in sorted(models.items()):
         document = state.models[deployment]
         _same(f"model/{item['name']}", model_view(item), model_view(document))
-        calls.append(("model", f"/v2/models/{int(item['id'])}", model_body(document, 0)))
+        path = f"/v2/models/{object_id(item, '')}"
+        calls.append(("model", path, model_body(document, 0), model_body(item, cluster_id)))
     return calls
 
 

@@ -41,14 +41,14 @@ def plan_text(plan: Plan, *, color: bool = False) -> str:
         for step in host.steps:
             sign = paint(_COLOR[step.action], f"{_SIGN[step.action]} {step.action:<6}")
             # Names and reasons may come from a server (a GPUStack cluster's): escaped.
-            lines.append(printable(f"  {sign} {step.name}  ({'; '.join(step.reasons)})"))
+            lines.append(f"  {sign} {printable(step.name)}  ({printable('; '.join(step.reasons))})")
             for change in step.changes:
                 lines.append(f"      {_change(change)}")
             lines.extend(f"      {line}" for line in step.diff)  # systemd: the unit diff
         if not host.steps and host.error is None:
             lines.append("  no changes")
         if host.foreign and host.error is None:
-            lines.append(printable(f"  foreign, left alone: {', '.join(host.foreign)}"))
+            lines.append(printable(f"  foreign, left alone: {_some(host.foreign)}"))
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines) + "\n"
 
@@ -129,7 +129,19 @@ def plan_markdown(plan: Plan) -> str:
 def _foreign_md(host: HostPlan) -> list[str]:
     if not host.foreign:
         return []
-    return [f"Foreign, left alone: {', '.join(_code(name) for name in host.foreign)}.", ""]
+    names = [_code(name) for name in host.foreign[:FOREIGN_SHOWN]]
+    more = len(host.foreign) - len(names)
+    return [f"Foreign, left alone: {', '.join(names)}{f' (+{more} more)' if more else ''}.", ""]
+
+
+# Foreign objects named in a text or markdown plan (a server may hold hundreds: plan
+# JSON lists them all).
+FOREIGN_SHOWN = 12
+
+
+def _some(names: tuple[str, ...]) -> str:
+    more = len(names) - FOREIGN_SHOWN
+    return ", ".join(names[:FOREIGN_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
 
 
 def _code(name: str) -> str:

@@ -24,6 +24,7 @@ import urllib.request
 from typing import Any
 
 from compiler.errors import FleetformError, describe, printable
+from compiler.targets.gpustack.documents import same_server
 
 DEFAULT_KEY_ENV = "GPUSTACK_API_KEY"
 TIMEOUT_SECONDS = 30.0  # for a whole call, not per read
@@ -48,21 +49,6 @@ def url_env(key_env: str) -> str:
     """The variable that names the server a key is for: ``GPUSTACK_API_KEY`` →
     ``GPUSTACK_URL``, ``GPUSTACK_PROD_API_KEY`` → ``GPUSTACK_PROD_URL``."""
     return key_env.removesuffix("API_KEY").rstrip("_") + "_URL"
-
-
-def same_server(first: str, second: str) -> bool:
-    return normal_url(first) == normal_url(second)
-
-
-def normal_url(url: str) -> str:
-    """A server URL compared as HTTP does: scheme and host in lower case, the scheme's
-    default port dropped, no trailing slash."""
-    parts = urllib.parse.urlsplit(url.strip())
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    port = parts.port
-    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
-        host = f"{host}:{port}"
-    return f"{scheme}://{host}{parts.path.rstrip('/')}"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

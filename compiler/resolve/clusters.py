@@ -16,12 +16,16 @@ from typing import Any
 
 from compiler.errors import FleetformError, Mark, ResolveError
 from compiler.model import SecretRef
-from compiler.remote.gpustack import normal_url
 from compiler.resolve.backends import BackendLayers
 from compiler.resolve.draft import Draft
 from compiler.resolve.layers import Layer, merge, set_fields
 from compiler.resolve.workload import ClusterState, ResolvedHost
-from compiler.targets.gpustack.documents import LOCK_PREFIX, gpustack_backend_name, stamped
+from compiler.targets.gpustack.documents import (
+    LOCK_PREFIX,
+    gpustack_backend_name,
+    normal_url,
+    stamped,
+)
 from compiler.template import UndefinedPlaceholder, names_in
 
 # Deployment fields that describe a container fleetform runs itself; a GPUStack model

@@ -34,16 +34,17 @@ class GPUStackDriver:
 
     def render(self, host: ResolvedHost, fleet: Fleet) -> dict[str, str]:
         from compiler.render.yaml_text import dump
+        from compiler.targets.gpustack.documents import BACKENDS, MODELS
 
         state = fleet.clusters.get(host.name)
         if state is None:
             return {}
         files = {
-            f"gpustack/backends/{file}.yaml": dump(_set(state.backends[name]))
+            f"{BACKENDS}{file}.yaml": dump(_set(state.backends[name]))
             for name, file in file_names(state.backends).items()
         }
         files.update(
-            (f"gpustack/models/{deployment}.yaml", dump(_set(document)))
+            (f"{MODELS}{deployment}.yaml", dump(_set(document)))
             for deployment, document in state.models.items()
         )
         return dict(sorted(files.items()))

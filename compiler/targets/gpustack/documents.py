@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +59,28 @@ MODEL_KEYS = (
     "worker_selector",
 )
 
+# Where below output/<cluster>/ the documents are (render writes them, plan reads them).
+BACKENDS = "gpustack/backends/"
+MODELS = "gpustack/models/"
+
 # GPUStack's from-yaml refuses a custom backend whose name does not end so.
 CUSTOM_SUFFIX = "-custom"
 LOCK_PREFIX = "fleetform-lock-"
+
+
+def same_server(first: str, second: str) -> bool:
+    return normal_url(first) == normal_url(second)
+
+
+def normal_url(url: str) -> str:
+    """A server URL compared as HTTP does: scheme and host in lower case, the scheme's
+    default port dropped, no trailing slash."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port
+    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}"
 
 
 def gpustack_backend_name(name: str) -> str:

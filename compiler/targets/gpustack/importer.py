@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from compiler.errors import FleetformError
 from compiler.model import DNS_LABEL, Backend, Deployment
-from compiler.remote.gpustack import GPUStack, object_id, same_server, untrusted
+from compiler.remote.gpustack import GPUStack, object_id, untrusted
 from compiler.targets.gpustack import file_names
 from compiler.targets.gpustack.documents import (
     BACKEND_KEYS,
@@ -34,6 +34,7 @@ from compiler.targets.gpustack.documents import (
     mark_of,
     model_body,
     model_view,
+    same_server,
     unmarked,
 )
 
@@ -58,7 +59,6 @@ UNMANAGED: dict[str, object] = {
     "disaggregation": None,
     "gather": None,
 }
-_NAME = re.compile(r"[^\s](?:.{0,253}[^\s])?")
 _SOURCES = (
     "source",
     "huggingface_repo_id",

@@ -18,14 +18,14 @@ from compiler.observed import ObservedDocument, ObservedHost
 from compiler.plan import DesiredHost, HostPlan, Reason, Step, changes_between
 from compiler.remote.gpustack import untrusted
 from compiler.targets.gpustack.documents import (
+    BACKENDS,
+    MODELS,
     backend_view,
     comparable,
     mark_of,
     model_view,
 )
 
-BACKENDS = "gpustack/backends/"
-MODELS = "gpustack/models/"
 # Steps in GPUStack's order: (kind, action, second half) → phase.
 _PHASE = {
     ("model", "delete", False): 0,

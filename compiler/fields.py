@@ -336,22 +336,28 @@ _HUB_ENDPOINT = re.compile(
 
 
 def hub_endpoint(value: str) -> str:
-    if not _HUB_ENDPOINT.fullmatch(value) or len(value) > 512:
-        raise ValueError(
-            f"{_q(value)} is not a hub endpoint like https://hf-mirror.example.com"
-            " (http or https, a host, an optional port and path; no user or password:"
-            " the token comes from HF_TOKEN at apply time)"
-        )
-    return value.rstrip("/")
+    return _http_url(
+        value,
+        "a hub endpoint like https://hf-mirror.example.com",
+        "the token comes from HF_TOKEN at apply time",
+    )
 
 
 def api_url(value: str) -> str:
-    """A server's API (a GPUStack cluster's): http(s)://host[:port][/path], no credentials."""
+    """A server's API (a GPUStack cluster's)."""
+    return _http_url(
+        value,
+        "a server URL like https://gpustack.example.com",
+        "the API key comes from the environment at plan and apply time",
+    )
+
+
+def _http_url(value: str, like: str, secret: str) -> str:
+    """http(s)://host[:port][/path], no credentials and nothing a shell or URL rereads."""
     if not _HUB_ENDPOINT.fullmatch(value) or len(value) > 512:
         raise ValueError(
-            f"{_q(value)} is not a server URL like https://gpustack.example.com"
-            " (http or https, a host, an optional port and path; no user or password:"
-            " the API key comes from the environment at plan and apply time)"
+            f"{_q(value)} is not {like} (http or https, a host, an optional port and path;"
+            f" no user or password: {secret})"
         )
     return value.rstrip("/")
 

@@ -307,6 +307,19 @@ Gpus = Annotated[
 ]
 
 
+# The hosts.d fields of a host fleetform reaches itself (a Docker or systemd host).
+MACHINE_FIELDS = (
+    "address",
+    "docker_host",
+    "ssh",
+    "gpus",
+    "labels",
+    "port_range",
+    "model_dir",
+    "unit_dir",
+)
+
+
 class Host(_Model):
     name: str
     # Required for a host fleetform reaches itself; a GPUStack cluster has none.

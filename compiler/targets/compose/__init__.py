@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from compiler.model import MACHINE_FIELDS
+
 if TYPE_CHECKING:
     from compiler.apply import HostResult, Options, Secrets, Target
     from compiler.model import Settings
@@ -21,16 +23,7 @@ class ComposeDriver:
     kind = "compose"
     fetches_models = True
     schedules_itself = False
-    host_fields: tuple[str, ...] = (
-        "address",
-        "docker_host",
-        "ssh",
-        "gpus",
-        "labels",
-        "port_range",
-        "model_dir",
-        "unit_dir",
-    )
+    host_fields: tuple[str, ...] = MACHINE_FIELDS
     required_host_fields: tuple[str, ...] = ("address",)
 
     def render(self, host: ResolvedHost, fleet: Fleet) -> dict[str, str]:

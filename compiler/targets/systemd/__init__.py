@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from compiler.model import MACHINE_FIELDS
+
 if TYPE_CHECKING:
     from compiler.apply import HostResult, Options, Secrets, Target
     from compiler.model import Settings
@@ -25,16 +27,7 @@ class SystemdDriver:
     kind = "systemd"
     fetches_models = True  # through the host's docker, as on a compose host
     schedules_itself = False
-    host_fields: tuple[str, ...] = (
-        "address",
-        "docker_host",
-        "ssh",
-        "gpus",
-        "labels",
-        "port_range",
-        "model_dir",
-        "unit_dir",
-    )
+    host_fields: tuple[str, ...] = MACHINE_FIELDS
     required_host_fields: tuple[str, ...] = ("address",)
 
     def render(self, host: ResolvedHost, fleet: Fleet) -> dict[str, str]:

@@ -335,6 +335,10 @@ def test_six_steps_drift_heal_foreign_lock_and_a_wrong_key(
     assert "| action | backend or model | why |" in markdown, markdown
     repo.apply()
     assert repo.steps() == []
+    untouched = (repo.backends()["six-custom"], repo.models())
+    again = repo.apply()  # 4. an apply with nothing to do changes nothing
+    assert "(3 unchanged)" in again.stdout and "Apply:" not in again.stdout, str(again)
+    assert (repo.backends()["six-custom"], repo.models()) == untouched
     models = repo.models()
     assert models["Embed Model"]["replicas"] == 2
     assert models["Embed Model"]["worker_selector"] == {"gpu": "a100"}

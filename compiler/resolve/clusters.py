@@ -247,26 +247,12 @@ def model_document(
 
 def backend_document(backend: BackendLayers, project: str) -> dict[str, Any]:
     """A repository backend as GPUStack's from-yaml takes it: its ``extends`` chain
-    merged (maps key by key, lists and scalars replaced), GPUStack's name, the mark."""
-    merged: dict[str, Any] = {}
-    for model, _ in backend.layers:
-        _merge_into(merged, set_fields(model))
-    merged = {k: v for k, v in merged.items() if v is not None}
+    merged by the resolution's own rule (maps key by key, lists and scalars replaced),
+    GPUStack's name, the mark."""
+    layers = [
+        Layer(set_fields(model), doc, (), f"backend '{model.backend_name}'")
+        for model, doc in backend.layers
+    ]
+    merged = {k: v for k, v in merge(layers).items() if v is not None}
     merged["backend_name"] = gpustack_backend_name(backend.name)
     return stamped(merged, project)
-
-
-def _merge_into(target: dict[str, Any], values: dict[str, Any]) -> None:
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge_into(target[key], value)
-        else:
-            target[key] = _copy(value)
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return list(value)
-    return value

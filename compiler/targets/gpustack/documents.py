@@ -39,15 +39,19 @@ VERSION_KEYS = ("image_name", "run_command", "entrypoint", "custom_framework", "
 
 # The model fields fleetform manages; every other field of a GPUStack model (placement
 # strategy, categories, speculative decoding, …) is left as the server has it.
-MODEL_KEYS = (
-    "name",
-    "description",
+# Where a model comes from (a deployment's fields of the same names).
+SOURCE_KEYS = (
     "source",
     "huggingface_repo_id",
     "huggingface_filename",
     "model_scope_model_id",
     "model_scope_file_path",
     "local_path",
+)
+MODEL_KEYS = (
+    "name",
+    "description",
+    *SOURCE_KEYS,
     "backend",
     "backend_version",
     "backend_parameters",

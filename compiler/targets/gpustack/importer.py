@@ -29,6 +29,7 @@ from compiler.targets.gpustack import file_names
 from compiler.targets.gpustack.documents import (
     BACKEND_KEYS,
     LOCK_PREFIX,
+    SOURCE_KEYS,
     backend_view,
     comparable,
     mark_of,
@@ -59,14 +60,6 @@ UNMANAGED: dict[str, object] = {
     "disaggregation": None,
     "gather": None,
 }
-_SOURCES = (
-    "source",
-    "huggingface_repo_id",
-    "huggingface_filename",
-    "model_scope_model_id",
-    "model_scope_file_path",
-    "local_path",
-)
 
 
 @dataclass
@@ -171,7 +164,7 @@ def import_cluster(
     except BaseException:
         _remove(root, files)
         raise
-    _adopt(server, adopt, cluster_id, root, files)
+    _adopt(server, adopt, root, files)
     result.adopted = sorted(
         [f"backend/{name}" for name in backends] + [f"model/{m['name']}" for m in models.values()]
     )
@@ -180,8 +173,7 @@ def import_cluster(
 
 def _adopt(
     server: GPUStack,
-    calls: list[tuple[str, str, dict[str, Any], dict[str, Any]]],
-    cluster_id: int,
+    calls: list[tuple[str, dict[str, Any], dict[str, Any]]],
     root: Path,
     files: dict[str, dict[str, Any]],
 ) -> None:
@@ -189,10 +181,8 @@ def _adopt(
     get their description back and the files go: an import is whole or nothing."""
     done: list[tuple[str, dict[str, Any]]] = []
     try:
-        for kind, path, body, before in calls:
-            server.call(
-                "PUT", path, body if kind == "backend" else {**body, "cluster_id": cluster_id}
-            )
+        for path, body, before in calls:
+            server.call("PUT", path, body)
             done.append((path, before))
     except FleetformError as error:
         for path, before in reversed(done):
@@ -262,7 +252,7 @@ def _deployment_file(
     document: dict[str, Any] = {"name": deployment}
     if deployment != name:
         document["served_name"] = name
-    document.update((key, view[key]) for key in _SOURCES if key in view)
+    document.update((key, view[key]) for key in SOURCE_KEYS if key in view)
     for key in ("backend", "backend_version", "backend_parameters", "image_name"):
         if key in view:
             document[key] = view[key]
@@ -285,7 +275,7 @@ def _check_round_trip(
     backends: dict[str, dict[str, Any]],
     models: dict[str, dict[str, Any]],
     cluster_id: int,
-) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """Compile the repository and check every imported object reads back as the server
     holds it; the calls that then adopt them (the same object, with the mark), each with
     the body that puts it back as it was."""
@@ -296,19 +286,19 @@ def _check_round_trip(
     state = compiled.fleet.clusters.get(host)
     if state is None:
         raise FleetformError(f"host '{host}' is not a gpustack cluster after import")
-    calls: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+    calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for name, item in sorted(backends.items()):
         document = state.backends[name]
         _same(f"backend/{name}", backend_view(item), backend_view(document))
         content = dump({k: v for k, v in document.items() if v is not None})
         original = dump(backend_view(item))
         path = f"/v2/inference-backends/{object_id(item, '')}/from-yaml"
-        calls.append(("backend", path, {"content": content}, {"content": original}))
+        calls.append((path, {"content": content}, {"content": original}))
     for deployment, item in sorted(models.items()):
         document = state.models[deployment]
         _same(f"model/{item['name']}", model_view(item), model_view(document))
         path = f"/v2/models/{object_id(item, '')}"
-        calls.append(("model", path, model_body(document, 0), model_body(item, cluster_id)))
+        calls.append((path, model_body(document, cluster_id), model_body(item, cluster_id)))
     return calls
 
 

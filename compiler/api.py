@@ -225,7 +225,7 @@ def targets_of(compiled: Compiled, hosts: Sequence[str] = ()) -> dict[str, Targe
             units,
             host.unit_dir,
             models if driver.fetches_models else (),
-            hub_source(fleet.settings) if models and driver.fetches_models else "",
+            hub_source(fleet.settings, models) if models and driver.fetches_models else "",
         )
         if driver.schedules_itself:  # a cluster: its documents are what the plan compares
             prefix = f"{name}/"
@@ -294,7 +294,7 @@ def _plan_repo(root: Path, hosts: Sequence[str], early: Connections) -> Planned:
         from compiler.remote.hub import model_sizes
 
         wanted = {m.key: m for t in targets.values() for m in t.desired.models if m.key in fetched}
-        plan = with_model_sizes(plan, model_sizes(list(wanted.values()), settings.hub.endpoint))
+        plan = with_model_sizes(plan, model_sizes(list(wanted.values()), settings))
     return Planned(plan, targets, settings)
 
 

@@ -41,6 +41,7 @@ class Options:
     label_prefix: str = "io.fleetform"
     # Where and with what apply fetches hub models (the repository's ``hub`` settings).
     hub_endpoint: str | None = None
+    modelscope_endpoint: str | None = None
     helper_image: str = "python:3.12-slim"
 
     @classmethod
@@ -51,6 +52,7 @@ class Options:
             wait=wait,
             label_prefix=settings.label_prefix,
             hub_endpoint=settings.hub.endpoint,
+            modelscope_endpoint=settings.hub.modelscope_endpoint,
             helper_image=settings.hub.helper_image,
         )
 

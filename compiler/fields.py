@@ -343,6 +343,14 @@ def hub_endpoint(value: str) -> str:
     )
 
 
+def modelscope_endpoint(value: str) -> str:
+    return _http_url(
+        value,
+        "a ModelScope endpoint like https://www.modelscope.cn",
+        "the token comes from MODELSCOPE_API_TOKEN at apply time",
+    )
+
+
 def api_url(value: str) -> str:
     """A server's API (a GPUStack cluster's)."""
     return _http_url(

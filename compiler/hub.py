@@ -1,10 +1,11 @@
 """Hub models on hosts: which model a replica needs fetched onto its host, as a plain
 record the plan and apply share. Pure.
 
-A deployment whose model comes from Hugging Face (``huggingface_repo_id``) is served from
-``<model_dir>/<repo id>`` on its host. Unless it says ``model_provisioning: none``, apply
-fetches that folder there first (``compiler/targets/compose/fetch.py``): once per host for
-every replica and deployment that needs the same repository, revision and files.
+A deployment whose model comes from Hugging Face (``huggingface_repo_id``) or ModelScope
+(``model_scope_model_id``) is served from ``<model_dir>/<repo id>`` on its host. Unless it
+says ``model_provisioning: none``, apply fetches that folder there first
+(``compiler/targets/compose/fetch.py``): once per host for every replica and deployment
+that needs the same repository, revision and files.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import json
 import posixpath
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,15 +23,26 @@ from compiler.model import Settings
 # The file a verified model folder holds: what was fetched, and from which commit.
 MANIFEST = ".fleetform-model.json"
 
+HubName = Literal["huggingface", "model_scope"]
+# Each hub's default branch, fetched when a deployment names no revision.
+DEFAULT_REVISION: dict[str, str] = {"huggingface": "main", "model_scope": "master"}
+# Where each hub is when the repository's settings name no mirror, and the variable of
+# apply's environment that holds its token (given to the helper only).
+DEFAULT_ENDPOINT: dict[str, str] = {
+    "huggingface": "https://huggingface.co",
+    "model_scope": "https://www.modelscope.cn",
+}
+TOKEN_VARIABLE: dict[str, str] = {"huggingface": "HF_TOKEN", "model_scope": "MODELSCOPE_API_TOKEN"}
+
 
 class HubModel(BaseModel):
     """One model folder a host must hold."""
 
     model_config = ConfigDict(frozen=True)
 
-    source: str  # "huggingface"
+    source: HubName
     repo_id: str
-    revision: str  # as written; "main" when none is
+    revision: str  # as written; the hub's default branch when none is
     patterns: tuple[str, ...]  # the files to fetch (fnmatch); () = every file
     model_dir: str  # the host's model_dir
     folder: str  # <model_dir>/<repo id>
@@ -38,14 +50,18 @@ class HubModel(BaseModel):
     @property
     def key(self) -> str:
         """Same key, same download: the folder, the revision and the files asked for."""
-        text = json.dumps([self.folder, self.revision, sorted(self.patterns)])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        where: list[Any] = [self.folder, self.revision, sorted(self.patterns)]
+        if self.source != "huggingface":  # Hugging Face's keys stay as they were
+            where.append(self.source)
+        return hashlib.sha256(json.dumps(where).encode()).hexdigest()[:16]
 
     @property
     def title(self) -> str:
-        """How the plan names it: ``Qwen/Qwen3-8B@main``, plus the files when selected."""
+        """How the plan names it: ``Qwen/Qwen3-8B@main`` (``modelscope:Qwen/Qwen3-8B@master``
+        from ModelScope), plus the files when selected."""
         files = f" [{', '.join(self.patterns)}]" if self.patterns else ""
-        return f"{self.repo_id}@{self.revision}{files}"
+        hub = "modelscope:" if self.source == "model_scope" else ""
+        return f"{hub}{self.repo_id}@{self.revision}{files}"
 
 
 def stamp(folder_mtime: str, manifest_mtime: str) -> str:
@@ -71,11 +87,18 @@ def _epoch(mtime: str) -> str:
     return f"{whole}.{digits.ljust(9, '0')[:9]}"
 
 
-def hub_source(settings: Settings) -> str:
-    """Where apply fetches from, and with what: part of every fetch step's reason, since
-    a pull request that changes it decides where HF_TOKEN goes."""
-    endpoint = settings.hub.endpoint or "https://huggingface.co"
-    return f"from {endpoint} by {settings.hub.helper_image}"
+def endpoint_of(settings: Settings, source: str) -> str:
+    """The hub (or the mirror the settings name) that ``source``'s models come from."""
+    named = settings.hub.modelscope_endpoint if source == "model_scope" else settings.hub.endpoint
+    return named or DEFAULT_ENDPOINT[source]
+
+
+def hub_source(settings: Settings, models: Iterable[HubModel] = ()) -> str:
+    """Where apply fetches ``models`` from, and with what: part of every fetch step's
+    reason, since a pull request that changes it decides where the token goes."""
+    sources = sorted({model.source for model in models}) or ["huggingface"]
+    endpoints = " and ".join(endpoint_of(settings, source) for source in sources)
+    return f"from {endpoints} by {settings.hub.helper_image}"
 
 
 def per_folder(models: Iterable[HubModel]) -> tuple[HubModel, ...]:
@@ -95,26 +118,38 @@ def per_folder(models: Iterable[HubModel]) -> tuple[HubModel, ...]:
 
 
 def revision_conflict(first: HubModel, second: HubModel) -> bool:
-    return first.folder == second.folder and first.revision != second.revision
+    """Whether two models would take turns replacing one folder: another revision, or the
+    same name on the other hub."""
+    return first.folder == second.folder and (
+        first.revision != second.revision or first.source != second.source
+    )
 
 
 def hub_model_of(values: dict[str, Any], model_dir: str) -> HubModel | None:
     """The hub model a deployment's merged ``values`` need fetched, or None (a local
-    path, a ModelScope model — not fetched yet — or ``model_provisioning: none``)."""
+    path, or ``model_provisioning: none``). The source is chosen as GPUStack chooses it:
+    ``source`` when written, else the first of local_path, huggingface_repo_id,
+    model_scope_model_id that is set."""
     if values.get("model_provisioning") == "none":
         return None
     source = values.get("source")
-    repo_id = values.get("huggingface_repo_id")
-    if not repo_id or source not in (None, "huggingface"):
+    if source is None:
+        if values.get("local_path"):
+            return None
+        source = "huggingface" if values.get("huggingface_repo_id") else "model_scope"
+    if source == "huggingface":
+        repo_id, single = values.get("huggingface_repo_id"), values.get("huggingface_filename")
+    elif source == "model_scope":
+        repo_id, single = values.get("model_scope_model_id"), values.get("model_scope_file_path")
+    else:
         return None
-    if source is None and values.get("local_path"):
+    if not repo_id:
         return None
-    single = values.get("huggingface_filename")
     patterns = (single,) if single else tuple(sorted(set(values.get("allow_patterns") or ())))
     return HubModel(
-        source="huggingface",
+        source=source,
         repo_id=repo_id,
-        revision=values.get("revision") or "main",
+        revision=values.get("revision") or DEFAULT_REVISION[source],
         patterns=patterns,
         model_dir=model_dir,
         folder=posixpath.join(model_dir, repo_id),

@@ -69,6 +69,7 @@ DockerHost = Annotated[str, AfterValidator(fields.docker_host)]
 HostFolder = Annotated[str, AfterValidator(fields.host_folder)]
 HttpPath = Annotated[str, AfterValidator(fields.http_path)]
 HubEndpoint = Annotated[str, AfterValidator(fields.hub_endpoint)]
+ModelScopeEndpoint = Annotated[str, AfterValidator(fields.modelscope_endpoint)]
 HubFile = Annotated[str, AfterValidator(fields.hub_file)]
 HubPattern = Annotated[str, AfterValidator(fields.hub_pattern)]
 HubRevision = Annotated[str, AfterValidator(fields.hub_revision)]
@@ -405,8 +406,10 @@ class Hub(_Model):
 
     # A Hugging Face mirror (HF_ENDPOINT); default: huggingface_hub's own (the hub).
     endpoint: HubEndpoint | None = None
+    # ModelScope's site or a mirror of it (MODELSCOPE_ENDPOINT); default www.modelscope.cn.
+    modelscope_endpoint: ModelScopeEndpoint | None = None
     # The short-lived container that downloads on each host: python3 with huggingface_hub
-    # (installed with pip at its start when the image lacks it).
+    # or modelscope-hub (installed with pip at its start when the image lacks it).
     helper_image: ImageRef = "python:3.12-slim"
 
 

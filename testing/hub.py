@@ -1,18 +1,19 @@
-"""The model helper image for tests of model downloads: Debian's python3 with huggingface_hub.
+"""The model helper image for tests of model downloads: Debian's python3 with huggingface_hub
+and modelscope-hub.
 
 * :func:`helper_rootfs` builds the rootfs once: ``debootstrap --variant=minbase
   --include=python3,ca-certificates bookworm`` from the Debian archive this machine's apt
   uses (:func:`testing.systemd_hosts.debian_mirror`), then this machine's pip installs
-  :data:`WHEELS` (``huggingface_hub`` and every dependency, each pinned) as wheels for
-  CPython 3.11 on manylinux2014 x86_64 into ``/usr/local/lib/python3.11/dist-packages``,
-  which Debian's python3.11 searches. Their console scripts (``hf``, ``tqdm``, ...) go to
-  ``/usr/local/bin`` with ``/usr/bin/python3`` as interpreter. Documentation, man pages,
-  translations and apt's caches are pruned. The tarball is cached as
-  ``<cache>/hub-helper-<key>.tar`` (``/var/cache/fleetform-test`` unless
-  ``$FLEETFORM_TEST_CACHE``), built under a file lock by
-  :func:`testing.systemd_hosts.build_cached_rootfs`; ``key`` hashes the recipe (suite,
-  packages, wheels, pip's target, pruned paths). Only the build uses the network: the
-  Debian archive (debootstrap) and pip's index (PyPI).
+  :data:`WHEELS` (``huggingface_hub``, ``modelscope-hub`` and every dependency, each
+  pinned) as wheels for CPython 3.11 on manylinux2014 x86_64 into
+  ``/usr/local/lib/python3.11/dist-packages``, which Debian's python3.11 searches. Their
+  console scripts (``hf``, ``tqdm``, ...) go to ``/usr/local/bin`` with
+  ``/usr/bin/python3`` as interpreter. Documentation, man pages, translations and apt's
+  caches are pruned. The tarball is cached as ``<cache>/hub-helper-<key>.tar``
+  (``/var/cache/fleetform-test`` unless ``$FLEETFORM_TEST_CACHE``), built under a file
+  lock by :func:`testing.systemd_hosts.build_cached_rootfs`; ``key`` hashes the recipe
+  (suite, packages, wheels, pip's target, pruned paths). Only the build uses the network:
+  the Debian archive (debootstrap) and pip's index (PyPI).
 * :func:`load_helper_image` imports it into a test engine as :data:`HELPER_IMAGE`
   (``CMD ["python3"]``, labelled with the key), unless the engine has that recipe already.
   Nothing in the image needs a network: run its containers with ``network_mode="none"``
@@ -47,6 +48,7 @@ SUITE = "bookworm"
 PACKAGES = ("python3", "ca-certificates")
 PYTHON_VERSION = "3.11"  # bookworm's python3
 HUB_VERSION = "2.4.0"
+MODELSCOPE_HUB_VERSION = "0.5.1"
 # huggingface_hub and what it depends on, as pip resolved them for CPython 3.11 on x86_64
 # Linux (`pip download huggingface_hub==2.4.0 --only-binary=:all: --platform
 # manylinux2014_x86_64 ...`). Each is pinned, so the cache key names everything in the
@@ -67,6 +69,16 @@ WHEELS = {
     "pyyaml": "6.0.4",
     "tqdm": "4.70.1",
     "typing_extensions": "4.16.0",
+    # ModelScope's client (`pip download modelscope-hub==0.5.1 ...` likewise); idna,
+    # filelock and tqdm above serve both.
+    "modelscope_hub": MODELSCOPE_HUB_VERSION,
+    "requests": "2.34.2",
+    "urllib3": "2.8.0",
+    "charset_normalizer": "3.5.3",
+    "certifi": "2026.10.19.post1",
+    "cryptography": "50.0.2",
+    "cffi": "2.1.1",
+    "pycparser": "3.12",
 }
 _PLATFORM = "manylinux2014_x86_64"
 _SITE = f"usr/local/lib/python{PYTHON_VERSION}/dist-packages"

@@ -2,9 +2,12 @@
 
 The hub is olah (a Hugging Face mirror) on loopback serving repositories the tests make
 (testing/hub_server.py), behind a gate that checks tokens, slows files down and logs
-what it served. Hosts are real engines (testing/engines.py). The helper that downloads
-on each host is Debian's python3 with the real huggingface_hub (testing/hub.py), built
-offline once; fleetform runs it as it would run ``hub.helper_image`` anywhere.
+what it served. ModelScope, which no offline server imitates, is a stand-in serving its
+API's list and download endpoints as the real client reads them
+(testing/modelscope_server.py). Hosts are real engines (testing/engines.py). The helper
+that downloads on each host is Debian's python3 with the real huggingface_hub and
+modelscope-hub (testing/hub.py), built offline once; fleetform runs it as it would run
+``hub.helper_image`` anywhere.
 
 Each replica serves its model folder over HTTP (busybox httpd with the folder as its
 document root), so a test reads back what the server sees.
@@ -32,6 +35,7 @@ import yaml
 from testing.engines import TEST_IMAGE, EngineFactory
 from testing.hub import HELPER_IMAGE, helper_rootfs, load_helper_image
 from testing.hub_server import Gate, HubServer, add_commit, make_model_repo
+from testing.modelscope_server import ModelScopeServer
 from testing.systemd_hosts import SystemdHostFactory
 
 REPO = "testorg/tiny"
@@ -104,9 +108,10 @@ class Fleet:
         self,
         root: Path,
         engines: EngineFactory,
-        hub: HubServer,
+        hub: HubServer | None,
         count: int,
         ports: tuple[str, ...] = (),
+        modelscope: ModelScopeServer | None = None,
     ) -> None:
         self.root = root
         self.repo = root / "repo"
@@ -127,7 +132,11 @@ class Fleet:
                     "labels": {"pool": "p"},
                 }
             )
-        settings = {"hub": {"endpoint": hub.endpoint, "helper_image": HELPER_IMAGE}}
+        settings: dict[str, Any] = {"hub": {"helper_image": HELPER_IMAGE}}
+        if hub is not None:
+            settings["hub"]["endpoint"] = hub.endpoint
+        if modelscope is not None:
+            settings["hub"]["modelscope_endpoint"] = modelscope.endpoint
         self.write("fleetform.yaml", [settings])
         self.write("backends.d/b.yaml", [BACKEND])
         self.write("hosts.d/h.yaml", self.hosts)
@@ -155,7 +164,8 @@ class Fleet:
         return [*cli, *args, "--repo", str(self.repo)]
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        environment = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "NO_COLOR")}
+        tokens = ("HF_TOKEN", "MODELSCOPE_API_TOKEN", "NO_COLOR")
+        environment = {k: v for k, v in os.environ.items() if k not in tokens}
         return {**environment, **(extra or {})}
 
     def apply(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -524,6 +534,189 @@ def test_a_systemd_host_fetches_through_its_own_docker(
     ]
 
 
+# --- ModelScope --------------------------------------------------------------------------
+
+MS_PRIVATE = "msorg/tiny"  # private: needs MODELSCOPE_API_TOKEN
+MS_PUBLIC = "msorg/gguf"  # tag v1, then master moved on
+MS_BIG = "msorg/big"
+MS_TOKEN = "ms-fleetformtestsecret0123456789"
+MS_NEWER_GGUF = b"GGUF" + os.urandom(120_000)
+
+
+@pytest.fixture(scope="module")
+def modelscope_server() -> Iterator[ModelScopeServer]:
+    with ModelScopeServer(token=MS_TOKEN) as server:
+        server.add_repo(MS_PRIVATE, FILES, private=True)
+        server.add_repo(MS_PUBLIC, FILES)
+        server.add_tag(MS_PUBLIC, "v1")
+        server.commit(MS_PUBLIC, {"tiny-Q4_K_M.gguf": MS_NEWER_GGUF})
+        server.add_repo(MS_BIG, BIG_FILES)
+        yield server
+
+
+@pytest.fixture
+def modelscope(modelscope_server: ModelScopeServer) -> ModelScopeServer:
+    """The ModelScope stand-in, reset for each test: full speed, nothing logged."""
+    modelscope_server.rate = None
+    for log in (
+        modelscope_server.served,
+        modelscope_server.authorizations,
+        modelscope_server.cookies,
+        modelscope_server.requests,
+    ):
+        log.clear()
+    return modelscope_server
+
+
+def ms_deployment(name: str = "chat", **fields: Any) -> dict[str, Any]:
+    document = {"name": name, "backend": "bb", "model_scope_model_id": MS_PRIVATE, "replicas": 1}
+    document.update(fields)
+    return {k: v for k, v in document.items() if v is not None}
+
+
+def served_files(server: ModelScopeServer) -> list[str]:
+    return sorted(s.path for s in server.served)
+
+
+def test_a_modelscope_model_is_fetched_once_per_host_with_a_token_never_shown(
+    tmp_path: Path, engines: EngineFactory, modelscope: ModelScopeServer
+) -> None:
+    fleet = Fleet(
+        tmp_path, engines, None, 2, ports=("41300-41301", "41300-41300"), modelscope=modelscope
+    )
+    fleet.deploy(ms_deployment(replicas=3))
+    title = f"modelscope:{MS_PRIVATE}@master"
+    right = {"MODELSCOPE_API_TOKEN": MS_TOKEN}
+    planned = fleet.ff("plan", "--format", "json", env=right)
+    plan = json.loads(planned.stdout)
+    assert fetches(plan) == [("h1", title, ["model-missing"]), ("h2", title, ["model-missing"])]
+    # Asked for sizes without the token (a private model: no size), and the reason says
+    # where the token would go.
+    assert modelscope.authorizations == [] and modelscope.cookies == []
+    steps = [s for h in plan["hosts"] for s in h["steps"] if s["model_key"]]
+    assert [s["model_bytes"] for s in steps] == [None, None]
+    assert steps[0]["reasons"][0].endswith(f"from {modelscope.endpoint} by {HELPER_IMAGE}")
+
+    wrong = fleet.apply(env={"MODELSCOPE_API_TOKEN": "ms-wrong"})
+    assert wrong.returncode == 1
+    failed = [line for line in wrong.stdout.splitlines() if "FAILED" in line]
+    assert failed[0] == (
+        f"  h1: FAILED after 0 step(s): fetch {title}: {MS_PRIVATE}: MODELSCOPE_API_TOKEN is"
+        " wrong (401)"
+    ), wrong.stdout
+    none = fleet.apply()
+    assert none.returncode == 1
+    assert "it is private and MODELSCOPE_API_TOKEN is missing (404)" in none.stdout, none.stdout
+    assert modelscope.served == [] and not (fleet.model_dir(0) / MS_PRIVATE).exists()
+
+    applied = fleet.apply(env=right)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert f"fetched {title}" in applied.stderr
+    # Each file once per host, verified, and nothing but the files and the manifest.
+    assert served_files(modelscope) == sorted([*FILES] * 2)
+    for host in (0, 1):
+        folder = fleet.model_dir(host) / MS_PRIVATE
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, ".fleetform-model.json"])
+        for name, content in FILES.items():
+            assert (folder / name).read_bytes() == content
+        manifest = json.loads((folder / ".fleetform-model.json").read_text())
+        assert manifest["commit"] == modelscope.resolve(MS_PRIVATE)
+        assert list((fleet.model_dir(host) / ".fleetform-partial").iterdir()) == []
+    assert [fleet.served(0, i, "config.json") for i in (0, 1)] == [FILES["config.json"]] * 2
+    assert fleet.served(1, 0, "config.json") == FILES["config.json"]
+    # The token went to the hub from the helpers, and nowhere else.
+    assert set(modelscope.authorizations) == {"Bearer ms-wrong", f"Bearer {MS_TOKEN}"}
+    shown = [planned.stdout, planned.stderr, applied.stdout, applied.stderr, wrong.stderr]
+    shown += [p.read_text() for p in (fleet.repo / "output").rglob("*") if p.is_file()]
+    shown += [json.dumps(c) for host in (0, 1) for c in fleet.containers(host)]
+    assert not [text for text in shown if MS_TOKEN in text]
+
+    modelscope.served.clear()
+    again = fleet.apply(env=right)
+    assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
+    assert modelscope.served == []
+
+
+def test_one_gguf_of_a_modelscope_repository_at_a_tag(
+    tmp_path: Path, engines: EngineFactory, modelscope: ModelScopeServer
+) -> None:
+    fleet = Fleet(tmp_path, engines, None, 1, modelscope=modelscope)
+    gguf = "tiny-Q4_K_M.gguf"
+    fleet.deploy(ms_deployment(model_scope_model_id=MS_PUBLIC, model_scope_file_path=gguf))
+    pinned = ms_deployment(
+        model_scope_model_id=MS_PUBLIC, model_scope_file_path=gguf, revision="v1"
+    )
+    latest = fleet.plan()
+    assert fetches(latest) == [("h1", f"modelscope:{MS_PUBLIC}@master [{gguf}]", ["model-missing"])]
+    (step,) = [s for h in latest["hosts"] for s in h["steps"] if s["model_key"]]
+    assert step["model_bytes"] == len(MS_NEWER_GGUF)  # a public model: the hub says its size
+    fleet.deploy(pinned)
+    plan = fleet.plan()
+    assert fetches(plan) == [("h1", f"modelscope:{MS_PUBLIC}@v1 [{gguf}]", ["model-missing"])]
+    (step,) = [s for h in plan["hosts"] for s in h["steps"] if s["model_key"]]
+    assert step["model_bytes"] == len(FILES[gguf])
+    applied = fleet.apply()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert served_files(modelscope) == [gguf]
+    folder = fleet.model_dir(0) / MS_PUBLIC
+    assert sorted(p.name for p in folder.iterdir()) == [".fleetform-model.json", gguf]
+    assert fleet.served(0, 0, gguf) == FILES[gguf]  # the tag's file, not master's
+    manifest = json.loads((folder / ".fleetform-model.json").read_text())
+    assert manifest["commit"] == modelscope.resolve(MS_PUBLIC, "v1")
+
+    # Unpinned now: master's file replaces it, in one step.
+    fleet.deploy(ms_deployment(model_scope_model_id=MS_PUBLIC, model_scope_file_path=gguf))
+    assert fetches(fleet.plan()) == [
+        ("h1", f"modelscope:{MS_PUBLIC}@master [{gguf}]", ["model-revision"])
+    ]
+    moved = fleet.apply()
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert fleet.served(0, 0, gguf) == MS_NEWER_GGUF
+
+
+def test_an_interrupted_modelscope_fetch_resumes_with_a_range_request(
+    tmp_path: Path, engines: EngineFactory, modelscope: ModelScopeServer
+) -> None:
+    fleet = Fleet(tmp_path, engines, None, 1, modelscope=modelscope)
+    fleet.deploy(ms_deployment(model_scope_model_id=MS_BIG))
+    modelscope.rate = 300_000  # bytes per second: b.safetensors takes about 10 s
+    partial = fleet.model_dir(0) / ".fleetform-partial"
+    apply = subprocess.Popen(
+        fleet.argv("apply", "--auto-approve"),
+        env=fleet.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until b.safetensors is a third there
+            found = list(partial.glob("*/b.safetensors.incomplete")) if partial.exists() else []
+            if found and found[0].stat().st_size > 1_000_000:
+                break
+            assert time.monotonic() < deadline and apply.poll() is None
+            time.sleep(0.1)
+        apply.send_signal(signal.SIGKILL)
+    finally:
+        apply.kill()
+        apply.wait()
+    assert not (fleet.model_dir(0) / MS_BIG).exists()
+    assert not [c for c in fleet.containers(0) if c["Name"] == "/fleetform-chat-0"]
+
+    modelscope.rate = None
+    assert fleet.ff("unlock", "h1").returncode == 0
+    again = fleet.apply()
+    assert again.returncode == 0, again.stdout + again.stderr
+    # The helper left running was removed; the next one asked for the rest only.
+    resumed = [s for s in modelscope.served if s.path == "b.safetensors" and s.start > 0]
+    assert resumed and resumed[-1].status == 206, modelscope.served
+    assert [s.path for s in modelscope.served].count("a.safetensors") == 1
+    folder = fleet.model_dir(0) / MS_BIG
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*BIG_FILES, ".fleetform-model.json"])
+    for name, content in BIG_FILES.items():
+        assert (folder / name).read_bytes() == content
+    assert fleet.served(0, 0, "config.json") == BIG_FILES["config.json"]
+
+
 # --- what a deployment asks for (pure: no hub, no engine) --------------------------------
 
 
@@ -539,7 +732,17 @@ def test_a_systemd_host_fetches_through_its_own_docker(
         ),
         ({"huggingface_repo_id": REPO, "model_provisioning": "none"}, None),
         ({"local_path": "/srv/m"}, None),
-        ({"source": "model_scope", "model_scope_model_id": REPO}, None),  # not fetched yet
+        ({"source": "model_scope", "model_scope_model_id": REPO}, f"modelscope:{REPO}@master"),
+        ({"model_scope_model_id": REPO, "revision": "v2"}, f"modelscope:{REPO}@v2"),
+        (
+            {"model_scope_model_id": REPO, "model_scope_file_path": "a.gguf"},
+            f"modelscope:{REPO}@master [a.gguf]",
+        ),
+        # As GPUStack picks a source when none is written: local, Hugging Face, ModelScope.
+        ({"huggingface_repo_id": REPO, "model_scope_model_id": "o/other"}, f"{REPO}@main"),
+        ({"local_path": "/srv/m", "model_scope_model_id": REPO}, None),
+        ({"source": "huggingface", "model_scope_model_id": REPO}, None),
+        ({"model_scope_model_id": REPO, "model_provisioning": "none"}, None),
     ],
 )
 def test_which_model_a_deployment_needs_fetched(fields: dict[str, Any], title: str | None) -> None:
@@ -561,8 +764,12 @@ def test_same_folder_revision_and_files_is_one_fetch() -> None:
         hub_model_of({**base, "revision": "v2"}, "/m"),
         hub_model_of({**base, "huggingface_filename": "a.gguf"}, "/m"),
         hub_model_of(base, "/other"),
+        hub_model_of({"model_scope_model_id": REPO, "revision": "main"}, "/m"),
     ]
-    assert len({one.key, *(m.key for m in others if m)}) == 4
+    assert len({one.key, *(m.key for m in others if m)}) == 5
+    # A Hugging Face model's key is what it was before ModelScope models were fetched:
+    # the records on hosts keep matching.
+    assert one.key == "07240f6aadf35b70"
 
 
 def compile_error(tmp_path: Path, deployments: list[dict[str, Any]]) -> tuple[str, str]:
@@ -617,6 +824,9 @@ def test_a_hub_endpoint_with_credentials_is_refused(tmp_path: Path) -> None:
     assert Settings.model_validate(
         {"hub": {"endpoint": "http://127.0.0.1:8090/"}}
     ).hub.endpoint == ("http://127.0.0.1:8090")
+    for endpoint in ("https://user:pw@modelscope.example.com", "file:///x"):
+        with pytest.raises(ValidationError, match="MODELSCOPE_API_TOKEN at apply time"):
+            Settings.model_validate({"hub": {"modelscope_endpoint": endpoint}})
 
 
 def test_deployments_sharing_a_folder_share_one_fetch_of_all_they_need() -> None:
@@ -639,3 +849,15 @@ def test_two_revisions_in_one_folder_on_a_host_is_a_compile_error(tmp_path: Path
     assert error.startswith("deployments.d/d.yaml:"), error
     assert "deployment 'b' needs testorg/tiny at revision 'v2'" in error, error
     assert "where deployment 'a' needs revision 'main'" in error, error
+
+
+def test_one_folder_from_two_hubs_on_a_host_is_a_compile_error(tmp_path: Path) -> None:
+    deployments = [
+        hub_deployment("a"),
+        hub_deployment("b", huggingface_repo_id=None, model_scope_model_id=REPO),
+    ]
+    error, text = compile_error(tmp_path, deployments)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "model_scope_model_id" in row)
+    assert error.startswith(f"deployments.d/d.yaml:{line}:"), error
+    assert "deployment 'b' needs modelscope:testorg/tiny@master" in error, error
+    assert "deployment 'a' needs testorg/tiny@main" in error, error

@@ -1,9 +1,11 @@
-"""What a Hugging Face hub says of a model's files, for the plan: their total size.
+"""What a hub says of a model's files, for the plan: their total size.
 
-Read-only and without a token: a plan runs on a pull request, whose ``hub.endpoint``
-must not receive ``HF_TOKEN`` before a review (apply sends it, from the helper only).
-A gated or private model, a hub that cannot be reached in a few seconds, or an answer
-that is not the tree API's: no size, and the plan says nothing of it.
+Hugging Face's tree API (``/api/models/<repo>/tree/<revision>?recursive=true``, paged)
+and ModelScope's file list (``/api/v1/models/<repo>/repo/files?Revision=…&Recursive=True``).
+Read-only and without a token: a plan runs on a pull request, whose hub endpoints must
+not receive ``HF_TOKEN`` or ``MODELSCOPE_API_TOKEN`` before a review (apply sends them,
+from the helper only). A gated or private model, a hub that cannot be reached in a few
+seconds, or an answer that is not the API's: no size, and the plan says nothing of it.
 """
 
 from __future__ import annotations
@@ -13,24 +15,28 @@ import json
 import re
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from compiler.hub import HubModel
+from compiler.hub import HubModel, endpoint_of
 
-HUB = "https://huggingface.co"
+if TYPE_CHECKING:
+    from compiler.model import Settings
+
 TIMEOUT = 5.0
 MAX_PAGES = 20  # the tree API answers up to 1,000 entries a page
 _NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
 
 
-def model_sizes(models: list[HubModel], endpoint: str | None) -> dict[str, int]:
+def model_sizes(models: list[HubModel], settings: Settings) -> dict[str, int]:
     """The bytes each of ``models`` (by key) will fetch, for those the hub answers."""
     sizes: dict[str, int] = {}
-    trees: dict[tuple[str, str], list[tuple[str, int]] | None] = {}
+    trees: dict[tuple[str, str, str], list[tuple[str, int]] | None] = {}
     for model in models:
-        where = (model.repo_id, model.revision)
+        where = (model.source, model.repo_id, model.revision)
         if where not in trees:
-            trees[where] = _tree(endpoint or HUB, *where)
+            listing = _modelscope_files if model.source == "model_scope" else _tree
+            trees[where] = listing(endpoint_of(settings, model.source), *where[1:])
         files = trees[where]
         if files is None:
             continue
@@ -52,9 +58,7 @@ def _tree(base: str, repo_id: str, revision: str) -> list[tuple[str, int]] | Non
         if url is None:
             return files
         try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:  # noqa: S310
-                entries = json.loads(answer.read(16 << 20))
-                link = answer.headers.get("Link") or ""
+            entries, link = _get(url)
         except (OSError, ValueError, urllib.error.URLError):
             return None
         if not isinstance(entries, list):
@@ -67,3 +71,31 @@ def _tree(base: str, repo_id: str, revision: str) -> list[tuple[str, int]] | Non
         found = _NEXT.search(link)
         url = found.group(1) if found and found.group(1).startswith(base) else None
     return None
+
+
+def _modelscope_files(base: str, repo_id: str, revision: str) -> list[tuple[str, int]] | None:
+    url = (
+        f"{base}/api/v1/models/{quote(repo_id, safe='/')}/repo/files"
+        f"?Revision={quote(revision, safe='')}&Recursive=True"
+    )
+    try:
+        answer, _ = _get(url)
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    data = answer.get("Data") if isinstance(answer, dict) else None
+    entries = data.get("Files") if isinstance(data, dict) else data
+    if not isinstance(entries, list) or (isinstance(answer, dict) and answer.get("Code") != 200):
+        return None
+    files: list[tuple[str, int]] = []
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("Type", "blob") == "blob":
+            size, path = entry.get("Size"), entry.get("Path")
+            if isinstance(size, int) and isinstance(path, str):
+                files.append((path, size))
+    return files
+
+
+def _get(url: str) -> tuple[Any, str]:
+    """The JSON at ``url`` (at most 16 MiB read) and its ``Link`` header."""
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:  # noqa: S310
+        return json.loads(answer.read(16 << 20)), answer.headers.get("Link") or ""

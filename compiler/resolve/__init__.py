@@ -124,23 +124,33 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
 
 
 def _check_model_folders(workloads: list[Workload], drafts: dict[str, Draft]) -> None:
-    """A host's model folder holds one revision: two deployments that fetch the same
-    repository into the same folder must ask for the same revision."""
+    """A host's model folder holds one revision of one hub's repository: two deployments
+    that fetch into the same folder must ask for the same hub and revision."""
     seen: dict[tuple[str, str], Workload] = {}
     for workload in workloads:
         model = workload.hub_model
         if model is None:
             continue
         first = seen.setdefault((workload.host, model.folder), workload)
-        if first.hub_model is not None and revision_conflict(first.hub_model, model):
+        other = first.hub_model
+        if other is None or not revision_conflict(other, model):
+            continue
+        if other.source != model.source:
             raise drafts[workload.deployment].fail(
-                "revision",
-                f"deployment '{workload.deployment}' needs {model.repo_id} at revision"
-                f" '{model.revision}' in {model.folder} on host '{workload.host}', where"
-                f" deployment '{first.deployment}' needs revision"
-                f" '{first.hub_model.revision}': a folder holds one revision (write the"
-                " same revision, or place them on different hosts)",
+                "model_scope_model_id" if model.source == "model_scope" else "huggingface_repo_id",
+                f"deployment '{workload.deployment}' needs {model.title} in {model.folder} on"
+                f" host '{workload.host}', where deployment '{first.deployment}' needs"
+                f" {other.title}: a folder holds one hub's repository (place them on"
+                " different hosts, or use one hub)",
             )
+        raise drafts[workload.deployment].fail(
+            "revision",
+            f"deployment '{workload.deployment}' needs {model.repo_id} at revision"
+            f" '{model.revision}' in {model.folder} on host '{workload.host}', where"
+            f" deployment '{first.deployment}' needs revision"
+            f" '{other.revision}': a folder holds one revision (write the"
+            " same revision, or place them on different hosts)",
+        )
 
 
 def _check_workload_count(drafts: list[Draft]) -> None:

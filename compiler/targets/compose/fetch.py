@@ -1,12 +1,13 @@
 """Fetch a hub model onto one Docker host, on the host itself: a short-lived helper
-container (``hub.helper_image``: python3 with huggingface_hub) with the host's
+container (``hub.helper_image``: python3 with huggingface_hub or modelscope-hub) with the host's
 ``model_dir`` mounted runs :mod:`compiler.targets.compose.fetch_helper`, which downloads
 into a partial folder, verifies every file against the sizes and hashes the hub
 publishes, and only then moves the folder into place. A record container (never
 started, like the lock) then says which revision and files the folder holds: what the
 next plan reads.
 
-The token (``HF_TOKEN`` of apply's environment) reaches the helper's environment only:
+The token (``HF_TOKEN``, or ``MODELSCOPE_API_TOKEN`` for a ModelScope model, of apply's
+environment) reaches the helper's environment only:
 never a label, the record, the plan or a message; the helper is removed when it ends.
 A helper left running by an interrupted apply is removed by the next fetch, which
 resumes from the partial folder.
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from compiler.apply import Options, Progress, StepFailed
 from compiler.errors import FleetformError
-from compiler.hub import MANIFEST, HubModel, stamp
+from compiler.hub import MANIFEST, TOKEN_VARIABLE, HubModel, stamp
 from compiler.labels import (
     FETCH,
     MODEL,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 POLL_SECONDS = 1.0
 REPORT_SECONDS = 5.0  # a progress line this often
 IDLE_SECONDS = 1800  # a download that gains no byte for this long has stalled
-TOKEN_VARIABLE = "HF_TOKEN"
 MOUNT = "/models"  # where the helper sees the host's model_dir
 
 
@@ -60,18 +60,13 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str, commit:
     for left in engine.get("/containers/json", all=1, filters=helpers):
         executor.remove(left["Id"])
     executor.ensure_image(options.helper_image)
-    token = os.environ.get(TOKEN_VARIABLE, "")
-    env = [
-        "HF_HUB_DISABLE_TELEMETRY=1",
-        "HF_HUB_DISABLE_PROGRESS_BARS=1",
-        "PYTHONUNBUFFERED=1",
-        f"HF_HOME={MOUNT}/.fleetform-partial/.hf-home",  # its caches outlive the helper
-    ]
-    if options.hub_endpoint:  # a mirror: plain HTTP downloads (mirrors serve no Xet storage)
-        env += [f"HF_ENDPOINT={options.hub_endpoint}", "HF_HUB_DISABLE_XET=1"]
+    variable = TOKEN_VARIABLE[model.source]
+    token = os.environ.get(variable, "")
+    env = ["PYTHONUNBUFFERED=1", *_hub_env(model, options)]
     if token:
-        env.append(f"{TOKEN_VARIABLE}={token}")
+        env.append(f"{variable}={token}")
     arguments = {
+        "source": model.source,
         "root": MOUNT,
         "repo_id": model.repo_id,
         "revision": commit or model.revision,
@@ -95,6 +90,24 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str, commit:
     finally:
         executor.remove(created)
     _record(executor, model, project, commit, stamp)
+
+
+def _hub_env(model: HubModel, options: Options) -> list[str]:
+    """The helper's settings for its hub: the endpoint, and caches that outlive it."""
+    caches = f"{MOUNT}/.fleetform-partial"
+    if model.source == "model_scope":
+        env = [f"MODELSCOPE_CACHE={caches}/.modelscope", "MODELSCOPE_DISABLE_PROGRESS_BARS=1"]
+        if options.modelscope_endpoint:
+            env.append(f"MODELSCOPE_ENDPOINT={options.modelscope_endpoint}")
+        return env
+    env = [
+        "HF_HUB_DISABLE_TELEMETRY=1",
+        "HF_HUB_DISABLE_PROGRESS_BARS=1",
+        f"HF_HOME={caches}/.hf-home",
+    ]
+    if options.hub_endpoint:  # a mirror: plain HTTP downloads (mirrors serve no Xet storage)
+        env += [f"HF_ENDPOINT={options.hub_endpoint}", "HF_HUB_DISABLE_XET=1"]
+    return env
 
 
 def engine_stamp(engine: Engine, container: str, repo_id: str) -> str:

@@ -1,22 +1,24 @@
 """The program the model helper container runs (``python3 -c``), on the host itself.
 
-Not imported by fleetform: it runs in ``hub.helper_image`` with Python ≥ 3.9 and
-``huggingface_hub`` (installed with pip first when the image lacks it). Its one argument
-is JSON: ``root`` (the host's model_dir, mounted), ``repo_id``, ``revision``,
+Not imported by fleetform: it runs in ``hub.helper_image`` with Python ≥ 3.10 and the
+hub's client library, ``huggingface_hub`` or ``modelscope-hub`` (installed with pip first
+when the image lacks it). Its one argument is JSON: ``source`` (``huggingface`` or
+``model_scope``), ``root`` (the host's model_dir, mounted), ``repo_id``, ``revision``,
 ``patterns``. It prints ``progress <bytes> <total>`` lines while downloading, then
 ``done <commit> <bytes> <files>``, or ``error: <one line>`` and exits 1. Token and
-endpoint come from its environment (``HF_TOKEN``, ``HF_ENDPOINT``).
+endpoint come from its environment (``HF_TOKEN`` and ``HF_ENDPOINT``;
+``MODELSCOPE_API_TOKEN`` and ``MODELSCOPE_ENDPOINT``).
 
 1. Ask the hub what the revision is (its commit) and which files match, with their
-   sizes and hashes (its tree API).
+   sizes and hashes (Hugging Face's tree API; ModelScope's file list).
 2. If ``<root>/<repo>`` already holds exactly that (its manifest says so and every file
    has its size), nothing more.
 3. Refuse when the files still missing need more than the free space under ``root``.
 4. In ``<root>/.fleetform-partial/<repo>@<commit>``, keep the files already whole
    there (an interrupted fetch) or in the folder in place (linked), download the rest,
-   verify each file (size; SHA-256 for LFS files, the git blob id for the others),
-   write the manifest, and swap the folder into place in one step (renameat2): a
-   server sees the old model or the new one, never a partial one.
+   verify each file (size; the SHA-256 the hub publishes, else the git blob id), write
+   the manifest, and swap the folder into place in one step (renameat2): a server sees
+   the old model or the new one, never a partial one.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ import ctypes
 import fnmatch
 import glob
 import hashlib
+import importlib
 import json
+import logging
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 MANIFEST = ".fleetform-model.json"
@@ -48,47 +56,176 @@ def fail(text: object) -> NoReturn:
     sys.exit(1)
 
 
-def hub() -> Any:
+@dataclass(frozen=True)
+class Remote:
+    """One file of the revision as the hub describes it: how big, and how to check it
+    (``sha256``: the SHA-256 of its bytes; ``git-blob``: its git blob id; "": no hash)."""
+
+    path: str
+    size: int
+    kind: str
+    digest: str
+
+
+def library(module: str, requirement: str) -> Any:
+    """The hub's client library, installed with pip first when the image lacks it."""
     try:
-        import huggingface_hub  # noqa: F401
+        return importlib.import_module(module)
     except ImportError:
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "huggingface_hub>=0.23,<3"],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["?"])[-1]
-            fail(f"the helper image has no huggingface_hub and pip could not install it: {last}")
-    import huggingface_hub
-
-    return huggingface_hub
-
-
-def describe(error: BaseException, repo: str, revision: str) -> str:
-    """One line for a hub error; never the token (errors do not carry it)."""
-    name = type(error).__name__
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if name == "GatedRepoError" or status == 403:
-        return f"{repo} is gated: HF_TOKEN has no access to it ({status or 403})"
-    if name == "RepositoryNotFoundError" or status == 401:
-        return f"{repo}: no such repository, or HF_TOKEN is missing or wrong ({status or 404})"
-    if name == "RevisionNotFoundError":
-        return f"{repo}: no revision {revision!r}"
-    if status:
-        return f"{repo}: the hub answered HTTP {status}"
-    return f"{repo}: cannot reach the hub ({name})"
+        pass
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         requirement],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        fail(f"the helper image has no {module} and pip could not install it: {last}")
+    return importlib.import_module(module)
 
 
-def file_digest(entry: Any) -> tuple[str, str]:
-    """How the hub lets a file be checked: the SHA-256 of an LFS file, else its git blob id."""
-    lfs = getattr(entry, "lfs", None)
-    if lfs is not None:
-        sha256 = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
-        if sha256:
-            return "sha256", sha256
-    blob = getattr(entry, "blob_id", None)
-    return ("git-blob", blob) if blob else ("", "")
+class HuggingFace:
+    """A Hugging Face hub (or a mirror: ``HF_ENDPOINT``), through huggingface_hub."""
+
+    token = "HF_TOKEN"
+
+    def __init__(self, repo: str) -> None:
+        self.hf = library("huggingface_hub", "huggingface_hub>=0.23,<3")
+        self.api = self.hf.HfApi()
+        self.repo = repo
+
+    def revision(self, revision: str) -> tuple[str, list[Remote]]:
+        """The revision's commit, and its files."""
+        commit = self.api.model_info(self.repo, revision=revision).sha
+        # The tree carries each file's size and hash (a mirror's model_info may not).
+        tree = self.api.list_repo_tree(self.repo, revision=commit, recursive=True)
+        return commit, [
+            Remote(e.path, int(e.size), *self.digest(e))
+            for e in tree
+            if getattr(e, "size", None) is not None
+        ]
+
+    @staticmethod
+    def digest(entry: Any) -> tuple[str, str]:
+        """The SHA-256 of an LFS file, else its git blob id."""
+        lfs = getattr(entry, "lfs", None)
+        if lfs is not None:
+            sha256 = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+            if sha256:
+                return "sha256", sha256
+        blob = getattr(entry, "blob_id", None)
+        return ("git-blob", blob) if blob else ("", "")
+
+    def download(self, commit: str, names: list[str], folder: str) -> None:
+        # Names as patterns match themselves only once escaped ("a[1].bin").
+        patterns = sorted(glob.escape(name) for name in names)
+        self.hf.snapshot_download(
+            self.repo, revision=commit, local_dir=folder, allow_patterns=patterns
+        )
+
+    def describe(self, error: BaseException, revision: str) -> str:
+        """One line for a hub error; never the token (errors do not carry it)."""
+        name = type(error).__name__
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if name == "GatedRepoError" or status == 403:
+            return f"{self.repo} is gated: HF_TOKEN has no access to it ({status or 403})"
+        if name == "RepositoryNotFoundError" or status == 401:
+            return (
+                f"{self.repo}: no such repository, or HF_TOKEN is missing or wrong"
+                f" ({status or 404})"
+            )
+        if name == "RevisionNotFoundError":
+            return f"{self.repo}: no revision {revision!r}"
+        if status:
+            return f"{self.repo}: the hub answered HTTP {status}"
+        return f"{self.repo}: cannot reach the hub ({name})"
+
+
+class ModelScope:
+    """ModelScope (or a mirror: ``MODELSCOPE_ENDPOINT``), through modelscope-hub's
+    ``HubApi``, the client ``modelscope`` itself delegates to. Its caches and session go
+    to a scratch folder of the helper's own, removed with the helper."""
+
+    token = "MODELSCOPE_API_TOKEN"
+
+    def __init__(self, repo: str) -> None:
+        ms = library("modelscope_hub", "modelscope-hub>=0.5,<1")
+        logging.getLogger("modelscope_hub").setLevel(logging.WARNING)
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix="fleetform-modelscope-"))
+        config = ms.HubConfig(
+            endpoint=os.environ.get("MODELSCOPE_ENDPOINT") or None,
+            token=os.environ.get(self.token, ""),  # "": no token, never a stored login
+            cache_dir=scratch / "cache",
+            config_dir=scratch / "home",
+        )
+        self.api = ms.HubApi(config=config)
+        self.repo = repo
+        self.listed: list[dict[str, Any]] = []
+
+    def revision(self, revision: str) -> tuple[str, list[Remote]]:
+        """The revision's commit, and its files. A listing of a revision the repository
+        does not have is empty, not an error, so the revision is looked up first."""
+        commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else ""
+        if not commit:
+            refs = [r for r in self.api.list_repo_revisions(self.repo, "model")]
+            named = [r for r in refs if r.get("Revision") == revision]
+            if not named:
+                fail(f"{self.repo}: no revision {revision!r}")
+            commit = str(named[0].get("CommitId") or "")
+        listed = self.api.legacy.list_repo_files(
+            self.repo, "model", revision=commit or revision, recursive=True
+        )
+        self.listed = [e for e in listed if e.get("Type", "blob") != "tree"]
+        if not commit:  # a hub that names no commit: the newest of the files' own
+            newest = max(self.listed, key=lambda e: e.get("CommittedDate") or 0, default={})
+            commit = str(newest.get("Revision") or revision)
+        return commit, [
+            Remote(
+                str(e["Path"]),
+                int(e["Size"]),
+                "sha256" if e.get("Sha256") else "",
+                str(e.get("Sha256") or ""),
+            )
+            for e in self.listed
+        ]
+
+    def download(self, commit: str, names: list[str], folder: str) -> None:
+        wanted = set(names)
+        self.api.download_repo(
+            self.repo,
+            "model",
+            revision=commit,
+            local_dir=folder,
+            allow_patterns=sorted(glob.escape(name) for name in names),
+            file_list=[e for e in self.listed if e["Path"] in wanted],
+        )
+
+    def describe(self, error: BaseException, revision: str) -> str:
+        """One line for a hub error; never the token (errors do not carry it)."""
+        name = type(error).__name__
+        status = getattr(error, "status_code", None)
+        if status == 401 or name == "AuthenticationError":
+            return f"{self.repo}: MODELSCOPE_API_TOKEN is wrong (401)"
+        if status == 403 or name in ("PermissionDeniedError", "PermissionError"):
+            return f"{self.repo}: MODELSCOPE_API_TOKEN has no access to it (403)"
+        if status == 404 or name in ("NotExistError", "NotFoundError"):
+            return (
+                f"{self.repo}: no such repository or revision {revision!r}, or it is private"
+                " and MODELSCOPE_API_TOKEN is missing (404)"
+            )
+        failed = getattr(error, "failed_files", None)
+        if isinstance(failed, dict) and failed:
+            path, cause = sorted(failed.items())[0]
+            return f"{self.repo}: {path}: {type(cause).__name__}: {cause}"
+        if status:
+            return f"{self.repo}: ModelScope answered HTTP {status}"
+        return f"{self.repo}: cannot reach ModelScope ({name})"
+
+
+HUBS: dict[str, type[HuggingFace | ModelScope]] = {
+    "huggingface": HuggingFace,
+    "model_scope": ModelScope,
+}
 
 
 def file_hash(path: str, kind: str, size: int) -> str:
@@ -126,35 +263,33 @@ def current(final: str, commit: str, files: dict[str, int]) -> bool:
     return True
 
 
-def verified(path: str, entry: Any, size: int) -> str:
+def verified(path: str, entry: Remote) -> str:
     """Why the file at ``path`` is not what the hub says ``entry`` is; "" when it is."""
     if os.path.islink(path):
-        return "is a symbolic link (the helper image's huggingface_hub is older than 0.23)"
+        return "is a symbolic link (the helper image's hub library is too old)"
     try:
         actual = os.path.getsize(path)
     except OSError:
         return "is missing"
-    if actual != size:
-        return f"has {actual} bytes, the hub says {size}"
-    kind, expected = file_digest(entry)
-    if kind and file_hash(path, kind, size) != expected:
-        return f"does not match its {kind} {expected[:12]}"
+    if actual != entry.size:
+        return f"has {actual} bytes, the hub says {entry.size}"
+    if entry.kind and file_hash(path, entry.kind, entry.size) != entry.digest:
+        return f"does not match its {entry.kind} {entry.digest[:12]}"
     return ""
 
 
-def keep_present(entries: list[Any], files: dict[str, int], partial: str, final: str) -> list[Any]:
+def keep_present(entries: list[Remote], partial: str, final: str) -> list[Remote]:
     """The entries still to download. A file already whole (as the hub says) in the
     partial folder (an interrupted fetch) or in the folder in place (another revision,
     fewer files, a model staged by hand) is kept: linked, else copied, into the partial
     folder."""
     todo = []
     for entry in entries:
-        size = files[entry.path]
         target = os.path.join(partial, entry.path)
-        if os.path.lexists(target) and not verified(target, entry, size):
+        if os.path.lexists(target) and not verified(target, entry):
             continue
         source = os.path.join(final, entry.path)
-        if os.path.lexists(source) and not verified(source, entry, size):
+        if os.path.lexists(source) and not verified(source, entry):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if os.path.lexists(target):
                 os.remove(target)
@@ -205,22 +340,18 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     root, repo, revision = args["root"], args["repo_id"], args["revision"]
     patterns = args["patterns"]
-    hf = hub()
-    api = hf.HfApi()
+    hub = HUBS[args.get("source", "huggingface")](repo)
     try:
-        commit = api.model_info(repo, revision=revision).sha
-        # The tree carries each file's size and hash (a mirror's model_info may not).
-        tree = api.list_repo_tree(repo, revision=commit, recursive=True)
-        entries = [e for e in tree if getattr(e, "size", None) is not None]
+        commit, entries = hub.revision(revision)
     except Exception as error:  # the hub's, or the network's: one line
-        fail(describe(error, repo, revision))
+        fail(hub.describe(error, revision))
     entries = [
         e for e in entries
         if not patterns or any(fnmatch.fnmatch(e.path, p) for p in patterns)
     ]  # fmt: skip
     if not entries:
         fail(f"{repo}@{revision}: no file matches {', '.join(patterns) or 'the repository'}")
-    files = {e.path: int(e.size) for e in entries}
+    files = {e.path: e.size for e in entries}
     total = sum(files.values())
     final = os.path.join(root, repo)
     if current(final, commit, files):
@@ -232,8 +363,8 @@ def main() -> None:
     for other in os.listdir(os.path.join(root, PARTIAL)):  # another commit's, unfinished
         if other.startswith(stem) and other != stem + commit:
             shutil.rmtree(os.path.join(root, PARTIAL, other), ignore_errors=True)
-    todo = keep_present(entries, files, partial, final)
-    needed = sum(files[e.path] for e in todo)
+    todo = keep_present(entries, partial, final)
+    needed = sum(e.size for e in todo)
     free = shutil.disk_usage(root).free
     if needed > free:
         fail(
@@ -241,12 +372,12 @@ def main() -> None:
             f" needed, {free / 1e6:,.1f} MB free"
         )
     if todo:
-        download(hf, repo, revision, commit, partial, todo, total)
+        download(hub, revision, commit, partial, todo, total)
     for entry in entries:
-        wrong = verified(os.path.join(partial, entry.path), entry, files[entry.path])
+        wrong = verified(os.path.join(partial, entry.path), entry)
         if wrong:
             fail(f"{repo}: {entry.path} {wrong}")
-    shutil.rmtree(os.path.join(partial, ".cache"), ignore_errors=True)
+    shutil.rmtree(os.path.join(partial, ".cache"), ignore_errors=True)  # huggingface_hub's
     with open(os.path.join(partial, MANIFEST), "w") as handle:
         json.dump({"repo_id": repo, "revision": revision, "commit": commit,
                    "files": sorted(files), "fetched": int(time.time())}, handle)  # fmt: skip
@@ -255,7 +386,7 @@ def main() -> None:
 
 
 def download(
-    hf: Any, repo: str, revision: str, commit: str, partial: str, todo: list[Any], total: int
+    hub: Any, revision: str, commit: str, partial: str, todo: list[Remote], total: int
 ) -> None:
     """The files of ``todo`` into ``partial``, saying the bytes there every 2 s."""
     stop = threading.Event()
@@ -265,11 +396,10 @@ def download(
             say(f"progress {min(folder_size(partial), total)} {total}")
 
     threading.Thread(target=report, daemon=True).start()
-    try:  # names as patterns match themselves only once escaped ("a[1].bin")
-        names = sorted(glob.escape(e.path) for e in todo)
-        hf.snapshot_download(repo, revision=commit, local_dir=partial, allow_patterns=names)
+    try:
+        hub.download(commit, sorted(e.path for e in todo), partial)
     except Exception as error:
-        fail(describe(error, repo, revision))
+        fail(hub.describe(error, revision))
     finally:
         stop.set()
 

@@ -346,7 +346,7 @@ def hub_endpoint(value: str) -> str:
 def modelscope_endpoint(value: str) -> str:
     return _http_url(
         value,
-        "a ModelScope endpoint like https://www.modelscope.cn",
+        "a ModelScope endpoint like https://modelscope.cn",
         "the token comes from MODELSCOPE_API_TOKEN at apply time",
     )
 

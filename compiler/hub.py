@@ -30,7 +30,7 @@ DEFAULT_REVISION: dict[str, str] = {"huggingface": "main", "model_scope": "maste
 # apply's environment that holds its token (given to the helper only).
 DEFAULT_ENDPOINT: dict[str, str] = {
     "huggingface": "https://huggingface.co",
-    "model_scope": "https://www.modelscope.cn",
+    "model_scope": "https://modelscope.cn",  # modelscope-hub's own
 }
 TOKEN_VARIABLE: dict[str, str] = {"huggingface": "HF_TOKEN", "model_scope": "MODELSCOPE_API_TOKEN"}
 

@@ -406,7 +406,7 @@ class Hub(_Model):
 
     # A Hugging Face mirror (HF_ENDPOINT); default: huggingface_hub's own (the hub).
     endpoint: HubEndpoint | None = None
-    # ModelScope's site or a mirror of it (MODELSCOPE_ENDPOINT); default www.modelscope.cn.
+    # ModelScope's site or a mirror of it (MODELSCOPE_ENDPOINT); default modelscope.cn.
     modelscope_endpoint: ModelScopeEndpoint | None = None
     # The short-lived container that downloads on each host: python3 with huggingface_hub
     # or modelscope-hub (installed with pip at its start when the image lacks it).

@@ -35,7 +35,9 @@ revision is a branch, a tag or a full commit id; a commit's id is the sha1 of it
 and its file listing.
 
 Also: a byte rate (:attr:`ModelScopeServer.rate`) and a one-shot cut
-(:attr:`ModelScopeServer.cut_after`) to interrupt a download half way, and logs of the file
+(:attr:`ModelScopeServer.cut_after`) to interrupt a download half way, a hook that
+rewrites the revisions and file lists it sends (:attr:`ModelScopeServer.tamper`: a
+hostile hub), and logs of the file
 bodies served (:attr:`ModelScopeServer.served`) and of every credential seen
 (:attr:`ModelScopeServer.authorizations`, :attr:`ModelScopeServer.cookies`).
 """
@@ -48,7 +50,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,6 +67,7 @@ class Blob:
     content: bytes
     sha256: str
     commit: str  # the last commit that changed this path, as ModelScope lists it
+    committed_at: int  # and when (CommittedDate)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class ModelScopeServer:
         self.rate: float | None = None  # bytes per second of each file body
         self.cut_after: int | None = None  # drop the next file body after this many bytes
         self.forbidden: set[str] = set()  # repositories the token may not read: 403
+        # A hostile or broken hub: called with (repo id, "revisions" or "files", the JSON
+        # data about to be sent), returns the data to send instead.
+        self.tamper: Callable[[str, str, Any], Any] | None = None
         self.served: list[Served] = []
         self.authorizations: list[str] = []  # every Authorization header value
         self.cookies: list[str] = []  # every m_session_id / modelscope_session value
@@ -178,14 +184,14 @@ class ModelScopeServer:
                     listing[path] = hashlib.sha256(content).hexdigest()
             head = json.dumps([parent.id if parent else None, sorted(listing.items())])
             commit_id = hashlib.sha1(head.encode()).hexdigest()
+            self._clock += 1
             new: dict[str, Blob] = {}
             for path, sha in sorted(listing.items()):
                 content = files.get(path)
                 if content is None or (path in old and old[path].sha256 == sha):
                     new[path] = old[path]  # unchanged: its last commit stays
                 else:
-                    new[path] = Blob(content, sha, commit_id)
-            self._clock += 1
+                    new[path] = Blob(content, sha, commit_id, self._clock)
             repo.commits[commit_id] = Commit(commit_id, new, self._clock, message)
             repo.branches[branch] = commit_id
             return commit_id
@@ -274,7 +280,7 @@ def _file_entry(path: str, blob: Blob | None, created_at: int) -> dict[str, Any]
         "Mode": "33188",
         "Revision": blob.commit,
         "CommitMessage": "",
-        "CommittedDate": created_at,
+        "CommittedDate": blob.committed_at,
         "CommitterName": "test",
         "InCheck": False,
     }
@@ -447,12 +453,8 @@ def _handler(server: ModelScopeServer) -> type[BaseHTTPRequestHandler]:
                         for ref, commit in sorted(names.items())
                     ]
 
-                self._json(
-                    200,
-                    _envelope(
-                        {"RevisionMap": {"Branches": refs(repo.branches), "Tags": refs(repo.tags)}}
-                    ),
-                )
+                data = {"RevisionMap": {"Branches": refs(repo.branches), "Tags": refs(repo.tags)}}
+                self._json(200, _envelope(self._tampered(repo_id, "revisions", data)))
             elif what == "/repo/files":
                 commit = repo.resolve(query.get("Revision") or "master")
                 if commit is None:  # as ModelScope answers an unknown revision
@@ -463,11 +465,14 @@ def _handler(server: ModelScopeServer) -> type[BaseHTTPRequestHandler]:
                 if not files and (query.get("Root") or "").strip("/"):
                     self._error(404, "目录不存在")  # no such directory
                     return
-                self._json(200, _envelope({"Files": files}))
+                self._json(200, _envelope(self._tampered(repo_id, "files", {"Files": files})))
             else:
                 self._file(
                     repo_id, repo, query.get("Revision") or "master", query.get("FilePath", "")
                 )
+
+        def _tampered(self, repo_id: str, what: str, data: Any) -> Any:
+            return data if server.tamper is None else server.tamper(repo_id, what, data)
 
         def _file(self, repo_id: str, repo: Repo, revision: str, file_path: str) -> None:
             commit = repo.resolve(revision)

@@ -655,23 +655,36 @@ def test_one_gguf_of_a_modelscope_repository_at_a_tag(
     assert fetches(plan) == [("h1", f"modelscope:{MS_PUBLIC}@v1 [{gguf}]", ["model-missing"])]
     (step,) = [s for h in plan["hosts"] for s in h["steps"] if s["model_key"]]
     assert step["model_bytes"] == len(FILES[gguf])
+    # Staged by hand before: the right file (kept, not fetched again) and notes of the
+    # user's own, which the fetch keeps aside rather than deleting.
+    folder = fleet.model_dir(0) / MS_PUBLIC
+    folder.mkdir(parents=True)
+    (folder / gguf).write_bytes(FILES[gguf])
+    (folder / "notes.txt").write_text("mine")
     applied = fleet.apply()
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert served_files(modelscope) == [gguf]
-    folder = fleet.model_dir(0) / MS_PUBLIC
+    assert served_files(modelscope) == []
+    (aside,) = (fleet.model_dir(0) / ".fleetform-replaced").iterdir()
+    assert (aside / "notes.txt").read_text() == "mine"
+    assert f"not fetched by fleetform, is kept as /models/.fleetform-replaced/{aside.name}" in (
+        applied.stderr
+    ), applied.stderr
     assert sorted(p.name for p in folder.iterdir()) == [".fleetform-model.json", gguf]
     assert fleet.served(0, 0, gguf) == FILES[gguf]  # the tag's file, not master's
     manifest = json.loads((folder / ".fleetform-model.json").read_text())
     assert manifest["commit"] == modelscope.resolve(MS_PUBLIC, "v1")
 
-    # Unpinned now: master's file replaces it, in one step.
+    # Unpinned now: master's file replaces it, in one step (the fetched folder is not
+    # kept aside: fleetform made it).
     fleet.deploy(ms_deployment(model_scope_model_id=MS_PUBLIC, model_scope_file_path=gguf))
     assert fetches(fleet.plan()) == [
         ("h1", f"modelscope:{MS_PUBLIC}@master [{gguf}]", ["model-revision"])
     ]
     moved = fleet.apply()
     assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert served_files(modelscope) == [gguf]
     assert fleet.served(0, 0, gguf) == MS_NEWER_GGUF
+    assert len(list((fleet.model_dir(0) / ".fleetform-replaced").iterdir())) == 1
 
 
 def test_an_interrupted_modelscope_fetch_resumes_with_a_range_request(
@@ -715,6 +728,124 @@ def test_an_interrupted_modelscope_fetch_resumes_with_a_range_request(
     for name, content in BIG_FILES.items():
         assert (folder / name).read_bytes() == content
     assert fleet.served(0, 0, "config.json") == BIG_FILES["config.json"]
+
+
+def test_a_hostile_modelscope_listing_is_refused_and_touches_nothing(
+    tmp_path: Path, engines: EngineFactory, modelscope: ModelScopeServer
+) -> None:
+    fleet = Fleet(tmp_path, engines, None, 1, modelscope=modelscope)
+    fleet.deploy(ms_deployment(model_scope_model_id=MS_PUBLIC))
+    victim = fleet.model_dir(0) / "Other" / "Model"
+    victim.mkdir(parents=True)
+    (victim / "model.safetensors").write_bytes(b"the other model")
+
+    def lists(path: str) -> Any:
+        def tamper(repo_id: str, what: str, data: Any) -> Any:
+            if what == "files":
+                entry = {**data["Files"][0], "Path": path, "Name": "x"}
+                return {"Files": [*data["Files"], entry]}
+            return data
+
+        return tamper
+
+    def names_commit(commit: str | None) -> Any:
+        def tamper(repo_id: str, what: str, data: Any) -> Any:
+            if what == "revisions":
+                for ref in data["RevisionMap"]["Branches"]:
+                    ref.pop("CommitId")
+                    if commit is not None:
+                        ref["CommitId"] = commit
+            return data
+
+        return tamper
+
+    cases = [
+        (lists("../../Other/Model/model.safetensors"), "a file '../../Other/Model/"),
+        (lists("/models/Other/Model/model.safetensors"), "a file '/models/Other/Model/"),
+        (lists(".fleetform-partial/x"), "a file '.fleetform-partial/x'"),
+        (names_commit("x/../../Other/Model"), "a commit 'x/../../Other/Model' that is not"),
+    ]
+    try:
+        for tamper, said in cases:
+            modelscope.tamper = tamper
+            refused = fleet.apply()
+            assert refused.returncode == 1, refused.stdout
+            (line,) = [line for line in refused.stdout.splitlines() if "FAILED" in line]
+            assert said in line and "outside the model's folder" in line or "not a commit" in line
+            assert (victim / "model.safetensors").read_bytes() == b"the other model"
+            assert not (fleet.model_dir(0) / MS_PUBLIC).exists()
+            assert fleet.ff("unlock", "h1").returncode in (0, 1)
+        # A hub that names no commit for the branch: the newest commit its files name.
+        modelscope.tamper = names_commit(None)
+        applied = fleet.apply()
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+    finally:
+        modelscope.tamper = None
+    manifest = json.loads((fleet.model_dir(0) / MS_PUBLIC / ".fleetform-model.json").read_text())
+    assert manifest["commit"] == modelscope.resolve(MS_PUBLIC, "master")
+    assert sorted(p.name for p in (fleet.model_dir(0) / "Other" / "Model").iterdir()) == [
+        "model.safetensors"
+    ]
+
+
+def test_the_helper_never_prints_a_token_or_the_servers_words() -> None:
+    from compiler.targets.compose import fetch_helper
+
+    token = "ms-0123456789abcdef0123456789"
+    page = f"502 Bad Gateway: Authorization: Bearer {token[:-6]}... cookie m_session_id={token}"
+    shown = fetch_helper.redact(page, token)
+    assert "0123456789" not in shown and shown.count("(secret)") == 2, shown
+    assert fetch_helper.redact("nothing of it", token) == "nothing of it"
+
+    class Failed(Exception):
+        status_code = None
+
+        def __init__(self) -> None:
+            cause = Exception(page)
+            cause.status_code = 502  # type: ignore[attr-defined]
+            self.failed_files = {"b.safetensors": cause}
+
+    hub = object.__new__(fetch_helper.ModelScope)
+    hub.repo = MS_PRIVATE
+    said = hub.describe(Failed(), "master")
+    assert said == f"{MS_PRIVATE}: 1 file(s) failed, 'b.safetensors' first (HTTP 502)"
+
+
+@pytest.mark.parametrize(
+    ("path", "size", "digest"),
+    [
+        ("../x", 1, ""),
+        ("/abs", 1, ""),
+        ("a//b", 1, ""),
+        ("a/./b", 1, ""),
+        ("a\\..\\b", 1, ""),
+        ("a\nb", 1, ""),
+        (".fleetform-model.json", 1, ""),
+        ("ok.bin", -5, ""),
+        ("ok.bin", 1, "not-hex"),
+    ],
+)
+def test_the_helper_refuses_files_a_hub_should_not_list(path: str, size: int, digest: str) -> None:
+    from compiler.targets.compose import fetch_helper
+
+    entry = fetch_helper.Remote(path, size, "sha256" if digest else "", digest)
+    with pytest.raises(SystemExit):
+        fetch_helper.checked("o/m", entry)
+    fine = fetch_helper.Remote("sub/model-00001.safetensors", 3, "sha256", "ab" * 32)
+    assert fetch_helper.checked("o/m", fine) == fine
+
+
+def test_the_helper_installs_only_the_verified_files(tmp_path: Path) -> None:
+    from compiler.targets.compose import fetch_helper
+
+    partial = tmp_path / "partial"
+    (partial / "sub").mkdir(parents=True)
+    (partial / ".cache" / "huggingface").mkdir(parents=True)
+    for name in ("config.json", "sub/w.safetensors", "w2.safetensors.incomplete", ".cache/x"):
+        (partial / name).write_text(name)
+    fetch_helper.prune(str(partial), {"config.json": 11, "sub/w.safetensors": 17})
+    left = sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*"))
+    assert left == ["config.json", "sub", "sub/w.safetensors"]
 
 
 # --- what a deployment asks for (pure: no hub, no engine) --------------------------------
@@ -861,3 +992,63 @@ def test_one_folder_from_two_hubs_on_a_host_is_a_compile_error(tmp_path: Path) -
     assert error.startswith(f"deployments.d/d.yaml:{line}:"), error
     assert "deployment 'b' needs modelscope:testorg/tiny@master" in error, error
     assert "deployment 'a' needs testorg/tiny@main" in error, error
+
+
+def test_one_model_folder_inside_another_on_a_host_is_a_compile_error(tmp_path: Path) -> None:
+    deployments = [
+        hub_deployment("a", huggingface_repo_id="Qwen"),
+        hub_deployment("b", huggingface_repo_id=None, model_scope_model_id="Qwen/Qwen3-8B"),
+    ]
+    error, _ = compile_error(tmp_path, deployments)
+    assert error.startswith("deployments.d/d.yaml:"), error
+    assert "deployment 'b' needs modelscope:Qwen/Qwen3-8B@master" in error, error
+    assert "one model's folder would hold the other's" in error, error
+
+
+def test_a_hostile_hub_costs_the_plan_no_more_than_its_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plan's size requests (no token): a hub that nests its JSON too deep, or sends
+    a byte a second, gives no size, within the budget; the plan goes on."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from compiler.hub import hub_model_of
+    from compiler.model import Settings
+    from compiler.remote import hub as remote
+
+    class Hostile(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            if "/api/models/" in self.path:  # Hugging Face's tree API: nested too deep
+                self.wfile.write(b"[" * 200_000)
+                return
+            for _ in range(60):  # ModelScope's file list: a byte a second
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(1)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = Settings.model_validate(
+            {"hub": {"endpoint": endpoint, "modelscope_endpoint": endpoint}}
+        )
+        models = [
+            hub_model_of({"huggingface_repo_id": REPO}, "/m"),
+            hub_model_of({"model_scope_model_id": MS_PUBLIC}, "/m"),
+        ]
+        monkeypatch.setattr(remote, "BUDGET", 3.0)
+        started = time.monotonic()
+        assert remote.model_sizes([m for m in models if m], settings) == {}
+        assert time.monotonic() - started < 3.0 + remote.TIMEOUT
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,9 @@ from compiler.hub import HubModel, endpoint_of
 if TYPE_CHECKING:
     from compiler.model import Settings
 
-TIMEOUT = 5.0
+TIMEOUT = 5.0  # each wait for bytes
+BUDGET = 15.0  # every request of one plan
+MAX_BYTES = 16 << 20
 MAX_PAGES = 20  # the tree API answers up to 1,000 entries a page
 _NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
 
@@ -32,11 +35,15 @@ def model_sizes(models: list[HubModel], settings: Settings) -> dict[str, int]:
     """The bytes each of ``models`` (by key) will fetch, for those the hub answers."""
     sizes: dict[str, int] = {}
     trees: dict[tuple[str, str, str], list[tuple[str, int]] | None] = {}
+    deadline = time.monotonic() + BUDGET
     for model in models:
         where = (model.source, model.repo_id, model.revision)
         if where not in trees:
             listing = _modelscope_files if model.source == "model_scope" else _tree
-            trees[where] = listing(endpoint_of(settings, model.source), *where[1:])
+            try:
+                trees[where] = listing(endpoint_of(settings, model.source), *where[1:], deadline)
+            except Exception:  # noqa: BLE001 - whatever a hub answers, the plan goes on
+                trees[where] = None
         files = trees[where]
         if files is None:
             continue
@@ -48,7 +55,7 @@ def model_sizes(models: list[HubModel], settings: Settings) -> dict[str, int]:
     return sizes
 
 
-def _tree(base: str, repo_id: str, revision: str) -> list[tuple[str, int]] | None:
+def _tree(base: str, repo_id: str, revision: str, deadline: float) -> list[tuple[str, int]] | None:
     url: str | None = (
         f"{base}/api/models/{quote(repo_id, safe='/')}/tree/{quote(revision, safe='')}"
         "?recursive=true"
@@ -58,7 +65,7 @@ def _tree(base: str, repo_id: str, revision: str) -> list[tuple[str, int]] | Non
         if url is None:
             return files
         try:
-            entries, link = _get(url)
+            entries, link = _get(url, deadline)
         except (OSError, ValueError, urllib.error.URLError):
             return None
         if not isinstance(entries, list):
@@ -73,13 +80,15 @@ def _tree(base: str, repo_id: str, revision: str) -> list[tuple[str, int]] | Non
     return None
 
 
-def _modelscope_files(base: str, repo_id: str, revision: str) -> list[tuple[str, int]] | None:
+def _modelscope_files(
+    base: str, repo_id: str, revision: str, deadline: float
+) -> list[tuple[str, int]] | None:
     url = (
         f"{base}/api/v1/models/{quote(repo_id, safe='/')}/repo/files"
         f"?Revision={quote(revision, safe='')}&Recursive=True"
     )
     try:
-        answer, _ = _get(url)
+        answer, _ = _get(url, deadline)
     except (OSError, ValueError, urllib.error.URLError):
         return None
     data = answer.get("Data") if isinstance(answer, dict) else None
@@ -95,7 +104,17 @@ def _modelscope_files(base: str, repo_id: str, revision: str) -> list[tuple[str,
     return files
 
 
-def _get(url: str) -> tuple[Any, str]:
-    """The JSON at ``url`` (at most 16 MiB read) and its ``Link`` header."""
+def _get(url: str, deadline: float) -> tuple[Any, str]:
+    """The JSON at ``url`` and its ``Link`` header; TimeoutError past ``deadline``,
+    ValueError past MAX_BYTES."""
+    if time.monotonic() > deadline:
+        raise TimeoutError(url)
+    body = bytearray()
     with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:  # noqa: S310
-        return json.loads(answer.read(16 << 20)), answer.headers.get("Link") or ""
+        while chunk := answer.read1(65536):  # what has come: the deadline is checked often
+            body += chunk
+            if len(body) > MAX_BYTES:
+                raise ValueError(f"{url}: more than {MAX_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(url)
+        return json.loads(body), answer.headers.get("Link") or ""

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 
 from compiler import inheritance
 from compiler.errors import ErrorList, FleetformError, Mark, ResolveError
-from compiler.hub import revision_conflict
+from compiler.hub import HubModel, revision_conflict
 from compiler.model import Repo
 from compiler.placement import HostSlots, Placed, Prior, place
 from compiler.resolve.backends import resolve_backends
@@ -125,32 +125,63 @@ def resolve_fleet(repo: Repo, prior: dict[tuple[str, int], Prior] | None = None)
 
 def _check_model_folders(workloads: list[Workload], drafts: dict[str, Draft]) -> None:
     """A host's model folder holds one revision of one hub's repository: two deployments
-    that fetch into the same folder must ask for the same hub and revision."""
+    that fetch into the same folder must ask for the same hub and revision; and no model
+    folder may hold another's (``Qwen`` and ``Qwen/Qwen3-8B``): each fetch would replace
+    or change the other's."""
     seen: dict[tuple[str, str], Workload] = {}
+    # (host, folder) of every folder that holds a model folder below it.
+    holding: dict[tuple[str, str], Workload] = {}
     for workload in workloads:
         model = workload.hub_model
         if model is None:
             continue
-        first = seen.setdefault((workload.host, model.folder), workload)
-        other = first.hub_model
-        if other is None or not revision_conflict(other, model):
+        host, folder = workload.host, model.folder
+        first = seen.setdefault((host, folder), workload)
+        if first is workload:
+            parents = [folder.rsplit("/", n)[0] for n in range(1, folder.count("/"))]
+            other = holding.get((host, folder)) or next(
+                (seen[(host, p)] for p in parents if (host, p) in seen), None
+            )
+            if other is not None:
+                raise _nested(workload, other, drafts)
+            for parent in parents:
+                holding.setdefault((host, parent), workload)
             continue
-        if other.source != model.source:
+        other_model = first.hub_model
+        if other_model is None or not revision_conflict(other_model, model):
+            continue
+        if other_model.source != model.source:
             raise drafts[workload.deployment].fail(
-                "model_scope_model_id" if model.source == "model_scope" else "huggingface_repo_id",
-                f"deployment '{workload.deployment}' needs {model.title} in {model.folder} on"
-                f" host '{workload.host}', where deployment '{first.deployment}' needs"
-                f" {other.title}: a folder holds one hub's repository (place them on"
+                _model_key(model),
+                f"deployment '{workload.deployment}' needs {model.title} in {folder} on"
+                f" host '{host}', where deployment '{first.deployment}' needs"
+                f" {other_model.title}: a folder holds one hub's repository (place them on"
                 " different hosts, or use one hub)",
             )
         raise drafts[workload.deployment].fail(
             "revision",
             f"deployment '{workload.deployment}' needs {model.repo_id} at revision"
-            f" '{model.revision}' in {model.folder} on host '{workload.host}', where"
+            f" '{model.revision}' in {folder} on host '{host}', where"
             f" deployment '{first.deployment}' needs revision"
-            f" '{other.revision}': a folder holds one revision (write the"
+            f" '{other_model.revision}': a folder holds one revision (write the"
             " same revision, or place them on different hosts)",
         )
+
+
+def _nested(workload: Workload, other: Workload, drafts: dict[str, Draft]) -> ResolveError:
+    model, theirs = workload.hub_model, other.hub_model
+    assert model is not None and theirs is not None
+    return drafts[workload.deployment].fail(
+        _model_key(model),
+        f"deployment '{workload.deployment}' needs {model.title} in {model.folder} on host"
+        f" '{workload.host}', and deployment '{other.deployment}' needs {theirs.title} in"
+        f" {theirs.folder}: one model's folder would hold the other's (place them on"
+        " different hosts)",
+    )
+
+
+def _model_key(model: HubModel) -> str:
+    return "model_scope_model_id" if model.source == "model_scope" else "huggingface_repo_id"
 
 
 def _check_workload_count(drafts: list[Draft]) -> None:

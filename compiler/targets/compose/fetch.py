@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from compiler.apply import Options, Progress, StepFailed
 from compiler.errors import FleetformError
-from compiler.hub import MANIFEST, TOKEN_VARIABLE, HubModel, stamp
+from compiler.hub import DEFAULT_ENDPOINT, MANIFEST, TOKEN_VARIABLE, HubModel, stamp
 from compiler.labels import (
     FETCH,
     MODEL,
@@ -38,6 +38,7 @@ from compiler.labels import (
 from compiler.plan import Step
 from compiler.remote.engine import Engine, EngineError, demultiplex
 from compiler.targets.compose import lock
+from compiler.targets.compose.fetch_helper import redact
 
 if TYPE_CHECKING:
     from compiler.targets.compose.apply import DockerExecutor
@@ -93,17 +94,21 @@ def fetch_model(executor: DockerExecutor, model: HubModel, project: str, commit:
 
 
 def _hub_env(model: HubModel, options: Options) -> list[str]:
-    """The helper's settings for its hub: the endpoint, and caches that outlive it."""
-    caches = f"{MOUNT}/.fleetform-partial"
+    """The helper's settings for its hub: the endpoint (the one the plan showed), quiet,
+    no time limit but fleetform's own stall watch (IDLE_SECONDS)."""
     if model.source == "model_scope":
-        env = [f"MODELSCOPE_CACHE={caches}/.modelscope", "MODELSCOPE_DISABLE_PROGRESS_BARS=1"]
-        if options.modelscope_endpoint:
-            env.append(f"MODELSCOPE_ENDPOINT={options.modelscope_endpoint}")
-        return env
+        endpoint = options.modelscope_endpoint or DEFAULT_ENDPOINT["model_scope"]
+        return [
+            f"MODELSCOPE_ENDPOINT={endpoint}",
+            "TQDM_DISABLE=1",
+            "MODELSCOPE_DOWNLOAD_INTRA_CLOUD=false",  # no probe of the hub's cloud regions
+            "MODELSCOPE_DOWNLOAD_FILE_LOCK=false",  # the host's lock is fleetform's
+            f"MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT={30 * 24 * 3600}",  # its default: 1 h a file
+        ]
     env = [
         "HF_HUB_DISABLE_TELEMETRY=1",
         "HF_HUB_DISABLE_PROGRESS_BARS=1",
-        f"HF_HOME={caches}/.hf-home",
+        f"HF_HOME={MOUNT}/.fleetform-partial/.hf-home",  # its caches outlive the helper
     ]
     if options.hub_endpoint:  # a mirror: plain HTTP downloads (mirrors serve no Xet storage)
         env += [f"HF_ENDPOINT={options.hub_endpoint}", "HF_HUB_DISABLE_XET=1"]
@@ -171,13 +176,13 @@ def _watch(executor: DockerExecutor, container: str, model: HubModel, token: str
         if now - gained > IDLE_SECONDS:
             raise StepFailed(f"the download made no progress for {IDLE_SECONDS // 60} min")
         time.sleep(POLL_SECONDS)
-    lines = _lines(executor, container, 20)
+    lines = [redact(line, token) for line in _lines(executor, container, 20)]
     code = state.get("ExitCode")
     if code != 0:
-        said = _last(lines, "error: ") or f"the model helper exited with code {code}"
-        if token:
-            said = said.replace(token, "(secret)")
-        raise StepFailed(said)
+        raise StepFailed(_last(lines, "error: ") or f"the model helper exited with code {code}")
+    for line in lines:
+        if line.startswith("note: "):
+            executor.progress(line.removeprefix("note: "))
     done = _last(lines, "done ")
     if not done:
         raise StepFailed("the model helper ended without saying what it fetched")

@@ -45,6 +45,7 @@ from typing import Any, NoReturn
 
 MANIFEST = ".fleetform-model.json"
 PARTIAL = ".fleetform-partial"
+REPLACED = ".fleetform-replaced"
 
 
 def say(text: str) -> None:
@@ -52,8 +53,31 @@ def say(text: str) -> None:
 
 
 def fail(text: object) -> NoReturn:
-    say("error: " + " ".join(str(text).split()))
+    line = " ".join(str(text).split())
+    for name in ("HF_TOKEN", "MODELSCOPE_API_TOKEN"):
+        line = redact(line, os.environ.get(name, ""))
+    say("error: " + line)
     sys.exit(1)
+
+
+def redact(text: str, token: str, shortest: int = 8) -> str:
+    """``text`` without the token, or any run of ``shortest`` or more of its characters:
+    a hub's error page may echo the request's token, whole or cut short. (fleetform's
+    apply redacts the helper's lines with this too.)"""
+    if len(token) < shortest:
+        return text.replace(token, "(secret)") if token else text
+    pieces = {token[i : i + shortest] for i in range(len(token) - shortest + 1)}
+    start = 0
+    while start <= len(text) - shortest:
+        if text[start : start + shortest] not in pieces:
+            start += 1
+            continue
+        end = start + shortest
+        while end < len(text) and text[start : end + 1] in token:
+            end += 1
+        text = text[:start] + "(secret)" + text[end:]
+        start += len("(secret)")
+    return text
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,38 @@ class Remote:
     size: int
     kind: str
     digest: str
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+_DIGEST = {"sha256": re.compile(r"[0-9a-f]{64}"), "git-blob": re.compile(r"[0-9a-f]{40}")}
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f\\]+")
+
+
+def checked(repo: str, entry: Remote) -> Remote:
+    """``entry`` if the hub's description of it is one this helper can act on safely: a
+    relative path that stays in the model's folder (no ``..``, ``.``, empty or absolute
+    part, no backslash or control character, nothing of fleetform's own), a size, a hash
+    of its kind. A hub or mirror that lists anything else is refused as a whole."""
+    parts = entry.path.split("/")
+    if (
+        not _PRINTABLE.fullmatch(entry.path)
+        or len(entry.path) > 1024
+        or any(part in ("", ".", "..") for part in parts)
+        or parts[0].startswith(".fleetform")
+    ):
+        fail(f"{repo}: the hub lists a file {entry.path[:120]!r} outside the model's folder")
+    if not 0 <= entry.size < 1 << 50:
+        fail(f"{repo}: the hub gives {entry.path} a size of {entry.size}")
+    pattern = _DIGEST.get(entry.kind)
+    if entry.kind and (pattern is None or not pattern.fullmatch(entry.digest)):
+        fail(f"{repo}: the hub gives {entry.path} a {entry.kind} that is not one")
+    return entry
+
+
+def checked_commit(repo: str, commit: object) -> str:
+    if not isinstance(commit, str) or not COMMIT.fullmatch(commit):
+        fail(f"{repo}: the hub names a commit {str(commit)[:80]!r} that is not a commit id")
+    return commit
 
 
 def library(module: str, requirement: str) -> Any:
@@ -96,7 +152,7 @@ class HuggingFace:
 
     def revision(self, revision: str) -> tuple[str, list[Remote]]:
         """The revision's commit, and its files."""
-        commit = self.api.model_info(self.repo, revision=revision).sha
+        commit = checked_commit(self.repo, self.api.model_info(self.repo, revision=revision).sha)
         # The tree carries each file's size and hash (a mirror's model_info may not).
         tree = self.api.list_repo_tree(self.repo, revision=commit, recursive=True)
         return commit, [
@@ -112,9 +168,9 @@ class HuggingFace:
         if lfs is not None:
             sha256 = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
             if sha256:
-                return "sha256", sha256
+                return "sha256", str(sha256).lower()
         blob = getattr(entry, "blob_id", None)
-        return ("git-blob", blob) if blob else ("", "")
+        return ("git-blob", str(blob).lower()) if blob else ("", "")
 
     def download(self, commit: str, names: list[str], folder: str) -> None:
         # Names as patterns match themselves only once escaped ("a[1].bin").
@@ -149,7 +205,8 @@ class ModelScope:
     token = "MODELSCOPE_API_TOKEN"
 
     def __init__(self, repo: str) -> None:
-        ms = library("modelscope_hub", "modelscope-hub>=0.5,<1")
+        # Pinned: the helper reads its legacy listing, which the client calls internals.
+        ms = library("modelscope_hub", "modelscope-hub==0.5.1")
         logging.getLogger("modelscope_hub").setLevel(logging.WARNING)
         scratch = pathlib.Path(tempfile.mkdtemp(prefix="fleetform-modelscope-"))
         config = ms.HubConfig(
@@ -165,29 +222,36 @@ class ModelScope:
     def revision(self, revision: str) -> tuple[str, list[Remote]]:
         """The revision's commit, and its files. A listing of a revision the repository
         does not have is empty, not an error, so the revision is looked up first."""
-        commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else ""
+        commit = revision if COMMIT.fullmatch(revision) else ""
         if not commit:
-            refs = [r for r in self.api.list_repo_revisions(self.repo, "model")]
-            named = [r for r in refs if r.get("Revision") == revision]
+            refs = self.api.list_repo_revisions(self.repo, "model")
+            named = [r for r in refs if isinstance(r, dict) and r.get("Revision") == revision]
             if not named:
                 fail(f"{self.repo}: no revision {revision!r}")
-            commit = str(named[0].get("CommitId") or "")
+            commit = named[0].get("CommitId") or ""
         listed = self.api.legacy.list_repo_files(
             self.repo, "model", revision=commit or revision, recursive=True
         )
-        self.listed = [e for e in listed if e.get("Type", "blob") != "tree"]
-        if not commit:  # a hub that names no commit: the newest of the files' own
+        try:
+            self.listed = [e for e in listed if e.get("Type", "blob") != "tree"]
+            entries = [
+                Remote(
+                    str(e["Path"]),
+                    int(e["Size"]),
+                    "sha256" if e.get("Sha256") else "",
+                    str(e.get("Sha256") or "").lower(),
+                )
+                for e in self.listed
+            ]
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            fail(f"{self.repo}: ModelScope's file list is not as its API describes ({error!r:.80})")
+        if not commit:
+            # A hub that names no commit for the branch: the newest of its files' own
+            # last commits. The files the branch lists are downloaded at it, and no file
+            # changed after it, so they are the branch's files.
             newest = max(self.listed, key=lambda e: e.get("CommittedDate") or 0, default={})
-            commit = str(newest.get("Revision") or revision)
-        return commit, [
-            Remote(
-                str(e["Path"]),
-                int(e["Size"]),
-                "sha256" if e.get("Sha256") else "",
-                str(e.get("Sha256") or ""),
-            )
-            for e in self.listed
-        ]
+            commit = newest.get("Revision") or ""
+        return checked_commit(self.repo, commit), entries
 
     def download(self, commit: str, names: list[str], folder: str) -> None:
         wanted = set(names)
@@ -213,12 +277,15 @@ class ModelScope:
                 f"{self.repo}: no such repository or revision {revision!r}, or it is private"
                 " and MODELSCOPE_API_TOKEN is missing (404)"
             )
+        # Never the server's own words: an error page may echo the request's token.
         failed = getattr(error, "failed_files", None)
         if isinstance(failed, dict) and failed:
             path, cause = sorted(failed.items())[0]
-            return f"{self.repo}: {path}: {type(cause).__name__}: {cause}"
-        if status:
-            return f"{self.repo}: ModelScope answered HTTP {status}"
+            code = getattr(cause, "status_code", None)
+            why = f"HTTP {code}" if code else type(cause).__name__
+            return f"{self.repo}: {len(failed)} file(s) failed, {str(path)[:120]!r} first ({why})"
+        if status or name == "ServerError":
+            return f"{self.repo}: ModelScope answered HTTP {status or '5xx'}"
         return f"{self.repo}: cannot reach ModelScope ({name})"
 
 
@@ -316,24 +383,48 @@ def exchange(first: str, second: str) -> bool:
     )
 
 
-def install(partial: str, final: str) -> None:
-    """Put the verified folder in place: a server sees the old folder or the new one."""
+def prune(partial: str, files: dict[str, int]) -> None:
+    """Remove from ``partial`` all but the verified files: the libraries' bookkeeping
+    (``.cache``), a file another fetch of this commit began (``*.incomplete``)."""
+    keep = {os.path.join(partial, name) for name in files}
+    for base, folders, names in os.walk(partial, topdown=False):
+        for name in names:
+            path = os.path.join(base, name)
+            if path not in keep:
+                os.remove(path)
+        for name in folders:
+            with contextlib.suppress(OSError):  # not empty: it holds kept files
+                os.rmdir(os.path.join(base, name))
+
+
+def install(partial: str, final: str, root: str) -> None:
+    """Put the verified folder in place: a server sees the old folder or the new one.
+    A folder fleetform did not fetch (no manifest: staged by hand) is kept aside under
+    ``<root>/.fleetform-replaced``, not deleted."""
     os.makedirs(os.path.dirname(final), exist_ok=True)
     if not os.path.lexists(final):
         os.rename(partial, final)
         return
+    staged = os.path.isdir(final) and not os.path.lexists(os.path.join(final, MANIFEST))
     if exchange(partial, final):
-        shutil.rmtree(partial, ignore_errors=True)  # now the old folder
+        old = partial  # the old folder, now
+    else:
+        old = final + ".fleetform-old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        try:
+            os.rename(partial, final)
+        except OSError:
+            os.rename(old, final)
+            raise
+    if not staged:
+        shutil.rmtree(old, ignore_errors=True)
         return
-    old = final + ".fleetform-old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(final, old)
-    try:
-        os.rename(partial, final)
-    except OSError:
-        os.rename(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    aside = os.path.join(root, REPLACED, os.path.basename(partial))
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(old, aside)
+    say(f"note: the folder that was there, not fetched by fleetform, is kept as {aside}")
 
 
 def main() -> None:
@@ -345,10 +436,14 @@ def main() -> None:
         commit, entries = hub.revision(revision)
     except Exception as error:  # the hub's, or the network's: one line
         fail(hub.describe(error, revision))
+    if not entries:
+        fail(f"{repo}: no revision {revision!r}, or no file in it")
     entries = [
-        e for e in entries
+        checked(repo, e) for e in entries
         if not patterns or any(fnmatch.fnmatch(e.path, p) for p in patterns)
     ]  # fmt: skip
+    if len({e.path for e in entries}) != len(entries):
+        fail(f"{repo}: the hub lists a file twice")
     if not entries:
         fail(f"{repo}@{revision}: no file matches {', '.join(patterns) or 'the repository'}")
     files = {e.path: e.size for e in entries}
@@ -377,11 +472,11 @@ def main() -> None:
         wrong = verified(os.path.join(partial, entry.path), entry)
         if wrong:
             fail(f"{repo}: {entry.path} {wrong}")
-    shutil.rmtree(os.path.join(partial, ".cache"), ignore_errors=True)  # huggingface_hub's
+    prune(partial, files)
     with open(os.path.join(partial, MANIFEST), "w") as handle:
         json.dump({"repo_id": repo, "revision": revision, "commit": commit,
                    "files": sorted(files), "fetched": int(time.time())}, handle)  # fmt: skip
-    install(partial, final)
+    install(partial, final, root)
     say(f"done {commit} {total} {len(files)}")
 
 

@@ -15,6 +15,7 @@ document root), so a test reads back what the server sees.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,29 @@ class Fleet:
 
     def apply(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return self.ff("apply", "--auto-approve", "--stop-timeout", "1", env=env)
+
+    def apply_killed_when(self, name: str, ready: Callable[[int], bool]) -> None:
+        """Start an apply and SIGKILL it once the partial download of file ``name`` on
+        the first host has a size ``ready`` accepts (within 60 s, or the test fails)."""
+        partial = self.model_dir(0) / ".fleetform-partial"
+        apply = subprocess.Popen(
+            self.argv("apply", "--auto-approve"),
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                found = list(partial.glob(f"*/{name}")) if partial.exists() else []
+                if found and ready(found[0].stat().st_size):
+                    break
+                assert time.monotonic() < deadline and apply.poll() is None
+                time.sleep(0.1)
+            apply.send_signal(signal.SIGKILL)
+        finally:
+            apply.kill()
+            apply.wait()
 
     def plan(self, env: dict[str, str] | None = None) -> dict[str, Any]:
         done = self.ff("plan", "--format", "json", env=env)
@@ -393,26 +417,8 @@ def test_an_interrupted_fetch_resumes_and_no_partial_model_is_served(
     fleet = Fleet(tmp_path, engines, hub, 1)
     fleet.deploy(hub_deployment(huggingface_repo_id=BIG))
     gate.rate = 400_000  # bytes per second: b.safetensors takes about 8 s
-    partial = fleet.model_dir(0) / ".fleetform-partial"
-    apply = subprocess.Popen(
-        fleet.argv("apply", "--auto-approve"),
-        env=fleet.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        done = None
-        while done is None:  # until a.safetensors is complete in the partial folder
-            found = list(partial.glob("*/a.safetensors")) if partial.exists() else []
-            if found and found[0].stat().st_size == len(BIG_FILES["a.safetensors"]):
-                done = found[0]
-            assert time.monotonic() < deadline and apply.poll() is None
-            time.sleep(0.1)
-        apply.send_signal(signal.SIGKILL)
-    finally:
-        apply.kill()
-        apply.wait()
+    # Killed once a.safetensors is complete in the partial folder.
+    fleet.apply_killed_when("a.safetensors", lambda size: size == len(BIG_FILES["a.safetensors"]))
     # Killed half way: nothing is in place, no server runs on a partial model.
     assert not (fleet.model_dir(0) / BIG).exists()
     assert not [c for c in fleet.containers(0) if c["Name"] == "/fleetform-chat-0"]
@@ -693,25 +699,8 @@ def test_an_interrupted_modelscope_fetch_resumes_with_a_range_request(
     fleet = Fleet(tmp_path, engines, None, 1, modelscope=modelscope)
     fleet.deploy(ms_deployment(model_scope_model_id=MS_BIG))
     modelscope.rate = 300_000  # bytes per second: b.safetensors takes about 10 s
-    partial = fleet.model_dir(0) / ".fleetform-partial"
-    apply = subprocess.Popen(
-        fleet.argv("apply", "--auto-approve"),
-        env=fleet.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # until b.safetensors is a third there
-            found = list(partial.glob("*/b.safetensors.incomplete")) if partial.exists() else []
-            if found and found[0].stat().st_size > 1_000_000:
-                break
-            assert time.monotonic() < deadline and apply.poll() is None
-            time.sleep(0.1)
-        apply.send_signal(signal.SIGKILL)
-    finally:
-        apply.kill()
-        apply.wait()
+    # Killed once a third of b.safetensors is there.
+    fleet.apply_killed_when("b.safetensors.incomplete", lambda size: size > 1_000_000)
     assert not (fleet.model_dir(0) / MS_BIG).exists()
     assert not [c for c in fleet.containers(0) if c["Name"] == "/fleetform-chat-0"]
 
@@ -1028,11 +1017,12 @@ def test_a_hostile_hub_costs_the_plan_no_more_than_its_budget(
             if "/api/models/" in self.path:  # Hugging Face's tree API: nested too deep
                 self.wfile.write(b"[" * 200_000)
                 return
-            for _ in range(60):  # ModelScope's file list: a byte a second
-                self.wfile.write(b" ")
-                self.wfile.flush()
-                time.sleep(1)
+            with contextlib.suppress(OSError):  # until the client gives up
+                while not done.wait(1):  # ModelScope's file list: a byte a second
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
 
+    done = threading.Event()  # the test is over: the drip stops
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -1050,5 +1040,6 @@ def test_a_hostile_hub_costs_the_plan_no_more_than_its_budget(
         assert remote.model_sizes([m for m in models if m], settings) == {}
         assert time.monotonic() - started < 3.0 + remote.TIMEOUT
     finally:
+        done.set()
         server.shutdown()
         server.server_close()

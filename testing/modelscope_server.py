@@ -125,6 +125,9 @@ class ModelScopeServer:
         self.authorizations: list[str] = []  # every Authorization header value
         self.cookies: list[str] = []  # every m_session_id / modelscope_session value
         self.requests: list[str] = []  # "METHOD /path?query[ Range: ...]" of each request
+        # Requests for an endpoint this stand-in does not serve: a client that asks for one
+        # has moved past what the stand-in knows, and a test should say so (``unexpected``).
+        self.unexpected: list[str] = []
         self._repos: dict[str, Repo] = {}
         self._lock = threading.Lock()
         self._clock = int(time.time())
@@ -427,6 +430,7 @@ def _handler(server: ModelScopeServer) -> type[BaseHTTPRequestHandler]:
                 r"/api/v1/models/([^/]+/[^/]+)(/revisions|/repo/files|/repo)?", path
             )
             if match is None:
+                server.unexpected.append(f"{self.command} {self.path}")
                 self._error(404, f"no route for {path}")
                 return
             repo_id, what = match[1], match[2]

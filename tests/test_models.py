@@ -558,6 +558,8 @@ def modelscope_server() -> Iterator[ModelScopeServer]:
         server.commit(MS_PUBLIC, {"tiny-Q4_K_M.gguf": MS_NEWER_GGUF})
         server.add_repo(MS_BIG, BIG_FILES)
         yield server
+        # The client asked for nothing the stand-in does not serve.
+        assert server.unexpected == []
 
 
 @pytest.fixture

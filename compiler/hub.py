@@ -26,12 +26,12 @@ MANIFEST = ".fleetform-model.json"
 HubName = Literal["huggingface", "model_scope"]
 # Each hub's default branch, fetched when a deployment names no revision.
 DEFAULT_REVISION: dict[str, str] = {"huggingface": "main", "model_scope": "master"}
-# Where each hub is when the repository's settings name no mirror, and the variable of
-# apply's environment that holds its token (given to the helper only).
+# Where each hub is when the repository's settings name no mirror.
 DEFAULT_ENDPOINT: dict[str, str] = {
     "huggingface": "https://huggingface.co",
     "model_scope": "https://modelscope.cn",  # modelscope-hub's own
 }
+# The variable of apply's environment that holds each hub's token (the helper's only).
 TOKEN_VARIABLE: dict[str, str] = {"huggingface": "HF_TOKEN", "model_scope": "MODELSCOPE_API_TOKEN"}
 
 

@@ -135,6 +135,16 @@ class ClusterRepo:
 
     # --- the server, read directly ---
 
+    def hand_made_model(self, name: str, backend: str | None, **fields: Any) -> None:
+        """A model made on the cluster by someone else than fleetform (no mark)."""
+        model = {"name": name, "source": "local_path", "local_path": "/m", "replicas": 0}
+        if backend is not None:
+            model["backend"] = backend
+        status, made = self.server.request(
+            "POST", "/v2/models", {**model, **fields, "cluster_id": self.cluster_id}
+        )
+        assert status == 200, made
+
     def models(self) -> dict[str, dict[str, Any]]:
         status, found = self.server.request(
             "GET", f"/v2/models?cluster_id={self.cluster_id}&perPage=100"
@@ -289,16 +299,7 @@ def test_six_steps_drift_heal_foreign_lock_and_a_wrong_key(
         "POST", "/v2/inference-backends/from-yaml", {"content": foreign_backend}
     )
     assert status == 200, made
-    foreign = {
-        "name": "hand-made",
-        "source": "local_path",
-        "local_path": "/m",
-        "backend": "hand-made-custom",
-        "replicas": 0,
-        "cluster_id": repo.cluster_id,
-    }
-    status, made = gpustack.request("POST", "/v2/models", foreign)
-    assert status == 200, made
+    repo.hand_made_model("hand-made", "hand-made-custom")
     before = (repo.backends()["hand-made-custom"], repo.models()["hand-made"])
 
     repo.write("backends.d/b.yaml", [BACKEND])
@@ -404,17 +405,12 @@ def test_six_steps_drift_heal_foreign_lock_and_a_wrong_key(
     assert stale.returncode == 1 and "stale" in stale.stdout + stale.stderr, str(stale)
 
     # The lock: a second apply is refused with the holder; unlock breaks a left one.
-    lock = {
-        "name": "fleetform-lock-six",
-        "source": "local_path",
-        "local_path": "/x",
-        "replicas": 0,
-        "cluster_id": repo.cluster_id,
-        "description": "fleetform apply lock: held by ci@runner pid 7 since"
-        " 2026-12-04T00:00:00+00:00",
-    }
-    status, _ = gpustack.request("POST", "/v2/models", lock)
-    assert status == 200
+    repo.hand_made_model(
+        "fleetform-lock-six",
+        None,
+        local_path="/x",
+        description="fleetform apply lock: held by ci@runner pid 7 since 2026-12-04T00:00:00+00:00",
+    )
     locked = repo.apply(expect=1)
     assert "locked by ci@runner pid 7 since 2026-12-04T00:00:00+00:00" in locked.stdout, str(locked)
     unlocked = repo.ff("unlock", "gs")
@@ -463,16 +459,7 @@ def test_a_backend_version_is_removed_after_its_model_moves_and_a_used_backend_s
 
     # Someone else's model on the project's backend: the backend outlives the repository's
     # last use of it.
-    theirs = {
-        "name": "on-our-backend",
-        "source": "local_path",
-        "local_path": "/m",
-        "backend": "ver-custom",
-        "replicas": 0,
-        "cluster_id": repo.cluster_id,
-    }
-    status, made = gpustack.request("POST", "/v2/models", theirs)
-    assert status == 200, made
+    repo.hand_made_model("on-our-backend", "ver-custom")
     repo.write("deployments.d/d.yaml", [])
     repo.compile()
     assert repo.steps() == ["delete model/m orphan"]

@@ -54,8 +54,8 @@ def say(text: str) -> None:
 
 def fail(text: object) -> NoReturn:
     line = " ".join(str(text).split())
-    for name in ("HF_TOKEN", "MODELSCOPE_API_TOKEN"):
-        line = redact(line, os.environ.get(name, ""))
+    for hub in HUBS.values():  # every hub's token, whichever this fetch uses
+        line = redact(line, os.environ.get(hub.token, ""))
     say("error: " + line)
     sys.exit(1)
 
